@@ -1,0 +1,36 @@
+"""nbwoq: fast, honest weight-only quantization without PyTorch.
+
+The public names and signatures follow Intel Neural Compressor's weight-only utility
+module, so callers switch by changing an import. NumPy arrays are quantized in place by
+parallel Numba kernels; any other array-API array takes a reference path on its own
+device.
+"""
+
+from nbwoq._tables import (
+    FLOAT_MAPPING,
+    FP4_BNB,
+    FP4_BNB_BIT,
+    FP4_E2M1,
+    FP4_E2M1_BIT,
+    INT_MAPPING,
+    NF4,
+    NF4_BIT,
+)
+from nbwoq.quantize import qdq_weight_actor, qdq_weight_asym, qdq_weight_sym, quant_tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FLOAT_MAPPING",
+    "FP4_BNB",
+    "FP4_BNB_BIT",
+    "FP4_E2M1",
+    "FP4_E2M1_BIT",
+    "INT_MAPPING",
+    "NF4",
+    "NF4_BIT",
+    "qdq_weight_actor",
+    "qdq_weight_asym",
+    "qdq_weight_sym",
+    "quant_tensor",
+]

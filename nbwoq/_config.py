@@ -1,0 +1,48 @@
+"""Numba settings, in one place.
+
+Every kernel module takes its ``njit`` options from here so that cache, parallelism and
+fastmath are decided once. Environment variables override the defaults:
+
+``NBWOQ_CACHE``
+    ``0`` turns the on-disk JIT cache off (default on).
+``NBWOQ_PARALLEL``
+    ``0`` compiles serial kernels (default parallel).
+"""
+
+import os
+
+import numba
+
+
+def _env_flag(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+CACHE = _env_flag("NBWOQ_CACHE", True)
+PARALLEL = _env_flag("NBWOQ_PARALLEL", True)
+
+# fastmath stays off: it turns divisions into reciprocal multiplies and flips the
+# rounding decisions that must match the reference bit for bit.
+KERNEL = dict(nogil=True, cache=CACHE, parallel=PARALLEL, fastmath=False, error_model="numpy")
+
+# Helpers that are inlined into kernels (LLVM keeps each instruction's own flags).
+HELPER = dict(nogil=True, cache=CACHE, fastmath=False, error_model="numpy")
+
+# Reductions whose result does not depend on order or on NaN handling (min/max over
+# data already known to be finite, sums that only need to become NaN on a non-finite
+# value, error sums compared with a tolerance): LLVM vectorizes them only with these
+# flags. Never used where a code is decided.
+REDUCTION = dict(nogil=True, cache=CACHE, fastmath={"nnan", "nsz", "reassoc"}, error_model="numpy")
+
+
+def njit_kernel(func):
+    """Compile ``func`` as a parallel kernel with the project's settings."""
+    return numba.njit(**KERNEL)(func)
+
+
+def njit_helper(func):
+    """Compile ``func`` as a serial helper with the project's settings."""
+    return numba.njit(**HELPER)(func)

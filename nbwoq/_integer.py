@@ -1,0 +1,86 @@
+"""Integer group quantization: one dispatch over the Numba kernel and its reference twin."""
+
+import numbers
+
+import numpy as np
+
+from nbwoq import _arrays, _kernels_finite, _kernels_int, _reference_int, _validate
+from nbwoq._layout import group_layout
+
+
+def int_range(bits, sym, full_range):
+    """``(qmin, qmax, divisor)`` of the integer format.
+
+    asym codes are ``[0, 2**bits - 1]``; sym codes ``[-2**(bits-1), 2**(bits-1) - 1]``
+    with ``scale = wmax / qmax``, or ``wmax / 2**(bits-1)`` with ``full_range``. One-bit
+    sym is the reference's special case: codes ``{0, 1}``, ``scale = wmax``.
+    """
+    if not sym:
+        qmax = 2**bits - 1
+        return 0, qmax, qmax
+    if bits == 1:
+        return 0, 1, 1
+    qmax = 2 ** (bits - 1) - 1
+    return -(2 ** (bits - 1)), qmax, 2 ** (bits - 1) if full_range else qmax
+
+
+def check_finite(weight, xp):
+    """Raise ``ValueError`` naming the first row with NaN or Inf. Reads, never writes."""
+    if xp is None:
+        bits, mask = _arrays.exponent_view(weight)
+        finite = np.empty(weight.shape[0], dtype=np.bool_)
+        _kernels_finite.finite_rows(bits, mask, finite)
+        _validate.first_bad_row(finite)
+        return
+    finite = _reference_int.finite_by_row(weight, xp)
+    if not bool(xp.all(finite)):
+        first = int(xp.argmax(xp.astype(~finite, xp.int8)))
+        _validate.first_bad_row(np.arange(weight.shape[0]) != first)
+
+
+def quantile_argument(quantile, rows, n_groups, xp, name="quantile"):
+    """A float in (0, 1], or an array of them shaped (rows, n_groups) (one clip per group)."""
+    if isinstance(quantile, numbers.Real) or not hasattr(quantile, "shape"):
+        return _validate.quantile_scalar(quantile, name)
+    shape = tuple(quantile.shape)
+    if shape != (rows, n_groups):
+        raise ValueError(f"{name} as an array must have shape (rows, n_groups) = {(rows, n_groups)}, got {shape}")
+    qxp = _arrays.namespace(quantile)
+    if not qxp.isdtype(quantile.dtype, "real floating"):
+        raise TypeError(f"{name} as an array must be floating point, got dtype {quantile.dtype}")
+    if not bool(qxp.all((quantile > 0) & (quantile <= 1))):
+        raise ValueError(f"{name} values must all lie in (0, 1]")
+    return quantile
+
+
+def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, write_codes, keep_params, check):
+    """Quantize ``weight`` (already validated) in place; returns ``(scale, zp)`` arrays of
+    shape (rows, n_groups) in the compute type when ``keep_params``, else ``(None, None)``.
+
+    ``quantile`` must already be validated by ``quantile_argument`` for this layout.
+    """
+    rows, cols = weight.shape
+    size, n_groups = group_layout(cols, group_size)
+    qmin, qmax, divisor = int_range(bits, sym, full_range)
+    if check:
+        check_finite(weight, xp)
+    if xp is not None:
+        scale, zp = _reference_int.quant_int(
+            weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, write_codes, xp
+        )
+        return (scale, zp) if keep_params else (None, None)
+    cdt = _arrays.compute_dtype(weight.dtype)
+    ctype = cdt.type
+    if isinstance(quantile, float):
+        q = np.full((1, 1), quantile, dtype=cdt)
+    else:
+        q = np.ascontiguousarray(quantile, dtype=cdt)
+    params_shape = (rows, n_groups) if keep_params else (1, 1)
+    scale = np.empty(params_shape, dtype=cdt)
+    zp = np.empty(params_shape, dtype=cdt)
+    if rows and n_groups:
+        _kernels_int.quant_int(
+            _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),
+            sym, full_range, write_codes, keep_params, scale, zp,
+        )
+    return (scale, zp) if keep_params else (None, None)

@@ -1,0 +1,100 @@
+"""Numba kernels for integer group quantization (asym, sym, full-range; 1-16 bits).
+
+Rows are split into groups by ``_layout.group_layout``; kernels take the effective group
+size and group count as runtime arguments, so one compiled kernel serves every shape
+and bit width. Arithmetic follows the reference's order in the compute type (float32,
+or float64 for float64 weights); fastmath stays off wherever a code is decided.
+
+The array-API twin of these kernels is ``_reference_int``; tests hold them equal.
+"""
+
+import numpy as np
+from numba import prange
+from numba.extending import register_jitable
+
+from nbwoq._codecs import decode, encode
+from nbwoq._config import njit_kernel
+from nbwoq._llvm import fmaximum, fminimum
+
+
+@register_jitable(inline="always")
+def group_minmax(row, start, stop):
+    """NaN-propagating min and max of ``row[start:stop]`` in the compute type."""
+    lo = decode(row[start])
+    hi = lo
+    for c in range(start + 1, stop):
+        x = decode(row[c])
+        lo = fminimum(lo, x)
+        hi = fmaximum(hi, x)
+    return lo, hi
+
+
+@register_jitable(inline="always")
+def int_group_params(lo, hi, quantile, divisor, sym, full_range, zero, one):
+    """Scale and zero point of one group from its min and max.
+
+    asym: ``wmin = min(lo, 0) * q``, ``wmax = max(hi, 0) * q`` (both zero -> -1, +1),
+    ``scale = (wmax - wmin) / divisor``, ``zp = round(-wmin / scale)``.
+    sym: ``wmax = max(|hi|, |lo|) * q`` (zero -> 1), ``scale = wmax / divisor``; with
+    ``full_range`` the scale is negated when ``|hi| > |lo|``. Its zero point is 0.
+    """
+    if sym:
+        ahi = abs(hi)
+        alo = abs(lo)
+        wmax = fmaximum(ahi, alo) * quantile
+        if wmax == zero:
+            wmax = one
+        scale = wmax / divisor
+        if full_range and ahi > alo:
+            scale = -scale
+        return scale, zero
+    wmin = fminimum(lo, zero) * quantile
+    wmax = fmaximum(hi, zero) * quantile
+    if wmin == zero and wmax == zero:
+        wmin = -one
+        wmax = one
+    scale = (wmax - wmin) / divisor
+    zp = np.rint(-wmin / scale)
+    return scale, zp
+
+
+@register_jitable(inline="always")
+def int_code(x, scale, zp, qmin, qmax):
+    """``clamp(round(x / scale) + zp, qmin, qmax)``; NaN stays NaN, as in ``torch.clamp``."""
+    return fminimum(fmaximum(np.rint(x / scale) + zp, qmin), qmax)
+
+
+@njit_kernel
+def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
+              write_codes, keep_params, scale_out, zp_out):
+    """Quantize ``w`` in place, one group at a time while it sits in cache.
+
+    ``quantile`` is (1, 1) for one clip ratio or (rows, n_groups) for one per group.
+    ``write_codes`` stores the codes, else the dequantized values. ``keep_params``
+    writes each group's scale and zero point into ``scale_out``/``zp_out``
+    (rows, n_groups); without it nothing but ``w`` is written.
+    """
+    rows, cols = w.shape
+    # Constants in the compute type without Python literals (a literal would be float64).
+    zero = divisor - divisor
+    one = divisor / divisor
+    per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
+    for t in prange(rows * n_groups):
+        r = t // n_groups
+        g = t - r * n_groups
+        start = g * size
+        stop = min(start + size, cols)
+        row = w[r]
+        lo, hi = group_minmax(row, start, stop)
+        q = quantile[r, g] if per_group else quantile[0, 0]
+        scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
+        if keep_params:
+            scale_out[r, g] = scale
+            zp_out[r, g] = zp
+        if write_codes:
+            for c in range(start, stop):
+                row[c] = encode(int_code(decode(row[c]), scale, zp, qmin, qmax), w)
+        else:
+            for c in range(start, stop):
+                code = int_code(decode(row[c]), scale, zp, qmin, qmax)
+                row[c] = encode((code - zp) * scale, w)

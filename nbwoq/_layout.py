@@ -1,0 +1,24 @@
+"""Group layout along the last axis: one home for the grouping and tail rule."""
+
+
+def group_layout(cols, group_size):
+    """Effective group size and number of groups per row.
+
+    ``group_size == -1`` or larger than ``cols`` means one group per row. Otherwise
+    groups are consecutive runs of ``group_size`` columns, and when ``cols`` is not a
+    multiple the remaining ``cols % group_size`` columns form one shorter last group.
+
+    Returns
+    -------
+    size : int
+        Columns in every group but a tail (group ``k`` spans ``[k*size, min((k+1)*size, cols))``).
+    n_groups : int
+        ``ceil(cols / size)``.
+    """
+    if group_size == -1 or group_size > cols:
+        size = cols
+    else:
+        size = group_size
+    if size == 0:  # zero columns: no groups at all
+        return 1, 0
+    return size, -(-cols // size)

@@ -1,0 +1,81 @@
+"""Format facts: the 4-bit codebooks, their integer codes and their midpoints.
+
+The values are the reference's, to the last digit (they are public API). Everything a
+kernel needs about a codebook is derived here once and checked at import.
+"""
+
+import numpy as np
+
+NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
+# 15 levels: the reference has no second zero.
+FP4_BNB = [-12.0, -8.0, -6.0, -4.0, -3.0, -2.0, -0.0625, 0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0]
+FP4_E2M1 = [
+    -1.0,
+    -0.6666666666666666,
+    -0.5,
+    -0.3333333333333333,
+    -0.25,
+    -0.16666666666666666,
+    -0.010416666666666666,
+    0.0,
+    0.010416666666666666,
+    0.16666666666666666,
+    0.25,
+    0.3333333333333333,
+    0.5,
+    0.6666666666666666,
+    1.0,
+]
+
+NF4_BIT = [7, 1, 2, 3, 4, 5, 6, 0, -8, -7, -6, -5, -4, -3, -2, -1]
+FP4_BNB_BIT = [-5, -6, -3, -4, -1, -2, -7, 0, 1, 6, 7, 4, 5, 2, 3]
+FP4_E2M1_BIT = [-1, -2, -3, -4, -5, -6, -7, 0, 1, 2, 3, 4, 5, 6, 7]
+
+FLOAT_MAPPING = {"nf4": NF4, "fp4": FP4_BNB, "fp4_e2m1_bnb": FP4_BNB, "fp4_e2m1": FP4_E2M1}
+INT_MAPPING = {"nf4": NF4_BIT, "fp4": FP4_BNB_BIT, "fp4_e2m1_bnb": FP4_BNB_BIT, "fp4_e2m1": FP4_E2M1_BIT}
+
+#: dtype names accepted by the quantizers: the integer path and every codebook.
+DTYPES = ("int",) + tuple(FLOAT_MAPPING)
+SCHEMES = ("sym", "asym")
+
+
+def midpoints(levels):
+    """Decision boundaries between consecutive levels, in float64.
+
+    The reference computes ``(a + b) / 2`` in Python floats and rounds the result to the
+    tensor's compute type when it compares; callers cast this float64 table once.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    return (levels[:-1] + levels[1:]) / 2.0
+
+
+def _check_tables():
+    for name in FLOAT_MAPPING:
+        levels = np.asarray(FLOAT_MAPPING[name], dtype=np.float64)
+        codes = np.asarray(INT_MAPPING[name])
+        if levels.shape != codes.shape:
+            raise ImportError(f"codebook {name!r}: {levels.size} levels but {codes.size} codes")
+        if not np.all(np.diff(levels) > 0):
+            raise ImportError(f"codebook {name!r}: levels are not strictly ascending")
+        if len(set(codes.tolist())) != codes.size or codes.min() < -8 or codes.max() > 7:
+            raise ImportError(f"codebook {name!r}: codes are not distinct signed 4-bit values")
+
+
+_check_tables()

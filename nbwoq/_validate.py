@@ -1,0 +1,101 @@
+"""Argument checks shared by every public function.
+
+Each check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind,
+impossible value) naming the argument and what was expected. Public functions run all
+of them before their first write, so a failed call leaves the caller's data untouched.
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+from nbwoq import _arrays
+from nbwoq._tables import DTYPES, SCHEMES
+
+MAX_BITS = 16
+
+
+def integer(value, name):
+    """``value`` as a Python int; bools and floats are refused."""
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
+def bits(value, name="bits"):
+    value = integer(value, name)
+    if value > MAX_BITS:
+        raise ValueError(f"{name} must be at most {MAX_BITS}, got {value!r}")
+    return value
+
+
+def group_size(value, name="group_size"):
+    value = integer(value, name)
+    if value == 0 or value < -1:
+        raise ValueError(f"{name} must be -1 or a positive integer, got {value!r}")
+    return value
+
+
+def scheme(value, name="scheme"):
+    if not isinstance(value, str) or value not in SCHEMES:
+        raise ValueError(f"{name} must be one of {SCHEMES}, got {value!r}")
+    return value
+
+
+def dtype(value, name="dtype", allowed=DTYPES):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def quantile_scalar(value, name="quantile"):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in (0, 1] or an array of them, got {value!r}")
+    value = float(value)
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return value
+
+
+def weight(x, name="weight", writable=True):
+    """Check a weight; returns ``None`` for a NumPy array, else its array namespace."""
+    if _arrays.is_numpy(x):
+        if not _arrays.numpy_dtype_supported(x.dtype):
+            raise TypeError(f"{name} must be a {_arrays.SUPPORTED_NAMES} array, got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array (rows, cols), got shape {x.shape}")
+        if writable and not x.flags.writeable:
+            raise ValueError(
+                f"{name} is read-only; this function writes its result into {name} in place, "
+                f"so pass a writable array (e.g. {name}.copy())"
+            )
+        return None
+    try:
+        xp = _arrays.namespace(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an array (NumPy or any array-API array), got {type(x).__name__}") from None
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows, cols), got shape {tuple(x.shape)}")
+    return xp
+
+
+def first_bad_row(finite_by_row):
+    """Raise for the first False in a per-row finiteness vector (a NumPy bool array)."""
+    bad = np.flatnonzero(~finite_by_row)
+    if bad.size:
+        raise ValueError(
+            f"weight has non-finite values (NaN or Inf), first in row {int(bad[0])}; "
+            "pass check_finite=False to skip this check"
+        )

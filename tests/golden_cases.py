@@ -1,0 +1,69 @@
+"""Loader for the golden vectors recorded with the reference library (tests/golden/).
+
+Every case is exposed as a small record with NumPy arrays; bfloat16 inputs are stored
+as float32 holding the same values and come back as ``ml_dtypes.bfloat16`` here.
+"""
+
+import functools
+import json
+import pathlib
+
+import numpy as np
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+@functools.lru_cache(maxsize=None)
+def manifest():
+    with open(GOLDEN / "MANIFEST.json") as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def _npz(fname):
+    with np.load(GOLDEN / fname) as d:
+        return {k: d[k] for k in d.files}
+
+
+def array(fname, ref):
+    """The array a manifest reference names, in the dtype the reference held it."""
+    if ref is None:
+        return None
+    a = _npz(fname)[ref["key"]].copy()
+    if ref.get("torch_dtype") == "bfloat16":
+        import ml_dtypes
+
+        a = a.astype(ml_dtypes.bfloat16)
+    return a
+
+
+def cases(fname, predicate=lambda case: True):
+    """Cases of one golden file that satisfy ``predicate``, for ``pytest.mark.parametrize``."""
+    return [c for c in manifest()["files"][fname]["cases"] if predicate(c)]
+
+
+def case_id(case):
+    a = case["args"]
+    parts = [case["id"], case["function"]]
+    for key in ("dtype", "scheme", "bits", "group_size", "quantile"):
+        if key in a:
+            parts.append(f"{key[:2]}{a[key]}")
+    if a.get("full_range"):
+        parts.append("fr")
+    if a.get("return_int"):
+        parts.append("int")
+    return "-".join(str(p) for p in parts)
+
+
+def returned(fname, case):
+    """``(weight_after, scale, zp)`` or ``(weight_after,)`` as the reference returned them."""
+    ret = case["returned"]
+    if ret["type"] == "tensor":
+        return (array(fname, ret["value"]),)
+    if ret["type"] == "tuple":
+        return tuple(array(fname, item) for item in ret["items"])
+    raise ValueError(f"unexpected returned type {ret['type']!r}")
+
+
+def constant(name):
+    return manifest()["constants"][name]["values"]
