@@ -31,16 +31,17 @@ _QUIET = np.uint32(0x40)
 
 @register_jitable(inline="always")
 def _bf16_bits_to_float(bits):
-    return (np.uint32(np.uint16(bits)) << _SHIFT).view(np.float32)
+    # Numba widens integer arithmetic to 64 bits; narrow back before the bit cast.
+    return np.uint32(np.uint32(np.uint16(bits)) << _SHIFT).view(np.float32)
 
 
 @register_jitable(inline="always")
 def _float_to_bf16_bits(value):
-    u = np.uint32(value.view(np.uint32))
-    rounded = (u + _ROUND + ((u >> _SHIFT) & _ONE)) >> _SHIFT
+    u = np.uint32(np.float32(value).view(np.uint32))
+    rounded = np.uint32((u + _ROUND + ((u >> _SHIFT) & _ONE)) >> _SHIFT)
     # NaN must stay NaN: rounding could carry its payload into the exponent.
     if value != value:
-        rounded = (u >> _SHIFT) | _QUIET
+        rounded = np.uint32((u >> _SHIFT) | _QUIET)
     return np.int16(np.uint16(rounded))
 
 

@@ -8,22 +8,23 @@ or float64 for float64 weights); fastmath stays off wherever a code is decided.
 The array-API twin of these kernels is ``_reference_int``; tests hold them equal.
 """
 
-import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
-from nbwoq._llvm import fmaximum, fminimum
+from nbwoq._llvm import fmaximum, fminimum, roundeven
 
 
 @register_jitable(inline="always")
-def group_minmax(row, start, stop):
-    """NaN-propagating min and max of ``row[start:stop]`` in the compute type."""
-    lo = decode(row[start])
+def group_minmax(seg):
+    """NaN-propagating min and max of the group ``seg`` (1-D, non-empty), compute type."""
+    lo = decode(seg[0])
     hi = lo
-    for c in range(start + 1, stop):
-        x = decode(row[c])
+    # Index from 0 over a slice: LLVM can then prove the index non-negative, drop
+    # Numba's negative-index wraparound and vectorize (otherwise it gathers).
+    for i in range(seg.shape[0]):
+        x = decode(seg[i])
         lo = fminimum(lo, x)
         hi = fmaximum(hi, x)
     return lo, hi
@@ -54,14 +55,20 @@ def int_group_params(lo, hi, quantile, divisor, sym, full_range, zero, one):
         wmin = -one
         wmax = one
     scale = (wmax - wmin) / divisor
-    zp = np.rint(-wmin / scale)
+    zp = roundeven(-wmin / scale)
     return scale, zp
 
 
 @register_jitable(inline="always")
 def int_code(x, scale, zp, qmin, qmax):
-    """``clamp(round(x / scale) + zp, qmin, qmax)``; NaN stays NaN, as in ``torch.clamp``."""
-    return fminimum(fmaximum(np.rint(x / scale) + zp, qmin), qmax)
+    """``clamp(round(x / scale) + zp, qmin, qmax)``.
+
+    The clamp is written as two selects: they vectorize to compare-and-blend, and a NaN
+    fails both comparisons and stays NaN, as in ``torch.clamp``.
+    """
+    code = roundeven(x / scale) + zp
+    code = qmin if code < qmin else code
+    return qmax if code > qmax else code
 
 
 @njit_kernel
@@ -83,18 +90,17 @@ def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         r = t // n_groups
         g = t - r * n_groups
         start = g * size
-        stop = min(start + size, cols)
-        row = w[r]
-        lo, hi = group_minmax(row, start, stop)
+        seg = w[r, start:min(start + size, cols)]
+        lo, hi = group_minmax(seg)
         q = quantile[r, g] if per_group else quantile[0, 0]
         scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
         if keep_params:
             scale_out[r, g] = scale
             zp_out[r, g] = zp
         if write_codes:
-            for c in range(start, stop):
-                row[c] = encode(int_code(decode(row[c]), scale, zp, qmin, qmax), w)
+            for i in range(seg.shape[0]):
+                seg[i] = encode(int_code(decode(seg[i]), scale, zp, qmin, qmax), w)
         else:
-            for c in range(start, stop):
-                code = int_code(decode(row[c]), scale, zp, qmin, qmax)
-                row[c] = encode((code - zp) * scale, w)
+            for i in range(seg.shape[0]):
+                code = int_code(decode(seg[i]), scale, zp, qmin, qmax)
+                seg[i] = encode((code - zp) * scale, w)

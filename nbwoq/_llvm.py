@@ -31,6 +31,27 @@ def _binary_float_intrinsic(llvm_name):
     return _op
 
 
+def _unary_float_intrinsic(llvm_name):
+    @intrinsic
+    def _op(typingctx, a):
+        if not isinstance(a, types.Float):
+            return None
+        sig = a(a)
+
+        def codegen(context, builder, signature, args):
+            ltype = context.get_value_type(signature.return_type)
+            fn = builder.module.declare_intrinsic(llvm_name, [ltype], ir.FunctionType(ltype, [ltype]))
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+    return _op
+
+
+#: Round half to even (``np.rint``/``torch.round``). Numba lowers ``np.rint`` on a
+#: scalar to a libm call, which blocks vectorization; this is one instruction.
+roundeven = _unary_float_intrinsic("llvm.roundeven")
+
 #: NaN-propagating minimum / maximum (IEEE 754-2019 ``minimum``/``maximum``).
 fminimum = _binary_float_intrinsic("llvm.minimum")
 fmaximum = _binary_float_intrinsic("llvm.maximum")

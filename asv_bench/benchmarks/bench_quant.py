@@ -1,0 +1,170 @@
+"""Integer group quantization: nbwoq vs the plain-torch formula vs the memory floor.
+
+``time_*`` is nbwoq alone; the ``track_*`` ratios time nbwoq, the plain-torch
+implementation of the reference's formula and an in-place ``w *= 1.0`` pass inside the
+same call, so they compare like with like on a shared machine. ``track_extra_peak_*``
+measures, in a fresh process, the peak resident memory an in-place call adds beyond
+the weight itself, as a percentage of the weight's size.
+
+Run ``python asv_bench/benchmarks/bench_quant.py`` for a quick table of the targets.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+try:
+    from . import common
+except ImportError:  # run as a script
+    import common
+
+import nbwoq
+
+
+def torch_quant_tensor(w, bits, group_size, scheme):
+    """The reference's integer formula in plain torch (in place, like the reference)."""
+    torch = common.torch_or_none()
+    rows, cols = w.shape
+    g = cols if group_size == -1 else group_size
+    x = w.reshape(-1, g)
+    if scheme == "asym":
+        maxq = 2**bits - 1
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        wmin = torch.minimum(x.min(1)[0], zeros)
+        wmax = torch.maximum(x.max(1)[0], zeros)
+        both = (wmin == 0) & (wmax == 0)
+        wmin[both] = -1
+        wmax[both] = 1
+        scale = ((wmax - wmin) / maxq).unsqueeze(1)
+        zp = torch.round(-wmin.unsqueeze(1) / scale)
+        x.div_(scale).round_().add_(zp).clamp_(0, maxq).sub_(zp).mul_(scale)
+    else:
+        maxq, minq = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+        wmax = torch.maximum(x.max(1)[0].abs(), x.min(1)[0].abs())
+        wmax[wmax == 0] = 1
+        scale = (wmax / maxq).unsqueeze(1)
+        x.div_(scale).round_().clamp_(minq, maxq).mul_(scale)
+    return w
+
+
+def _torch_copy(shape, dtype):
+    torch = common.torch_or_none()
+    w = common.weight(shape, dtype)
+    if dtype == "bfloat16":
+        return torch.from_numpy(w.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(w.copy())
+
+
+class QuantTensorInt:
+    params = (
+        ["4096x4096", "11008x4096"],
+        ["float32", "bfloat16"],
+        [2, 3, 4, 8],
+        ["asym", "sym"],
+        [32, 128, -1],
+    )
+    param_names = ["shape", "dtype", "bits", "scheme", "group_size"]
+    timeout = 600
+
+    def setup(self, shape, dtype, bits, scheme, group_size):
+        common.warm_up()
+        self.w = common.fresh(shape, dtype)
+
+    def time_quant_tensor(self, shape, dtype, bits, scheme, group_size):
+        nbwoq.quant_tensor(self.w, bits=bits, group_size=group_size, scheme=scheme)
+
+    def _times(self, shape, dtype, bits, scheme, group_size, repeat=5):
+        t_nb = common.median_time(
+            lambda w: nbwoq.quant_tensor(w, bits=bits, group_size=group_size, scheme=scheme),
+            lambda: common.fresh(shape, dtype), repeat)
+        t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, dtype), repeat)
+        t_torch = common.median_time(
+            lambda w: torch_quant_tensor(w, bits, group_size, scheme), lambda: _torch_copy(shape, dtype), 3)
+        return t_nb, t_floor, t_torch
+
+    def track_speedup_vs_torch(self, shape, dtype, bits, scheme, group_size):
+        t_nb, _, t_torch = self._times(shape, dtype, bits, scheme, group_size)
+        return t_torch / t_nb
+
+    track_speedup_vs_torch.unit = "x"
+
+    def track_ratio_to_floor(self, shape, dtype, bits, scheme, group_size):
+        t_nb, t_floor, _ = self._times(shape, dtype, bits, scheme, group_size)
+        return t_nb / t_floor
+
+    track_ratio_to_floor.unit = "x floor"
+
+
+_PEAK_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np
+    import nbwoq
+    shape, dtype, kwargs = json.loads(sys.argv[1])
+    w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    if dtype == "bfloat16":
+        import ml_dtypes
+        w = w.astype(ml_dtypes.bfloat16)
+    nbwoq.quant_tensor(np.ones((4, 64), w.dtype), **kwargs)   # compile / load the cache
+    nbwoq.quant_tensor(w.copy()[:8], **kwargs)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    nbwoq.quant_tensor(w, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_kib": after - before, "weight_kib": w.nbytes / 1024}))
+""")
+
+
+def extra_peak_percent(shape, dtype, **kwargs):
+    """Peak RSS an in-place call adds, in % of the weight (fresh process, warm cache)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([shape, dtype, kwargs])],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return 100.0 * r["extra_kib"] / r["weight_kib"]
+
+
+class QuantTensorMemory:
+    params = (["float32", "bfloat16"], ["asym", "sym"], [32, 128])
+    param_names = ["dtype", "scheme", "group_size"]
+    timeout = 300
+
+    def track_extra_peak_percent_4096x4096(self, dtype, scheme, group_size):
+        return extra_peak_percent([4096, 4096], dtype, bits=4, group_size=group_size, scheme=scheme)
+
+    track_extra_peak_percent_4096x4096.unit = "% of weight"
+
+
+class ImportAndFirstCall:
+    """A second process with a warm Numba cache: import + first quant_tensor call."""
+
+    timeout = 300
+
+    def track_import_and_first_call_seconds(self):
+        code = ("import time; t=time.perf_counter(); import numpy as np, nbwoq; "
+                "nbwoq.quant_tensor(np.ones((64, 256), np.float32), bits=4, group_size=128); "
+                "print(time.perf_counter()-t)")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warm the cache
+        times = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                      text=True).stdout) for _ in range(3)]
+        return float(np.median(times))
+
+    track_import_and_first_call_seconds.unit = "s"
+
+
+if __name__ == "__main__":
+    common.warm_up()
+    bench = QuantTensorInt()
+    print(f"{'shape':>11} {'dtype':>8} {'bits':>4} {'scheme':>6} {'g':>4} {'nbwoq ms':>9} {'floor ms':>9} "
+          f"{'torch ms':>9} {'x floor':>8} {'x faster':>9}")
+    for dtype in ("float32", "bfloat16"):
+        for scheme in ("asym", "sym"):
+            for g in (128, 32, -1):
+                t_nb, t_floor, t_torch = bench._times("4096x4096", dtype, 4, scheme, g)
+                print(f"{'4096x4096':>11} {dtype:>8} {4:>4} {scheme:>6} {g:>4} {t_nb*1e3:9.2f} {t_floor*1e3:9.2f} "
+                      f"{t_torch*1e3:9.2f} {t_nb/t_floor:8.2f} {t_torch/t_nb:9.1f}")
+    for dtype in ("float32", "bfloat16"):
+        for scheme in ("asym", "sym"):
+            print(f"extra peak memory {dtype} {scheme} g128: "
+                  f"{extra_peak_percent([4096, 4096], dtype, bits=4, group_size=128, scheme=scheme):.2f}% of weight")
+    print(f"import + first call (warm cache): {ImportAndFirstCall().track_import_and_first_call_seconds():.3f} s")

@@ -1,0 +1,81 @@
+"""Shared benchmark data and helpers.
+
+Weights are seeded and cached per (shape, dtype) so every benchmark in a run sees the
+same data; ``fresh`` hands each timed call its own copy (the functions work in place).
+Ratios against the plain-torch reference and the memory floor are measured inside one
+process, right next to each other, so machine load cancels out.
+"""
+
+import functools
+import time
+
+import numpy as np
+
+try:
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    BFLOAT16 = None
+
+SHAPES = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096)}
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BFLOAT16}
+
+
+@functools.lru_cache(maxsize=8)
+def _weight(shape, dtype_name):
+    rng = np.random.default_rng(20261127)
+    w = rng.standard_normal(shape, dtype=np.float32)
+    # 0.1% outliers, as real LLM weights have.
+    n = max(1, w.size // 1000)
+    w.flat[rng.integers(0, w.size, n)] *= 20
+    w.setflags(write=False)
+    return w.astype(DTYPES[dtype_name])
+
+
+def weight(shape_name, dtype_name="float32"):
+    """Read-only seeded weight (copy it before an in-place call)."""
+    w = _weight(SHAPES[shape_name], dtype_name)
+    w.setflags(write=False)
+    return w
+
+
+def fresh(shape_name, dtype_name="float32"):
+    return weight(shape_name, dtype_name).copy()
+
+
+def median_time(func, setup, repeat=5):
+    """Median wall time of ``func(setup())`` over ``repeat`` calls (setup not timed)."""
+    times = []
+    for _ in range(repeat):
+        arg = setup()
+        t0 = time.perf_counter()
+        func(arg)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def floor_pass(w):
+    """The memory-bandwidth floor: one in-place read-and-write pass over the weight."""
+    w *= 1.0
+
+
+def torch_or_none():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    return torch
+
+
+def warm_up():
+    """Compile (or load from cache) every kernel once, outside the timed region."""
+    import nbwoq
+
+    w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    for scheme in ("sym", "asym"):
+        nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme=scheme)
+        nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme=scheme, return_int=True)
+        nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme=scheme, check_finite=False)
+    if BFLOAT16 is not None:
+        nbwoq.quant_tensor(w.astype(BFLOAT16), bits=4, group_size=32)

@@ -1,0 +1,267 @@
+"""Safetensors read one tensor at a time, and written as a stream. No torch.
+
+The file format is small enough to own: eight bytes of little-endian header length, a
+JSON header naming every tensor's dtype, shape and byte range, then the data. Reading
+it ourselves lets us (a) map exactly one tensor's bytes at a time, so resident memory
+follows the current tensor and not the file, (b) hand bfloat16 over as its 16-bit
+pattern without ml_dtypes or torch, and (c) say precisely what is wrong with a broken
+file before anything is written.
+
+Writing plans the whole header first (every output size is known from the shapes), so
+tensors stream to disk in order and are never held together in memory.
+"""
+
+import json
+import mmap
+import os
+import struct
+
+import numpy as np
+
+#: Safetensors dtype name -> (NumPy storage dtype, itemsize). bfloat16 is stored and
+#: handed out as its uint16 bit pattern; ``FLOAT_DTYPES`` marks what can be quantized.
+DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+    "F8_E4M3": np.dtype("u1"),
+    "F8_E5M2": np.dtype("u1"),
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+# A header larger than this is not a real checkpoint (the safetensors library caps it
+# at 100 MB too); refusing it early keeps a corrupt length from allocating gigabytes.
+_MAX_HEADER = 100 * 1024 * 1024
+_ALIGN = 8
+
+
+class FormatError(ValueError):
+    """A file is not what it claims to be (truncated, corrupt, inconsistent)."""
+
+
+class TensorInfo:
+    """Where one tensor lives: file, dtype name, shape and absolute byte range."""
+
+    __slots__ = ("name", "path", "dtype", "shape", "start", "stop")
+
+    def __init__(self, name, path, dtype, shape, start, stop):
+        self.name, self.path, self.dtype, self.shape, self.start, self.stop = name, path, dtype, shape, start, stop
+
+    @property
+    def nbytes(self):
+        return self.stop - self.start
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self):
+        return f"TensorInfo({self.name!r}, {self.dtype}, {self.shape})"
+
+
+def read_header(path):
+    """Parse and check the header of ``path``.
+
+    Returns
+    -------
+    tensors : dict of str -> TensorInfo
+        In file order (by data offset).
+    metadata : dict of str -> str
+
+    Raises
+    ------
+    FormatError
+        Naming the file and what is wrong: too short, header length beyond the file,
+        invalid JSON, unknown dtype, shape/size mismatch, data beyond the end of the
+        file (truncated), overlapping tensors.
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise FormatError(
+                f"{path}: truncated or corrupt safetensors header (header claims {n} bytes, file has {size})"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: corrupt safetensors header (not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: corrupt safetensors header (expected a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: corrupt safetensors header (__metadata__ must be an object)")
+    base = 8 + n
+    tensors = []
+    for name, entry in header.items():
+        try:
+            dtype = entry["dtype"]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(v) for v in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: corrupt entry for tensor {name!r} (needs dtype, shape, data_offsets)") from None
+        if dtype not in DTYPES:
+            raise FormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+            raise FormatError(f"{path}: tensor {name!r} has a negative shape or byte range")
+        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        if end - begin != expected:
+            raise FormatError(
+                f"{path}: tensor {name!r} shape {list(shape)} x {dtype} needs {expected} bytes, "
+                f"header gives {end - begin}"
+            )
+        if base + end > size:
+            raise FormatError(
+                f"{path}: truncated: tensor {name!r} ends at byte {base + end}, file has {size} bytes"
+            )
+        tensors.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
+    tensors.sort(key=lambda t: t.start)
+    for a, b in zip(tensors, tensors[1:]):
+        if b.start < a.stop:
+            raise FormatError(f"{path}: tensors {a.name!r} and {b.name!r} overlap")
+    return {t.name: t for t in tensors}, {str(k): str(v) for k, v in metadata.items()}
+
+
+class TensorMap:
+    """One tensor's bytes, memory-mapped read-only; ``close`` releases the pages.
+
+    Use as a context manager; ``array`` is valid inside it only.
+    """
+
+    def __init__(self, info):
+        page = mmap.ALLOCATIONGRANULARITY
+        offset = info.start - info.start % page
+        length = info.stop - offset
+        self._map = None
+        if info.nbytes == 0:
+            self.array = np.zeros(info.shape, dtype=DTYPES[info.dtype])
+            return
+        with open(info.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset)
+        if hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+            self._map.madvise(mmap.MADV_WILLNEED)
+        dtype = DTYPES[info.dtype]
+        self.array = np.frombuffer(self._map, dtype=dtype, count=info.size, offset=info.start - offset).reshape(info.shape)
+
+    def close(self):
+        self.array = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view escaped: the pages go when it does
+                pass
+            self._map = None
+
+    def __enter__(self):
+        return self.array
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def header_bytes(specs, metadata=None):
+    """Serialized header for tensors ``specs`` = [(name, dtype_name, shape), ...] in order.
+
+    Returns ``(bytes, [(name, start, stop), ...])`` with offsets relative to the data.
+    """
+    header = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offsets = []
+    pos = 0
+    for name, dtype, shape in specs:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        header[name] = {"dtype": dtype, "shape": [int(d) for d in shape], "data_offsets": [pos, pos + nbytes]}
+        offsets.append((name, pos, pos + nbytes))
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # Pad with spaces so the data starts 8-byte aligned (what the safetensors library writes).
+    raw += b" " * (-(8 + len(raw)) % _ALIGN)
+    return struct.pack("<Q", len(raw)) + raw, offsets
+
+
+class StreamWriter:
+    """Write a safetensors file whose tensors arrive one at a time, in plan order.
+
+    The header is written up front from ``specs``; each ``write(name, array)`` must
+    come in that order with exactly the planned bytes. ``close`` checks that every
+    tensor arrived and fsyncs. Nothing is renamed here: the caller owns atomicity.
+    """
+
+    def __init__(self, path, specs, metadata=None):
+        raw, offsets = header_bytes(specs, metadata)
+        self._plan = [(name, stop - start) for name, start, stop in offsets]
+        self._next = 0
+        self.path = os.fspath(path)
+        self._file = open(self.path, "wb")
+        self._file.write(raw)
+
+    def write(self, name, array):
+        if self._next >= len(self._plan):
+            raise RuntimeError(f"{self.path}: tensor {name!r} is beyond the planned header")
+        planned, nbytes = self._plan[self._next]
+        data = np.ascontiguousarray(array)
+        if name != planned or data.nbytes != nbytes:
+            raise RuntimeError(
+                f"{self.path}: expected tensor {planned!r} ({nbytes} bytes), got {name!r} ({data.nbytes} bytes)"
+            )
+        if data.dtype.byteorder == ">":  # safetensors is little-endian
+            data = data.astype(data.dtype.newbyteorder("<"))
+        self._file.write(memoryview(data.reshape(-1)).cast("B"))
+        self._next += 1
+
+    def close(self):
+        if self._file is None:
+            return
+        try:
+            if self._next != len(self._plan):
+                missing = [name for name, _ in self._plan[self._next:]]
+                raise RuntimeError(f"{self.path}: closed before tensors {missing[:3]} were written")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+            self._file = None
+
+    def abort(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def save_file(path, tensors, metadata=None):
+    """Write a dict of NumPy arrays (dtype names given as ``(name, dtype, array)`` tuples)."""
+    specs = [(name, dtype, arr.shape) for name, dtype, arr in tensors]
+    writer = StreamWriter(path, specs, metadata)
+    try:
+        for name, _, arr in tensors:
+            writer.write(name, arr)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def numpy_dtype_name(dtype):
+    """Safetensors dtype name of a NumPy dtype (bfloat16 is written by name, not here)."""
+    dtype = np.dtype(dtype)
+    for name, candidate in DTYPES.items():
+        if candidate == dtype and name not in ("BF16", "F8_E4M3", "F8_E5M2"):
+            return name
+    raise TypeError(f"no safetensors dtype for NumPy dtype {dtype}")

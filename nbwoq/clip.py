@@ -1,0 +1,203 @@
+"""Clip-ratio search on NumPy and array-API arrays: ``search_clip``.
+
+The reference tries 40 clip ratios by fake-quantizing the whole weight 40 times. Here
+all candidates are scored in one pass over the weight (``_kernels_clip``), or on the
+array-API path by the reference twin (``_reference_clip``); the weight is only read.
+"""
+
+import numbers
+
+import array_api_compat
+import numpy as np
+
+from nbwoq import _arrays, _integer, _kernels_clip, _reference_clip, _validate
+from nbwoq._layout import group_layout
+from nbwoq._tables import DTYPES
+
+#: The reference's candidates: ``1 - i / (N_GRID)`` for ``i < MAX_SHRINK * N_GRID``.
+N_GRID = 200
+MAX_SHRINK = 0.2
+DEFAULT_COUNT = int(MAX_SHRINK * N_GRID)
+
+
+def candidates(grid=None):
+    """The clip ratios to try, as Python floats, in the order they are tried.
+
+    ``None``: the reference's 40, ``1 - i / 200`` (1.0 down to 0.805). An integer ``n``:
+    ``n`` ratios evenly spaced over the same span, ``1 - i / (5 * n)`` (``n = 40`` gives
+    the reference's). A sequence: those ratios, each in (0, 1].
+    """
+    if grid is None:
+        grid = DEFAULT_COUNT
+    if isinstance(grid, (numbers.Integral, np.integer)) and not isinstance(grid, (bool, np.bool_)):
+        n = int(grid)
+        if n < 1:
+            raise ValueError(f"grid as a count must be a positive integer, got {grid!r}")
+        spacing = n / MAX_SHRINK  # 200 for the reference's 40: the same float operations
+        return [1 - i / spacing for i in range(n)]
+    if isinstance(grid, (str, bytes, bool, np.bool_)) or not hasattr(grid, "__len__"):
+        raise TypeError(f"grid must be None, a positive integer or a sequence of ratios in (0, 1], got {grid!r}")
+    values = [_validate.quantile_scalar(_scalar(v), "grid values") for v in _elements(grid)]
+    if not values:
+        raise ValueError("grid as a sequence must hold at least one ratio, got an empty sequence")
+    return values
+
+
+def _elements(grid):
+    if hasattr(grid, "shape") and len(grid.shape) != 1:
+        raise ValueError(f"grid as an array must be 1-D, got shape {tuple(grid.shape)}")
+    return [grid[i] for i in range(len(grid))]
+
+
+def _scalar(v):
+    # 0-d arrays (NumPy, torch, ...) become Python scalars; anything else is left for
+    # quantile_scalar to refuse with a TypeError.
+    if not isinstance(v, numbers.Real) and hasattr(v, "shape") and tuple(v.shape) == ():
+        return float(v)
+    return v
+
+
+def _pick(totals):
+    """Index of the smallest total, the first on a tie, ignoring NaN; None if none is finite."""
+    best, low = None, float("inf")
+    for k, value in enumerate(totals):
+        if value < low:
+            best, low = k, value
+    return best
+
+
+def _non_finite(bad, n_groups):
+    raise ValueError(f"weight has non-finite values (NaN or Inf), first in row {bad // n_groups}")
+
+
+def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False, *,
+                per_group=False, grid=None):
+    """Clip ratio that minimizes the fake-quantization error of ``weight``; never writes.
+
+    Every candidate ratio ``q`` is scored by the squared error between ``weight`` and
+    ``quant_tensor(weight, bits, group_size, scheme, quantile=q, dtype=dtype,
+    full_range=enable_full_range)``, all in one pass over the weight. The default
+    candidates are the reference's, ``1 - i / 200`` for ``i = 0..39``.
+
+    Parameters
+    ----------
+    weight : array, shape (rows, cols)
+        float16, bfloat16, float32 or float64; NumPy arrays (read-only ones too) take
+        the Numba kernel, any other array-API array the reference path on its device.
+    bits : int, default 4
+        1 to 16; ``bits <= 0`` quantizes nothing, so the first candidate wins.
+    group_size : int, default 32
+        -1 or a positive integer; groups as in ``quant_tensor``, tail group included.
+    scheme : {"asym", "sym"}, default "asym"
+    dtype : str, default "int"
+        ``"int"``.
+    enable_full_range : bool, default False
+        ``full_range`` of ``quant_tensor`` (symmetric only; needs ``bits >= 2``).
+    per_group : bool, default False
+        Return the best ratio of every group instead of one for the whole tensor.
+    grid : None, int or sequence of float, optional
+        The candidates: ``None`` for the reference's 40; a count ``n`` for ``n`` ratios
+        evenly spaced from 1.0 down over the same span (``1 - i / (5 * n)``); or the
+        ratios themselves, each in (0, 1], tried in the given order.
+
+    Returns
+    -------
+    float or array
+        The ratio with the smallest total squared error, the first candidate on a tie,
+        as a Python float (the candidate exactly, e.g. ``1 - 39 / 200``). With
+        ``per_group``: an array of shape (rows, n_groups), in the compute dtype (float64
+        for float64 weights, else float32) and in ``weight``'s namespace and device,
+        holding each group's best ratio; pass it to ``quant_tensor`` as ``quantile``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument; ``ValueError`` for a weight holding NaN or Inf (naming the
+        first such row), or, per tensor, when no candidate gives a finite error (a range
+        that overflows the compute dtype). Nothing is ever written to ``weight``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq import search_clip, quant_tensor
+    >>> w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    >>> search_clip(w, bits=4, group_size=32)
+    0.95
+    >>> q = search_clip(w, bits=4, group_size=32, per_group=True)
+    >>> q.shape, q.dtype
+    ((8, 2), dtype('float32'))
+    >>> out = quant_tensor(w.copy(), bits=4, group_size=32, quantile=q)
+    """
+    xp = _validate.weight(weight, writable=False)
+    bits = _validate.bits(bits)
+    group_size = _validate.group_size(group_size)
+    scheme = _validate.scheme(scheme)
+    dtype = _validate.dtype(dtype, allowed=_DTYPES)
+    full_range = _validate.flag(enable_full_range, "enable_full_range")
+    per_group = _validate.flag(per_group, "per_group")
+    ratios = candidates(grid)
+    sym = scheme == "sym"
+    if dtype == "int" and sym and full_range and bits == 1:
+        raise ValueError("enable_full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
+    rows, cols = weight.shape
+    size, n_groups = group_layout(cols, group_size)
+    cdt = _arrays.compute_dtype(weight.dtype) if xp is None else _reference_clip.compute_dtype(weight, xp)
+    if bits <= 0 and dtype == "int":
+        # quant_tensor leaves the weight as it is: every candidate has zero error.
+        return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
+    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
+    if xp is None:
+        result, bad = _search_numpy(weight, size, n_groups, ratios, cdt, (qmin, qmax, divisor, sym, full_range),
+                                    per_group)
+    else:
+        device = array_api_compat.device(weight)
+        r = xp.asarray(ratios, dtype=cdt, device=device)
+        result, bad = _reference_clip.search_int(weight, size, n_groups, r, float(qmin), float(qmax), float(divisor),
+                                                 sym, full_range, per_group, xp)
+        if not per_group and bad < 0:
+            result = [float(result[k]) for k in range(len(ratios))]
+    if bad >= 0:
+        _non_finite(bad, n_groups)
+    if per_group:
+        return result
+    best = _pick(result)
+    if best is None:
+        raise ValueError(
+            "no clip ratio gives a finite quantization error: the weight's range overflows "
+            f"{np.dtype(cdt).name if xp is None else cdt} arithmetic"
+        )
+    return ratios[best]
+
+
+_DTYPES = ("int",)
+
+
+def _constant(value, shape, cdt, weight, xp):
+    if xp is None:
+        return np.full(shape, value, dtype=cdt)
+    return xp.full(shape, value, dtype=cdt, device=array_api_compat.device(weight))
+
+
+def _search_numpy(weight, size, n_groups, ratios, cdt, fmt, per_group):
+    """Numba path: ``(totals per ratio or best ratio per group, first bad group or -1)``."""
+    qmin, qmax, divisor, sym, full_range = fmt
+    rows = weight.shape[0]
+    ctype = cdt.type
+    n_tasks = rows * n_groups
+    n_blocks = _kernels_clip.block_count(n_tasks)
+    r = np.asarray(ratios, dtype=cdt)
+    # Per group the kernel writes the answer directly; per tensor it writes one row of
+    # partial sums per block, added here in a fixed order (same answer on any thread count).
+    partial = np.zeros((n_blocks, 0 if per_group else len(ratios)), dtype=np.float64)
+    best = np.empty((rows, n_groups) if per_group else (1, 1), dtype=cdt)
+    first_bad = np.full(n_blocks, -1, dtype=np.int64)
+    if n_blocks:
+        _kernels_clip.search_int(
+            _arrays.kernel_view(weight), size, n_groups, r, ctype(qmin), ctype(qmax), ctype(divisor), sym, full_range,
+            n_blocks, per_group, partial, best, first_bad,
+        )
+    flagged = first_bad[first_bad >= 0]
+    bad = int(flagged.min()) if flagged.size else -1
+    if per_group:
+        return best, bad
+    return partial.sum(axis=0).tolist(), bad
