@@ -1,0 +1,191 @@
+"""The ``nbwoq`` command: quantize a checkpoint on a CPU, streamed, reported.
+
+``nbwoq quantize SRC OUT`` reads a Hugging Face folder, one ``.safetensors`` file or a
+GGUF file one tensor at a time and writes OUT in the chosen format. Without SRC it runs
+on a generated Llama-shaped checkpoint (``nbwoq.checkpoint``), so ``python -m nbwoq``
+works on a fresh machine. ``nbwoq generate OUT`` writes such a checkpoint.
+
+Exit status: 0 done, 1 bad input (one ``nbwoq: error:`` line), 2 bad usage,
+130 interrupted. Torch is never imported.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from nbwoq._tables import DTYPES
+
+_SUBCOMMANDS = ("quantize", "generate")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="nbwoq", description="Weight-only quantization of checkpoints on a CPU, without torch.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    q = sub.add_parser("quantize", help="quantize a checkpoint (the default command)",
+                       description="Quantize SRC into OUT. Without SRC: a generated Llama-shaped checkpoint.")
+    q.add_argument("src", nargs="?", help="Hugging Face folder, .safetensors or .gguf file (default: built-in demo)")
+    q.add_argument("out", nargs="?", help="output folder (nbwoq, gptq) or .gguf file (default for the demo: "
+                                          "a temporary folder, removed afterwards)")
+    q.add_argument("--bits", type=int, default=4, help="bits per code (default 4)")
+    q.add_argument("--group-size", type=int, default=None,
+                   help="values per scale along the input dimension, -1 for one per row "
+                        "(default 128; 32 for --format gguf)")
+    q.add_argument("--scheme", choices=("sym", "asym"), default=None,
+                   help="asym (zero point) or sym (default asym; sym for --format gguf)")
+    q.add_argument("--dtype", choices=DTYPES, default="int", help="int or a 4-bit codebook (default int)")
+    q.add_argument("--full-range", action="store_true", help="sym: also use the code -2**(bits-1)")
+    q.add_argument("--clip", choices=("none", "tensor", "group"), default="none",
+                   help="clip-ratio search: one per tensor or one per group (default none)")
+    q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default="nbwoq", help="output format")
+    q.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="quantize tensors whose name matches this glob (repeatable; default: the 2-D "
+                        "weights of the linear layers inside the blocks)")
+    q.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="keep tensors matching this glob unquantized (repeatable)")
+    q.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only once the new one is complete)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run, keeping its finished shards")
+    q.add_argument("--report", metavar="FILE", help="write the report as JSON")
+    q.add_argument("--top", type=int, default=15, help="rows of the error table to print (default 15, 0 for all)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+
+    g = sub.add_parser("generate", help="write the generated Llama-shaped checkpoint")
+    g.add_argument("out", help="output folder")
+    g.add_argument("--size", choices=("default", "1b"), default="default")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    return parser
+
+
+def _error(message):
+    print(f"nbwoq: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def _clip_text(clip):
+    if clip is None:
+        return "-"
+    if isinstance(clip, dict):
+        return f"{clip['min']:.3f}/{clip['mean']:.3f}/{clip['max']:.3f}"
+    return f"{clip:.3f}"
+
+
+def format_table(report, top=15, rows=True):
+    """The per-tensor table (worst error first, ``top`` rows, 0 for all) and the summary, as text."""
+    rows = [r for r in report["tensors"] if r["rel_mse"] is not None] if rows else []
+    shown = rows if top == 0 else rows[:top]
+    lines = []
+    if shown:
+        width = max(len(r["name"]) for r in shown)
+        lines.append(f"{'tensor':<{width}}  {'shape':>13}  {'format':<18}  {'clip min/mean/max':>17}  {'rel MSE':>9}  {'ms':>7}")
+        for r in shown:
+            shape = "x".join(str(d) for d in r["shape"])
+            lines.append(f"{r['name']:<{width}}  {shape:>13}  {r['format']:<18}  {_clip_text(r['clip']):>17}  "
+                         f"{r['rel_mse']:9.3e}  {r['seconds'] * 1e3:7.1f}")
+        if len(rows) > len(shown):
+            lines.append(f"... {len(rows) - len(shown)} more quantized tensors (all of them in --report)")
+    s = report["summary"]
+    lines.append("")
+    lines.append(f"{s['quantized']} tensors quantized ({s['label']}, format {s['format']}), {s['copied']} copied; "
+                 f"{_fmt_bytes(s['bytes_in'])} -> {_fmt_bytes(s['bytes_out'])}")
+    if s["mean_rel_mse"] is not None:
+        lines.append(f"relative MSE: mean {s['mean_rel_mse']:.3e}, worst {s['max_rel_mse']:.3e}")
+    lines.append(f"{s['seconds']:.2f} s, {_fmt_bytes(s['throughput_bytes_per_s'])}/s, "
+                 f"{s['quantized_params_per_s'] / 1e6:.1f} M quantized params/s, peak RSS {_fmt_bytes(s['peak_rss_bytes'])}")
+    if s["resumed_shards"]:
+        lines.append(f"resumed: {s['resumed_shards']} finished shard(s) kept")
+    lines.append(f"output: {s['output']}")
+    return "\n".join(lines)
+
+
+def _quantize(args):
+    from nbwoq.formats.quantizer import QuantOptions
+    from nbwoq.formats.run import quantize_checkpoint
+
+    if args.format == "gguf":
+        group_size = 32 if args.group_size is None else args.group_size
+        scheme = args.scheme or "sym"
+    else:
+        group_size = 128 if args.group_size is None else args.group_size
+        scheme = args.scheme or "asym"
+    if args.top < 0:
+        raise ValueError(f"--top must be 0 or positive, got {args.top}")
+    options = QuantOptions(args.bits, group_size, scheme, args.dtype, args.full_range, args.clip,
+                           args.include, args.exclude)
+    cleanup = []
+    try:
+        src, out = args.src, args.out
+        if src is None:
+            from nbwoq.checkpoint import write_checkpoint
+
+            tmp = tempfile.mkdtemp(prefix="nbwoq-demo-")
+            cleanup.append(tmp)
+            src = write_checkpoint(os.path.join(tmp, "llama-demo"))
+            if not args.quiet:
+                print(f"no SRC given: quantizing the built-in generated Llama-shaped checkpoint ({src})")
+        if out is None:
+            if args.src is not None:
+                raise ValueError("OUT is required when SRC is given")
+            tmp = cleanup[0]
+            out = os.path.join(tmp, "out.gguf" if args.format == "gguf" else "out")
+        log = None if args.quiet else (lambda m: print(m, file=sys.stderr))
+        report = quantize_checkpoint(src, out, options, args.format, overwrite=args.overwrite, resume=args.resume,
+                                     progress=not args.quiet, threads=args.threads, log=log)
+        if args.report:
+            with open(args.report, "w") as f:
+                json.dump(report, f, indent=1)
+        if args.src is None and args.out is None:
+            report["summary"]["output"] += " (temporary, removed; give SRC and OUT to keep a result)"
+        print(format_table(report, args.top, rows=not args.quiet))
+        return 0
+    finally:
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _generate(args):
+    from nbwoq.checkpoint import ONE_B, write_checkpoint
+
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise ValueError(f"output {args.out!r} exists and is not empty")
+    shape = ONE_B if args.size == "1b" else {}
+    write_checkpoint(args.out, seed=args.seed, dtype=args.dtype, **shape)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``nbwoq`` console script and ``python -m nbwoq``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in _SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "quantize")
+    args = _parser().parse_args(argv)
+    if args.version:
+        from nbwoq import __version__
+
+        print(f"nbwoq {__version__}")
+        return 0
+    from nbwoq.formats.source import InputError
+
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        return _quantize(args)
+    except (InputError, ValueError, TypeError, OSError) as exc:
+        return _error(str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    except KeyboardInterrupt:
+        print("nbwoq: interrupted; run again with --resume to keep finished shards", file=sys.stderr)
+        return 130

@@ -1,0 +1,246 @@
+"""GGUF export (Q4_0, Q4_1, Q8_0) for llama.cpp and transformers' GGUF loader.
+
+GGUF blocks hold 32 values with a float16 scale, so only ``--group-size 32`` maps onto
+them; anything else is refused rather than re-grouped. The mapping:
+
+=====  =========================  ==========================================
+type   nbwoq settings             stored
+=====  =========================  ==========================================
+Q4_0   int4 sym (full range or    ``d = scale``, ``q = code + 8``
+       not)
+Q4_1   int4 asym                  ``d = scale``, ``m = -zp * d``, ``q = code``
+Q8_0   int8 sym                   ``d = scale``, ``q = code``
+=====  =========================  ==========================================
+
+Scales are rounded to float16 and the codes are decided with the rounded scale when the
+core offers ``quant_weight_w_scale`` (so the file decodes to its own fake-quant);
+otherwise with the float32 scale, and the report's error is that of the file either way.
+
+From a GGUF source the metadata (tokenizer included) is copied and tensors keep their
+names. From a Hugging Face Llama folder the names are mapped to GGUF's, the query and
+key rows are permuted to llama.cpp's rotary layout, and the metadata is written from
+``config.json`` (and ``tokenizer.json`` when present).
+"""
+
+import json
+import os
+
+import numpy as np
+
+import nbwoq
+from nbwoq import _packing
+from nbwoq.formats.quantizer import requantizer, working_copy
+from nbwoq.formats.source import InputError
+
+_KINDS = {"Q4_0": _packing.Q4_0, "Q4_1": _packing.Q4_1, "Q8_0": _packing.Q8_0}
+_FILE_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # llama_ftype MOSTLY_*
+
+
+def gguf_type(options):
+    """The GGUF block type for these settings, or ``InputError`` saying what fits."""
+    o = options
+    if o.group_size != 32:
+        raise InputError(f"--format gguf stores blocks of 32 values: use --group-size 32 (got {o.group_size})")
+    if o.codebook:
+        raise InputError(f"--format gguf has no {o.dtype} blocks: use --dtype int")
+    if o.bits == 4 and o.scheme == "sym":
+        return "Q4_0"
+    if o.bits == 4 and o.scheme == "asym":
+        return "Q4_1"
+    if o.bits == 8 and o.scheme == "sym":
+        return "Q8_0"
+    raise InputError(f"--format gguf writes int4 sym (Q4_0), int4 asym (Q4_1) or int8 sym (Q8_0); "
+                     f"got int{o.bits} {o.scheme}")
+
+
+def _llama_permutation(rows, n_head):
+    """Row order llama.cpp expects for a query/key projection (rotary halves interleaved)."""
+    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+
+
+class GgufWriter:
+    """Plans and writes one GGUF file."""
+
+    name = "gguf"
+    output_is_file = True
+
+    def __init__(self, options, source):
+        try:
+            import gguf
+        except ImportError:  # pragma: no cover
+            raise InputError("--format gguf needs the 'gguf' package (pip install gguf)") from None
+        self.gguf = gguf
+        self.options = options
+        self.source = source
+        self.type_name = gguf_type(options)
+        self.kind = _KINDS[self.type_name]
+        self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
+        self.requantize = requantizer()
+        if source.kind == "gguf":
+            self.arch = str(self._field("general.architecture"))
+            self.name_map = None
+        else:
+            cfg = source.config
+            if not cfg:
+                raise InputError("--format gguf from safetensors needs the source folder's config.json")
+            if cfg.get("model_type") != "llama":
+                raise InputError(f"--format gguf from safetensors supports Llama models; config.json has "
+                                 f"model_type={cfg.get('model_type')!r} (convert it with llama.cpp, then quantize the GGUF)")
+            self.arch = "llama"
+            self.name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
+
+    def _field(self, key):
+        field = self.source.gguf.fields[key]
+        return field.contents()
+
+    # -- planning -----------------------------------------------------------------
+    def out_name(self, info):
+        if self.name_map is None:
+            return info.name
+        name = self.name_map.get_name(info.name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise InputError(f"--format gguf: no GGUF name for tensor {info.name!r}")
+        return name
+
+    def check_tensor(self, info, selected):
+        if selected and info.shape[1] % 32:
+            raise InputError(f"--format gguf: tensor {info.name!r} has {info.shape[1]} columns, "
+                             "not a multiple of the 32-value block; exclude it with --exclude")
+
+    def permutation(self, info):
+        if self.name_map is None:
+            return None
+        cfg = self.source.config
+        if info.name.endswith("q_proj.weight"):
+            return _llama_permutation(info.shape[0], cfg["num_attention_heads"])
+        if info.name.endswith("k_proj.weight"):
+            return _llama_permutation(info.shape[0], cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+        return None
+
+    def tensor_info(self, writer, info, selected):
+        """Register tensor ``info`` with the gguf-py writer (shape and type, no data)."""
+        name = self.out_name(info)
+        gguf = self.gguf
+        if selected:
+            rows, cols = info.shape
+            _, bsize = _packing.GGUF_BLOCK[self.kind]
+            byte_shape = (rows, cols // 32 * bsize)
+            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
+            return
+        if self.source.kind == "gguf":
+            data, qtype = self.source.gguf_raw(info)
+            data = np.asarray(data)
+            if qtype.name in ("F32", "F16"):
+                writer.add_tensor_info(name, info.shape, data.dtype, data.nbytes)
+            else:  # block types and BF16 are copied as their raw bytes
+                writer.add_tensor_info(name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=qtype)
+            return
+        itemsize = 2 if info.dtype in ("F16", "BF16") else 4
+        nbytes = info.size * itemsize
+        if info.dtype == "F32":
+            writer.add_tensor_info(name, info.shape, np.dtype(np.float32), nbytes)
+        elif info.dtype == "F16":
+            writer.add_tensor_info(name, info.shape, np.dtype(np.float16), nbytes)
+        elif info.dtype == "BF16":
+            writer.add_tensor_info(name, info.shape, np.dtype(np.uint16), nbytes, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            raise InputError(f"--format gguf cannot store tensor {info.name!r} of dtype {info.dtype}")
+
+    def metadata(self, writer):
+        """Key/values: copied from a GGUF source, or written from config.json (+ tokenizer)."""
+        gguf = self.gguf
+        if self.source.kind == "gguf":
+            skip = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
+            for key, field in self.source.gguf.fields.items():
+                if key.startswith(skip):
+                    continue
+                vtype = field.types[0]
+                sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+                writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+        else:
+            self._llama_metadata(writer)
+        writer.add_file_type(_FILE_TYPE[self.type_name])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_string("general.quantized_by", f"nbwoq {nbwoq.__version__} ({self.options.label()})")
+
+    def _llama_metadata(self, writer):
+        cfg = self.source.config
+        heads = cfg["num_attention_heads"]
+        writer.add_name(os.path.basename(os.path.abspath(self.source.path)))
+        writer.add_context_length(cfg.get("max_position_embeddings", 2048))
+        writer.add_embedding_length(cfg["hidden_size"])
+        writer.add_block_count(cfg["num_hidden_layers"])
+        writer.add_feed_forward_length(cfg["intermediate_size"])
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(cfg.get("num_key_value_heads", heads))
+        writer.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+        writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
+        writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        writer.add_vocab_size(cfg["vocab_size"])
+        self._tokenizer(writer, cfg)
+
+    def _tokenizer(self, writer, cfg):
+        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine."""
+        path = os.path.join(self.source.folder, "tokenizer.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            tok = json.load(f)
+        model = tok.get("model", {})
+        if model.get("type") != "BPE":
+            return
+        vocab = model["vocab"]
+        tokens = [""] * cfg["vocab_size"]
+        types = [self.gguf.TokenType.UNUSED] * cfg["vocab_size"]
+        for text, idx in vocab.items():
+            if idx < len(tokens):
+                tokens[idx], types[idx] = text, self.gguf.TokenType.NORMAL
+        for added in tok.get("added_tokens", []):
+            if added["id"] < len(tokens):
+                tokens[added["id"]] = added["content"]
+                types[added["id"]] = self.gguf.TokenType.CONTROL if added.get("special") else self.gguf.TokenType.USER_DEFINED
+        for i, t in enumerate(tokens):
+            if not t:
+                tokens[i] = f"[PAD{i}]"
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+        for key, setter in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id)):
+            if isinstance(cfg.get(key), int):
+                setter(cfg[key])
+
+    # -- encoding -----------------------------------------------------------------
+    def copy(self, info, array, dtype_name):
+        perm = self.permutation(info)
+        if self.source.kind == "gguf":
+            data, qtype = self.source.gguf_raw(info)
+            return np.asarray(data)
+        out = np.ascontiguousarray(array)
+        return out[perm] if perm is not None else out
+
+    def encode(self, info, array, dtype_name, q):
+        rows, cols = info.shape
+        scale16 = q.scale.astype(np.float16)
+        if self.requantize is not None:
+            # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
+            work = working_copy(array, dtype_name, out=q.codes)
+            zp = q.zp if self.kind == _packing.Q4_1 else None
+            self.requantize(work, scale16.astype(np.float32), zp, group_size=32, bits=self.options.bits)
+        if self.kind == _packing.Q4_1:
+            m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
+        else:
+            m16 = np.zeros((1, 1), dtype=np.float16)
+            m16 = np.broadcast_to(m16, scale16.shape)
+        _, bsize = _packing.GGUF_BLOCK[self.kind]
+        out = np.empty((rows, cols // 32 * bsize), dtype=np.uint8)
+        err = np.empty(rows, dtype=np.float64)
+        norm = np.empty(rows, dtype=np.float64)
+        _packing.pack_gguf_rows(q.codes, _packing.storage_view(array, dtype_name), scale16.view(np.uint16),
+                                np.ascontiguousarray(m16).view(np.uint16), self.kind, out, err, norm)
+        perm = self.permutation(info)
+        if perm is not None:
+            out = out[perm]
+        return out, float(err.sum()), float(norm.sum())

@@ -1,0 +1,126 @@
+"""GPTQ export: the v1 / "optimum" safetensors layout transformers loads with gptqmodel.
+
+Per linear layer ``P`` (weight ``(out, in)``):
+
+``P.qweight`` int32 (in / per, out)
+    unsigned codes packed along the input dimension, lowest bits first
+    (``per = 32 // bits``);
+``P.qzeros``  int32 (n_groups, out / per)
+    zero points packed along the output dimension;
+``P.scales``  float16 (n_groups, out);
+``P.g_idx``   int32 (in,) = ``i // group_size``.
+
+Symmetric groups use zero point ``2**(bits-1)`` and are written as v1
+(``checkpoint_format: "gptq"``), which stores ``zero - 1``. v1 cannot store a zero point
+of 0, which asymmetric groups with no negative weight need, so asymmetric checkpoints are
+written as ``checkpoint_format: "gptq_v2"`` (zero stored as is), which decodes exactly;
+nothing is silently corrupted.
+"""
+
+import json
+
+import numpy as np
+
+import nbwoq
+from nbwoq import _packing
+from nbwoq._layout import group_layout
+from nbwoq.formats.quantizer import requantizer, working_copy
+from nbwoq.formats.source import InputError
+
+
+class GptqWriter:
+    """Plans and encodes the tensors of one GPTQ output shard."""
+
+    name = "gptq"
+    output_is_file = False
+
+    def __init__(self, options, source):
+        o = options
+        if source.kind != "safetensors" or not source.config:
+            raise InputError("--format gptq needs a Hugging Face folder source (config.json and safetensors)")
+        if o.codebook:
+            raise InputError(f"--format gptq stores integer codes: use --dtype int (got {o.dtype})")
+        if o.bits not in (2, 4, 8):
+            raise InputError(f"--format gptq packs 2, 4 or 8 bits into int32 here (got --bits {o.bits})")
+        self.options = options
+        self.source = source
+        self.per = 32 // o.bits
+        self.sym = o.scheme == "sym"
+        self.checkpoint_format = "gptq" if self.sym else "gptq_v2"
+        self.requantize = requantizer()
+
+    def check_tensor(self, info, selected):
+        if not selected:
+            return
+        if not info.name.endswith(".weight"):
+            raise InputError(f"--format gptq quantizes '.weight' tensors of linear layers; {info.name!r} is not one")
+        out_f, in_f = info.shape
+        if in_f % self.per or out_f % self.per:
+            raise InputError(f"--format gptq: tensor {info.name!r} {list(info.shape)} needs both dimensions "
+                             f"divisible by {self.per} for {self.options.bits}-bit int32 packing")
+
+    def specs(self, info, selected):
+        if not selected:
+            return [(info.name, info.dtype, info.shape)]
+        out_f, in_f = info.shape
+        _, n_groups = group_layout(in_f, self.options.group_size)
+        p = info.name[: -len(".weight")]
+        return [(p + ".qweight", "I32", (in_f // self.per, out_f)),
+                (p + ".qzeros", "I32", (n_groups, out_f // self.per)),
+                (p + ".scales", "F16", (n_groups, out_f)),
+                (p + ".g_idx", "I32", (in_f,))]
+
+    def metadata(self, selected_infos):
+        return {"format": "pt", "quantized_by": f"nbwoq {nbwoq.__version__}"}
+
+    def copy(self, info, array, dtype_name):
+        return [(info.name, array)]
+
+    def encode(self, info, array, dtype_name, q):
+        o = self.options
+        out_f, in_f = info.shape
+        size, n_groups = group_layout(in_f, o.group_size)
+        scale16 = q.scale.astype(np.float16)
+        scale32 = scale16.astype(np.float32)
+        zp = q.zp if q.zp is not None else np.zeros((out_f, n_groups), dtype=np.float32)
+        if self.requantize is not None:
+            # Decide the codes with the float16 scale the file stores (its own fake-quant).
+            work = working_copy(array, dtype_name, out=q.codes)
+            self.requantize(work, scale32, q.zp, group_size=o.group_size, bits=o.bits)
+        err = np.empty(out_f, dtype=np.float64)
+        norm = np.empty(out_f, dtype=np.float64)
+        no_pack = np.empty((out_f, 0), dtype=np.uint8)
+        _packing.pack_rows(q.codes, _packing.storage_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
+                           o.slot, np.zeros(1, np.float32), False, False, no_pack, err, norm)
+        packed_t = np.empty((out_f, in_f // self.per), dtype=np.uint32)
+        _packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, packed_t)
+        qweight = np.ascontiguousarray(packed_t.T).view(np.int32)
+        # Unsigned zero point: asym codes are already unsigned; sym codes were shifted by -qmin.
+        zero_u = (zp - np.float32(o.qmin)).astype(np.int64)
+        if self.checkpoint_format == "gptq":
+            zero_u = zero_u - 1  # v1 stores zero - 1
+        qzeros = _packing.pack_columns_u32(np.ascontiguousarray(zero_u.T) & ((1 << o.bits) - 1), o.bits)
+        g_idx = (np.arange(in_f, dtype=np.int32) // np.int32(size)).astype(np.int32)
+        p = info.name[: -len(".weight")]
+        outputs = [(p + ".qweight", qweight), (p + ".qzeros", qzeros),
+                   (p + ".scales", np.ascontiguousarray(scale16.T)), (p + ".g_idx", g_idx)]
+        return outputs, float(err.sum()), float(norm.sum())
+
+    def config(self, config):
+        o = self.options
+        config = json.loads(json.dumps(config))
+        config["quantization_config"] = {
+            "quant_method": "gptq",
+            "bits": o.bits,
+            "group_size": o.group_size,
+            "desc_act": False,
+            "sym": self.sym,
+            "checkpoint_format": self.checkpoint_format,
+            "true_sequential": True,
+            "static_groups": False,
+            "damp_percent": 0.01,
+            "lm_head": False,
+            "meta": {"quantizer": [f"nbwoq:{nbwoq.__version__}"]},
+        }
+        config["torch_dtype"] = config["dtype"] = "float16"
+        return config

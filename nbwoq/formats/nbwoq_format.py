@@ -1,0 +1,97 @@
+"""nbwoq's own safetensors layout: packed codes, float32 scales, integer zero points.
+
+For a quantized tensor ``W`` (rows, cols) the file holds
+
+``W.codes``  uint8 (rows, bytes per row)
+    unsigned codes ``code - qmin`` packed along the row (``_packing`` describes it);
+``W.scales`` float32 (rows, n_groups)
+    the core's scales, unrounded, so decoding gives back the fake-quant exactly;
+``W.zeros``  uint8 or uint16 (rows, n_groups)
+    the zero points of asymmetric integer groups (absent otherwise).
+
+The header's ``__metadata__`` holds ``format = "nbwoq"``, ``nbwoq.version`` and
+``nbwoq.tensors``: a JSON object giving, per quantized tensor, its shape, source dtype,
+bits, slot width, group size, scheme, codebook name and ``qmin``. Every other tensor is
+stored unchanged under its own name.
+"""
+
+import json
+
+import numpy as np
+
+from nbwoq import _packing
+from nbwoq import _safetensors_io as st
+from nbwoq._layout import group_layout
+
+FORMAT_NAME = "nbwoq"
+VERSION = "1"
+SUFFIXES = (".codes", ".scales", ".zeros")
+
+
+def tensor_meta(info, options):
+    return dict(shape=list(info.shape), dtype=info.dtype, bits=options.bits, slot=options.slot,
+                group_size=options.group_size, scheme=options.scheme, codebook=options.dtype,
+                full_range=options.full_range, qmin=options.qmin)
+
+
+def _zeros_dtype(options):
+    return "U8" if options.qmax <= 255 else "U16"
+
+
+def has_zeros(options):
+    return not options.codebook and options.scheme == "asym"
+
+
+class NbwoqWriter:
+    """Plans and encodes the tensors of one output shard."""
+
+    name = FORMAT_NAME
+    output_is_file = False
+
+    def __init__(self, options, source):
+        self.options = options
+        self.source = source
+        self.lut = options.codebook_lut()
+
+    def check(self, selected):
+        """Nothing to refuse: every core setting has a layout here."""
+
+    def specs(self, info, selected):
+        if not selected:
+            return [(info.name, _copy_dtype(info), info.shape)]
+        rows, cols = info.shape
+        _, n_groups = group_layout(cols, self.options.group_size)
+        out = [(info.name + ".codes", "U8", (rows, _packing.packed_cols(cols, self.options.slot))),
+               (info.name + ".scales", "F32", (rows, n_groups))]
+        if has_zeros(self.options):
+            out.append((info.name + ".zeros", _zeros_dtype(self.options), (rows, n_groups)))
+        return out
+
+    def metadata(self, selected_infos):
+        tensors = {info.name: tensor_meta(info, self.options) for info in selected_infos}
+        return {"format": FORMAT_NAME, "nbwoq.version": VERSION, "nbwoq.tensors": json.dumps(tensors)}
+
+    def copy(self, info, array, dtype_name):
+        return [(info.name, array)]
+
+    def encode(self, info, array, dtype_name, q):
+        """Pack ``q`` (from ``quantizer.quantize``); returns (outputs, err_sum, norm_sum)."""
+        o = self.options
+        rows, cols = info.shape
+        size, n_groups = group_layout(cols, o.group_size)
+        packed = np.empty((rows, _packing.packed_cols(cols, o.slot)), dtype=np.uint8)
+        zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
+        err = np.empty(rows, dtype=np.float64)
+        norm = np.empty(rows, dtype=np.float64)
+        _packing.pack_rows(q.codes, _packing.storage_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
+                           o.slot, self.lut, o.codebook, True, packed, err, norm)
+        outputs = [(info.name + ".codes", packed), (info.name + ".scales", q.scale)]
+        if has_zeros(o):
+            zdt = np.uint8 if o.qmax <= 255 else np.uint16
+            outputs.append((info.name + ".zeros", q.zp.astype(zdt)))  # whole numbers in [0, qmax]; -0.0 -> 0
+        return outputs, float(err.sum()), float(norm.sum())
+
+
+def _copy_dtype(info):
+    # GGUF block types have no safetensors dtype: they are copied decoded, as float32.
+    return info.dtype if info.dtype in st.DTYPES else "F32"

@@ -1,0 +1,180 @@
+"""What to quantize and how: options, tensor selection, and one tensor through the core.
+
+The arithmetic is the core's: ``nbwoq.quant_tensor(..., return_int=True)`` decides
+every code, scale and zero point, and ``nbwoq.search_clip`` every clip ratio. This
+module only prepares the float32 working copy and calls them.
+"""
+
+import fnmatch
+import re
+import time
+
+import numpy as np
+
+import nbwoq
+from nbwoq import _packing, _validate
+from nbwoq._integer import int_range
+from nbwoq._layout import group_layout
+from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
+from nbwoq.formats.source import InputError
+
+CLIP_MODES = ("none", "tensor", "group")
+
+# Default selection: 2-D ``.weight`` tensors inside the repeated blocks (``layers.3.``,
+# ``blk.3.``, ``h.3.``) that are not norms. That is every linear layer of a decoder
+# block, and it leaves embeddings, the output head, norms and biases in float, which
+# is what GPTQ checkpoints and most engines expect.
+_BLOCK = re.compile(r"(^|\.)(\d+)\.")
+_NOT_LINEAR = re.compile(r"norm|ln_|layernorm|embed|embd|wte|wpe|rotary|conv", re.IGNORECASE)
+
+
+class QuantOptions:
+    """The quantization settings of one run, validated against the core up front."""
+
+    def __init__(self, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, clip="none",
+                 include=(), exclude=()):
+        self.bits = _validate.bits(bits, "--bits")
+        if self.bits <= 0:
+            raise InputError(f"--bits must be a positive integer, got {bits!r}")
+        self.group_size = _validate.group_size(group_size, "--group-size")
+        self.scheme = _validate.scheme(scheme, "--scheme")
+        self.dtype = _validate.dtype(dtype, "--dtype")
+        self.full_range = bool(full_range)
+        if clip not in CLIP_MODES:
+            raise InputError(f"--clip must be one of {CLIP_MODES}, got {clip!r}")
+        self.clip = clip
+        self.include = tuple(include or ())
+        self.exclude = tuple(exclude or ())
+        self.codebook = self.dtype != "int"
+        if self.codebook:
+            # Codebook codes are the signed INT_MAPPING codes (-8..7): store them shifted.
+            self.qmin, self.qmax = -8, 7
+            self.slot = 4
+        else:
+            self.qmin, self.qmax, _ = int_range(self.bits, self.scheme == "sym", self.full_range)
+            self.slot = _packing.slot_bits(max(self.qmax - self.qmin, 1).bit_length())
+        self._probe()
+
+    def _probe(self):
+        """Run the core once on a tiny weight so every bad combination fails before any write."""
+        w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+        try:
+            if self.clip != "none":
+                search = getattr(nbwoq, "search_clip", None)
+                if search is None:
+                    raise InputError(f"--clip {self.clip} needs nbwoq.search_clip, which this build does not have")
+                self._search(w)
+            nbwoq.quant_tensor(w, **self.core_kwargs(), return_int=True)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"these settings are refused by the quantizer: {exc}") from None
+
+    def core_kwargs(self):
+        return dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
+                    full_range=self.full_range)
+
+    def _search(self, w):
+        kwargs = dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
+                      enable_full_range=self.full_range)
+        if self.clip == "group":
+            kwargs["per_group"] = True
+        return nbwoq.search_clip(w, **kwargs)
+
+    def label(self):
+        if self.codebook:
+            text = f"{self.dtype} g{self.group_size}"
+        else:
+            text = f"int{self.bits} {self.scheme}{' full' if self.full_range else ''} g{self.group_size}"
+        return text + ("" if self.clip == "none" else f" clip={self.clip}")
+
+    def as_dict(self):
+        return dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
+                    full_range=self.full_range, clip=self.clip, include=list(self.include),
+                    exclude=list(self.exclude))
+
+    def codebook_lut(self):
+        if not self.codebook:
+            return np.zeros(1, dtype=np.float32)
+        return _packing.codebook_lut(FLOAT_MAPPING[self.dtype], INT_MAPPING[self.dtype], self.qmin, self.slot)
+
+    def selects(self, name, shape, dtype_name):
+        """True when tensor ``name`` is quantized (else it is copied unchanged)."""
+        if len(shape) != 2 or 0 in shape:
+            return False
+        if self.include:
+            chosen = any(fnmatch.fnmatchcase(name, p) for p in self.include)
+        else:
+            chosen = name.endswith(".weight") and bool(_BLOCK.search(name)) and not _NOT_LINEAR.search(name)
+        if chosen and any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+            chosen = False
+        if chosen and not quantizable_dtype(dtype_name):
+            raise InputError(f"tensor {name!r} has dtype {dtype_name}, which cannot be quantized "
+                             "(float32, float16 or bfloat16 expected); exclude it with --exclude")
+        return chosen
+
+
+def quantizable_dtype(dtype_name):
+    """Float storage the kernels decode, or any GGUF type gguf-py dequantizes."""
+    return dtype_name not in ("F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
+                              "F8_E4M3", "F8_E5M2", "I64")
+
+
+class Quantized:
+    """One tensor's codes (float32, in the working copy), parameters and clip."""
+
+    __slots__ = ("codes", "scale", "zp", "clip", "seconds")
+
+    def __init__(self, codes, scale, zp, clip, seconds):
+        self.codes, self.scale, self.zp, self.clip, self.seconds = codes, scale, zp, clip, seconds
+
+
+def working_copy(array, dtype_name, out=None):
+    """A writable float32 copy of ``array`` (storage view decoded in a parallel kernel)."""
+    if out is None:
+        out = np.empty(array.shape, dtype=np.float32)
+    if dtype_name == "F32" and array.dtype == np.float32:
+        np.copyto(out, array)
+    else:
+        _packing.decode_rows(_packing.storage_view(array, dtype_name), out)
+    return out
+
+
+def quantize(array, dtype_name, options, name):
+    """Quantize the tensor ``array`` (storage dtype ``dtype_name``) with the core.
+
+    Returns a ``Quantized`` whose ``codes`` is a fresh float32 array holding the codes.
+    Non-finite weights raise ``InputError`` naming the tensor.
+    """
+    t0 = time.perf_counter()
+    work = working_copy(array, dtype_name)
+    clip = None
+    quantile = 1.0
+    try:
+        if options.clip != "none":
+            ratio = options._search(work)
+            if options.clip == "group":
+                ratio = np.asarray(ratio, dtype=np.float32)
+                clip = dict(min=float(ratio.min()), mean=float(ratio.mean()), max=float(ratio.max()))
+            else:
+                clip = float(ratio)
+            quantile = ratio
+        _, scale, zp = nbwoq.quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True)
+    except ValueError as exc:
+        raise InputError(f"tensor {name!r}: {exc}") from None
+    return Quantized(work, scale, zp, clip, time.perf_counter() - t0)
+
+
+def requantizer():
+    """The core's ``quant_weight_w_scale`` when it clamps (takes ``bits=``), else None.
+
+    Formats that store float16 scales use it to decide the codes with the rounded scale.
+    """
+    fn = getattr(nbwoq, "quant_weight_w_scale", None)
+    if fn is None:
+        return None
+    try:
+        fn(np.zeros((1, 8), np.float32), np.ones((1, 1), np.float32), None, group_size=8, bits=4)
+    except (TypeError, ValueError):
+        return None
+    return fn

@@ -1,0 +1,174 @@
+"""Checkpoint sources: a Hugging Face folder, one safetensors file, or a GGUF file.
+
+Every header is read and checked when the source is opened, before anything is
+written, so a truncated shard or a broken index fails the run up front. Tensor data is
+read later, one tensor at a time (``Source.open``), from a memory map of just that
+tensor's bytes.
+"""
+
+import contextlib
+import json
+import os
+
+import numpy as np
+
+from nbwoq import _safetensors_io as st
+
+
+class InputError(ValueError):
+    """The source (or an argument about it) cannot be used; the message says why."""
+
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class Source:
+    """A checkpoint opened for streaming.
+
+    Attributes
+    ----------
+    kind : {"safetensors", "gguf"}
+    path : str
+        The folder or file given.
+    config : dict or None
+        ``config.json`` of a folder source.
+    shards : list of (str, list of TensorInfo)
+        Shard file name (relative) and its tensors in file order. A GGUF source is one
+        shard named after the file.
+    index : dict or None
+        The parsed shard index of a folder with several shards.
+    folder : str or None
+        The folder holding ``config.json`` and tokenizer files, if any.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.config = None
+        self.index = None
+        self.folder = None
+        self.gguf = None
+        if not os.path.exists(self.path):
+            raise InputError(f"source {self.path!r} does not exist")
+        if os.path.isdir(self.path):
+            self.kind = "safetensors"
+            self.folder = self.path
+            self._open_folder()
+        elif self.path.endswith(".gguf"):
+            self.kind = "gguf"
+            self._open_gguf()
+        else:
+            self.kind = "safetensors"
+            try:
+                tensors, self.metadata = st.read_header(self.path)
+            except st.FormatError as exc:
+                raise InputError(str(exc)) from None
+            self.shards = [(os.path.basename(self.path), list(tensors.values()))]
+
+    # -- opening ------------------------------------------------------------------
+    def _open_folder(self):
+        config_path = os.path.join(self.path, "config.json")
+        if os.path.exists(config_path):
+            try:
+                with open(config_path) as f:
+                    self.config = json.load(f)
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+        index_path = os.path.join(self.path, INDEX_NAME)
+        if os.path.exists(index_path):
+            try:
+                with open(index_path) as f:
+                    self.index = json.load(f)
+                weight_map = self.index["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(f"{index_path}: not a safetensors index ({exc})") from None
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
+            weight_map = None
+        if not files:
+            raise InputError(f"source folder {self.path!r} holds no *.safetensors file")
+        self.shards = []
+        seen = {}
+        for name in files:
+            file_path = os.path.join(self.path, name)
+            if not os.path.exists(file_path):
+                raise InputError(f"{index_path}: lists shard {name!r}, which is missing")
+            try:
+                tensors, _ = st.read_header(file_path)
+            except st.FormatError as exc:
+                raise InputError(str(exc)) from None
+            for tname in tensors:
+                if tname in seen:
+                    raise InputError(f"tensor {tname!r} is in both {seen[tname]!r} and {name!r}")
+                seen[tname] = name
+            self.shards.append((name, list(tensors.values())))
+        if weight_map is not None:
+            for tname, shard in weight_map.items():
+                if seen.get(tname) != shard:
+                    raise InputError(f"{index_path}: maps {tname!r} to {shard!r}, but that shard does not hold it")
+
+    def _open_gguf(self):
+        try:
+            import gguf
+        except ImportError:  # pragma: no cover - gguf is a dependency of the CLI
+            raise InputError("reading a GGUF source needs the 'gguf' package (pip install gguf)") from None
+        try:
+            reader = gguf.GGUFReader(self.path, "r")
+        except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on bad files
+            raise InputError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+        self.gguf = reader
+        infos = []
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
+            info = st.TensorInfo(t.name, self.path, t.tensor_type.name, shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
+            info.gguf_tensor = None  # filled lazily: GGUFReader keeps views of its memory map
+            infos.append(info)
+        self._gguf_by_name = {t.name: t for t in reader.tensors}
+        self.shards = [(os.path.basename(self.path), infos)]
+
+    # -- reading ------------------------------------------------------------------
+    def tensors(self):
+        for shard, infos in self.shards:
+            for info in infos:
+                yield shard, info
+
+    @contextlib.contextmanager
+    def open(self, info):
+        """Yield ``(array, dtype_name)``: the tensor's stored values, read-only.
+
+        Safetensors bfloat16 comes as its uint16 pattern with dtype name ``"BF16"``. A
+        quantized GGUF tensor comes dequantized to float32 (``"F32"``), by gguf-py.
+        """
+        if self.kind == "gguf":
+            yield self._gguf_array(info)
+            return
+        mapping = st.TensorMap(info)
+        try:
+            yield mapping.array, info.dtype
+        finally:
+            mapping.close()
+
+    def gguf_raw(self, info):
+        """The stored bytes/values of a GGUF tensor as gguf-py exposes them, and its type."""
+        t = self._gguf_by_name[info.name]
+        return t.data, t.tensor_type
+
+    def _gguf_array(self, info):
+        import gguf
+
+        data, qtype = self.gguf_raw(info)
+        name = qtype.name
+        if name in ("F32", "F16"):
+            return np.asarray(data).reshape(info.shape), name
+        if name == "BF16":
+            return np.asarray(data).view(np.uint16).reshape(info.shape), "BF16"
+        try:
+            values = gguf.quants.dequantize(data, qtype)
+        except NotImplementedError:
+            raise InputError(f"{self.path}: tensor {info.name!r} has GGUF type {name}, which gguf-py cannot decode") from None
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape), "F32"
+
+    def fingerprint(self):
+        """File names, sizes and modification times: a resumed run must see the same source."""
+        files = [os.path.join(self.path, s) if self.folder else self.path for s, _ in self.shards]
+        return [[os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]
