@@ -16,6 +16,7 @@ from nbwoq._tables import (
     NF4,
     NF4_BIT,
 )
+from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq.quantize import qdq_weight_actor, qdq_weight_asym, qdq_weight_sym, quant_tensor
 
 __version__ = "0.1.0"
@@ -29,8 +30,10 @@ __all__ = [
     "INT_MAPPING",
     "NF4",
     "NF4_BIT",
+    "get_num_threads",
     "qdq_weight_actor",
     "qdq_weight_asym",
     "qdq_weight_sym",
     "quant_tensor",
+    "set_num_threads",
 ]

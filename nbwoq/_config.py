@@ -7,11 +7,25 @@ fastmath are decided once. Environment variables override the defaults:
     ``0`` turns the on-disk JIT cache off (default on).
 ``NBWOQ_PARALLEL``
     ``0`` compiles serial kernels (default parallel).
+
+Numba's threading layer: OpenMP first, then TBB, then workqueue, unless the user set
+``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY``; ``_threads`` says why.
 """
 
 import os
 
-import numba
+_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+_USER_CHOSE_LAYER = "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ
+if not _USER_CHOSE_LAYER:
+    # Before Numba's import, and kept in the environment so its config reloads agree.
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(_LAYER_PRIORITY)
+
+import numba  # noqa: E402
+
+from nbwoq import _threads  # noqa: E402
+
+if not _USER_CHOSE_LAYER:
+    numba.config.THREADING_LAYER_PRIORITY = list(_LAYER_PRIORITY)  # numba imported before us
 
 
 def _env_flag(name, default):
@@ -39,8 +53,12 @@ REDUCTION = dict(nogil=True, cache=CACHE, fastmath={"nnan", "nsz", "reassoc"}, e
 
 
 def njit_kernel(func):
-    """Compile ``func`` as a parallel kernel with the project's settings."""
-    return numba.njit(**KERNEL)(func)
+    """Compile ``func`` as a parallel kernel with the project's settings.
+
+    The dispatcher is wrapped so that each call from Python runs with nbwoq's thread
+    count (``_threads.ParallelKernel``); jitted callers still call it directly.
+    """
+    return _threads.ParallelKernel(numba.njit(**KERNEL)(func))
 
 
 def njit_helper(func):
