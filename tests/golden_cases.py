@@ -67,3 +67,38 @@ def returned(fname, case):
 
 def constant(name):
     return manifest()["constants"][name]["values"]
+
+
+def inputs(fname, case):
+    """Fresh copies of the case's tensor arguments, by name (None stays None)."""
+    return {name: array(fname, ref) for name, ref in case["tensor_args"].items()}
+
+
+def invoke(func, fname, case, convert=lambda a: a):
+    """Call ``func`` as the reference was called in ``case``; tensors go through ``convert``.
+
+    Returns ``(result, tensors)``: the raw result and the converted tensor arguments
+    (so callers can check identity and in-place effects).
+    """
+    tensors = {k: (None if v is None else convert(v)) for k, v in inputs(fname, case).items()}
+    args = dict(case["args"])
+    order = case.get("positional_order")
+    positional = []
+    if order:
+        for name in order:
+            positional.append(tensors.pop(name) if name in tensors else args.pop(name))
+    kwargs = {**tensors, **args}
+    return func(*positional, **kwargs), tensors
+
+
+def as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def half_pair(fname, case):
+    """The float32 twin of a native-half case (same values, cast to float32)."""
+    twin_id = case["paired_float32_case"]
+    for c in manifest()["files"][fname]["cases"]:
+        if c["id"] == twin_id:
+            return c
+    raise KeyError(twin_id)

@@ -1,0 +1,57 @@
+"""Shared fixtures: the two paths every core function is checked on, and a report of
+how often the reference's per-op half rounding differs from nbwoq's single rounding."""
+
+import collections
+
+import numpy as np
+import pytest
+
+try:
+    import array_api_strict
+except ImportError:  # pragma: no cover
+    array_api_strict = None
+
+
+class Path:
+    """How a test hands arrays to nbwoq and reads results back as NumPy."""
+
+    def __init__(self, name, to_array, to_numpy):
+        self.name = name
+        self.to_array = to_array
+        self.to_numpy = to_numpy
+
+    def __repr__(self):
+        return self.name
+
+
+def _strict_to_numpy(a):
+    return None if a is None else np.asarray(a)
+
+
+PATHS = {"numba": Path("numba", lambda a: a, lambda a: None if a is None else np.asarray(a))}
+if array_api_strict is not None:
+    PATHS["reference-strict"] = Path("reference-strict", lambda a: array_api_strict.asarray(a), _strict_to_numpy)
+
+
+@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+def path(request):
+    """Each core path: NumPy through the Numba kernels, and the array-API reference under
+    ``array_api_strict`` (float32/float64 only: the standard has no half types)."""
+    return PATHS[request.param]
+
+
+# Deviation 1 report: native-half golden values that differ from nbwoq's (expected).
+HALF_DIFFERENCES = collections.defaultdict(lambda: [0, 0])
+
+
+def record_half_difference(key, differing, total):
+    entry = HALF_DIFFERENCES[key]
+    entry[0] += int(differing)
+    entry[1] += int(total)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if HALF_DIFFERENCES:
+        terminalreporter.section("SPEC deviation 1: codes differing from native-half golden cases")
+        for key, (diff, total) in sorted(HALF_DIFFERENCES.items()):
+            terminalreporter.write_line(f"{key}: {diff} of {total} values ({100.0 * diff / max(total, 1):.2f}%)")
