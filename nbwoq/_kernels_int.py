@@ -59,7 +59,9 @@ def int_group_params(lo, hi, quantile, divisor, sym, full_range, zero, one):
     return scale, zp
 
 
-@register_jitable(inline="always")
+# Not inlined at Numba-IR level (its selects trip Numba's SSA checks there); LLVM
+# inlines it anyway.
+@register_jitable
 def int_code(x, scale, zp, qmin, qmax):
     """``clamp(round(x / scale) + zp, qmin, qmax)``.
 
