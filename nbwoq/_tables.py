@@ -55,6 +55,10 @@ INT_MAPPING = {"nf4": NF4_BIT, "fp4": FP4_BNB_BIT, "fp4_e2m1_bnb": FP4_BNB_BIT, 
 DTYPES = ("int",) + tuple(FLOAT_MAPPING)
 SCHEMES = ("sym", "asym")
 
+#: Index of the level 0.0 in every codebook (code 0). An all-zero group's ``0 / 0``
+#: lands there, as in the reference; the codebook kernels' compare chains rely on it.
+ZERO_INDEX = 7
+
 
 def midpoints(levels):
     """Decision boundaries between consecutive levels, in float64.
@@ -76,6 +80,8 @@ def _check_tables():
             raise ImportError(f"codebook {name!r}: levels are not strictly ascending")
         if len(set(codes.tolist())) != codes.size or codes.min() < -8 or codes.max() > 7:
             raise ImportError(f"codebook {name!r}: codes are not distinct signed 4-bit values")
+        if levels[ZERO_INDEX] != 0.0 or codes[ZERO_INDEX] != 0:
+            raise ImportError(f"codebook {name!r}: level {ZERO_INDEX} must be 0.0 with code 0")
 
 
 _check_tables()
