@@ -18,6 +18,7 @@ from nbwoq._tables import (
 )
 from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq.quantize import qdq_weight_actor, qdq_weight_asym, qdq_weight_sym, quant_tensor
+from nbwoq.load import QuantizedTensor, dequantize, load
 
 __version__ = "0.1.0"
 
@@ -30,7 +31,10 @@ __all__ = [
     "INT_MAPPING",
     "NF4",
     "NF4_BIT",
+    "QuantizedTensor",
+    "dequantize",
     "get_num_threads",
+    "load",
     "qdq_weight_actor",
     "qdq_weight_asym",
     "qdq_weight_sym",

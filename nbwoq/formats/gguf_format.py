@@ -137,7 +137,10 @@ class GgufWriter:
             return
         itemsize = 2 if info.dtype in ("F16", "BF16") else 4
         nbytes = info.size * itemsize
-        if info.dtype == "F32":
+        if len(info.shape) == 1 and info.dtype in ("F16", "BF16"):
+            # llama.cpp keeps norms and biases in float32 (its converter widens them too).
+            writer.add_tensor_info(name, info.shape, np.dtype(np.float32), info.size * 4)
+        elif info.dtype == "F32":
             writer.add_tensor_info(name, info.shape, np.dtype(np.float32), nbytes)
         elif info.dtype == "F16":
             writer.add_tensor_info(name, info.shape, np.dtype(np.float16), nbytes)
@@ -218,6 +221,8 @@ class GgufWriter:
         if self.source.kind == "gguf":
             data, qtype = self.source.gguf_raw(info)
             return np.asarray(data)
+        if array.ndim == 1 and dtype_name in ("F16", "BF16"):
+            return working_copy(array.reshape(1, -1), dtype_name).reshape(-1)
         out = np.ascontiguousarray(array)
         return out[perm] if perm is not None else out
 

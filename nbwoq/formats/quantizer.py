@@ -161,7 +161,8 @@ def quantize(array, dtype_name, options, name):
             quantile = ratio
         _, scale, zp = nbwoq.quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True)
     except ValueError as exc:
-        raise InputError(f"tensor {name!r}: {exc}") from None
+        # The core's hint about check_finite= is for API callers, not for the command line.
+        raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None
     return Quantized(work, scale, zp, clip, time.perf_counter() - t0)
 
 

@@ -110,7 +110,10 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
         rows, resumed = _run_folder(source, writer, plan, options, partial, run_id, resume, progress, log)
     _finish(partial, out, overwrite)
     wall = time.perf_counter() - t_start
-    return _report(rows, wall, fmt, options, source, out, resumed)
+    report = _report(rows, wall, fmt, options, source, out, resumed)
+    if fmt == "gguf":
+        report["summary"]["label"] = f"{writer.type_name}: {options.label()}"
+    return report
 
 
 def _run_file(source, writer, plan, options, partial, progress):
@@ -234,6 +237,7 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
             sw.close()
         except BaseException:
             sw.abort()
+            os.remove(path + ".tmp")  # torn; a killed run's .tmp is ignored and rewritten by --resume
             if bar is not None:
                 bar.close()
             raise

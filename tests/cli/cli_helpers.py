@@ -1,0 +1,21 @@
+"""Helpers for the CLI tests."""
+
+import numpy as np
+
+from nbwoq import _safetensors_io as st
+
+
+def read_tensor(folder_or_file, name):
+    """A source tensor as float32 (bfloat16 widened exactly), read independently of the CLI."""
+    import os
+
+    files = [folder_or_file] if folder_or_file.endswith(".safetensors") else [
+        os.path.join(folder_or_file, f) for f in sorted(os.listdir(folder_or_file)) if f.endswith(".safetensors")]
+    for path in files:
+        tensors, _ = st.read_header(path)
+        if name in tensors:
+            with st.TensorMap(tensors[name]) as a:
+                if tensors[name].dtype == "BF16":
+                    return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+                return np.array(a, dtype=np.float32)
+    raise KeyError(name)

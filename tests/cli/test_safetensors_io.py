@@ -1,0 +1,76 @@
+"""The safetensors reader/writer: round trips and every kind of broken file."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from nbwoq import _safetensors_io as st
+
+
+def _write(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return str(path)
+
+
+def test_round_trip_and_bf16_pattern(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.array([0x3F80, 0xC000], dtype=np.uint16)  # bfloat16 1.0, -2.0
+    path = str(tmp_path / "x.safetensors")
+    st.save_file(path, [("a", "F32", a), ("b", "BF16", b)], {"k": "v"})
+    tensors, meta = st.read_header(path)
+    assert meta == {"k": "v"}
+    assert list(tensors) == ["a", "b"] and tensors["b"].dtype == "BF16"
+    with st.TensorMap(tensors["a"]) as x:
+        np.testing.assert_array_equal(x, a)
+        assert not x.flags.writeable
+    with st.TensorMap(tensors["b"]) as x:
+        np.testing.assert_array_equal(x, b)
+
+
+def test_readable_by_safetensors_library(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    a = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float16)
+    path = str(tmp_path / "x.safetensors")
+    st.save_file(path, [("w", "F16", a)])
+    np.testing.assert_array_equal(safetensors_numpy.load_file(path)["w"], a)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("short", "shorter than the 8-byte"),
+    ("header_beyond_file", "truncated or corrupt safetensors header"),
+    ("bad_json", "not valid JSON"),
+    ("bad_dtype", "unsupported dtype 'F128'"),
+    ("size_mismatch", "needs 16 bytes, header gives 12"),
+    ("truncated_data", "truncated: tensor 'w' ends at byte"),
+    ("overlap", "overlap"),
+], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+def test_broken_files_raise_naming_the_problem(tmp_path, case, match):
+    path = tmp_path / "bad.safetensors"
+    w = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    if case == "short":
+        path.write_bytes(b"\x01\x02")
+    elif case == "header_beyond_file":
+        path.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    elif case == "bad_json":
+        path.write_bytes(struct.pack("<Q", 5) + b"{nope")
+    elif case == "bad_dtype":
+        _write(path, {"w": dict(w, dtype="F128")}, bytes(16))
+    elif case == "size_mismatch":
+        _write(path, {"w": dict(w, data_offsets=[0, 12])}, bytes(16))
+    elif case == "truncated_data":
+        _write(path, {"w": w}, bytes(10))
+    elif case == "overlap":
+        _write(path, {"w": w, "v": dict(w, data_offsets=[8, 24])}, bytes(24))
+    with pytest.raises(st.FormatError, match=match):
+        st.read_header(str(path))
+
+
+def test_stream_writer_refuses_out_of_plan_writes(tmp_path):
+    w = st.StreamWriter(str(tmp_path / "x.safetensors"), [("a", "F32", (2,))])
+    with pytest.raises(RuntimeError, match="expected tensor 'a'"):
+        w.write("b", np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="closed before"):
+        w.close()
