@@ -17,6 +17,7 @@ from nbwoq._tables import (
     NF4_BIT,
 )
 from nbwoq._threads import get_num_threads, set_num_threads
+from nbwoq.clip import search_clip
 from nbwoq.quantize import qdq_weight_actor, qdq_weight_asym, qdq_weight_sym, quant_tensor
 from nbwoq.load import QuantizedTensor, dequantize, load
 
@@ -39,5 +40,6 @@ __all__ = [
     "qdq_weight_asym",
     "qdq_weight_sym",
     "quant_tensor",
+    "search_clip",
     "set_num_threads",
 ]

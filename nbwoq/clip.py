@@ -122,7 +122,7 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     >>> from nbwoq import search_clip, quant_tensor
     >>> w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     >>> search_clip(w, bits=4, group_size=32)
-    0.95
+    0.985
     >>> q = search_clip(w, bits=4, group_size=32, per_group=True)
     >>> q.shape, q.dtype
     ((8, 2), dtype('float32'))
@@ -142,20 +142,10 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
     cdt = _arrays.compute_dtype(weight.dtype) if xp is None else _reference_clip.compute_dtype(weight, xp)
-    if bits <= 0 and dtype == "int":
-        # quant_tensor leaves the weight as it is: every candidate has zero error.
+    if bits <= 0:
+        # quant_tensor leaves the weight as it is (any dtype): every candidate has zero error.
         return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
-    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
-    if xp is None:
-        result, bad = _search_numpy(weight, size, n_groups, ratios, cdt, (qmin, qmax, divisor, sym, full_range),
-                                    per_group)
-    else:
-        device = array_api_compat.device(weight)
-        r = xp.asarray(ratios, dtype=cdt, device=device)
-        result, bad = _reference_clip.search_int(weight, size, n_groups, r, float(qmin), float(qmax), float(divisor),
-                                                 sym, full_range, per_group, xp)
-        if not per_group and bad < 0:
-            result = [float(result[k]) for k in range(len(ratios))]
+    result, bad = _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group)
     if bad >= 0:
         _non_finite(bad, n_groups)
     if per_group:
@@ -178,10 +168,25 @@ def _constant(value, shape, cdt, weight, xp):
     return xp.full(shape, value, dtype=cdt, device=array_api_compat.device(weight))
 
 
-def _search_numpy(weight, size, n_groups, ratios, cdt, fmt, per_group):
-    """Numba path: ``(totals per ratio or best ratio per group, first bad group or -1)``."""
-    qmin, qmax, divisor, sym, full_range = fmt
+def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group):
+    """Score ``ratios`` (Python floats) on either path, arguments already validated.
+
+    Returns ``(result, bad)``: per tensor, ``result`` is the list of total squared errors
+    (Python floats, one per ratio); per group, the array of best ratios (rows, n_groups).
+    ``bad`` is the first group (``r * n_groups + g``) holding NaN or Inf, else -1; then
+    ``result`` is meaningless.
+    """
+    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
+    if xp is not None:
+        cdt = _reference_clip.compute_dtype(weight, xp)
+        r = xp.asarray(ratios, dtype=cdt, device=array_api_compat.device(weight))
+        result, bad = _reference_clip.search_int(weight, size, n_groups, r, float(qmin), float(qmax), float(divisor),
+                                                 sym, full_range, per_group, xp)
+        if not per_group and bad < 0:
+            result = [float(result[k]) for k in range(len(ratios))]
+        return result, bad
     rows = weight.shape[0]
+    cdt = _arrays.compute_dtype(weight.dtype)
     ctype = cdt.type
     n_tasks = rows * n_groups
     n_blocks = _kernels_clip.block_count(n_tasks)
