@@ -18,7 +18,14 @@ from nbwoq._tables import (
 )
 from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq.clip import search_clip
-from nbwoq.quantize import qdq_weight_actor, qdq_weight_asym, qdq_weight_sym, quant_tensor
+from nbwoq.quantize import (
+    qdq_weight_actor,
+    qdq_weight_asym,
+    qdq_weight_sym,
+    quant_tensor,
+    quant_weight_w_scale,
+    quantize_4bit,
+)
 from nbwoq.load import QuantizedTensor, dequantize, load
 
 __version__ = "0.1.0"
@@ -40,6 +47,8 @@ __all__ = [
     "qdq_weight_asym",
     "qdq_weight_sym",
     "quant_tensor",
+    "quant_weight_w_scale",
+    "quantize_4bit",
     "search_clip",
     "set_num_threads",
 ]

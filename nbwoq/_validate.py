@@ -91,6 +91,32 @@ def weight(x, name="weight", writable=True):
     return xp
 
 
+def param_array(value, name, shape, xp, integers=False):
+    """Check a per-group parameter array (a scale or zero point) of shape ``shape`` for a
+    weight on path ``xp`` (None: NumPy, whose parameters must be NumPy arrays too; else
+    an array of the weight's own namespace). Floating point, or also integer when
+    ``integers``. Returns ``value``."""
+    kinds = ("real floating", "integral") if integers else "real floating"
+    expected = "a floating-point" + (" or integer" if integers else "")
+    if xp is None:
+        if not _arrays.is_numpy(value):
+            raise TypeError(f"{name} must be a NumPy array like the weight, got {type(value).__name__}")
+        ok = _arrays.numpy_dtype_supported(value.dtype) or (integers and value.dtype.kind in "iu")
+    else:
+        try:
+            same = _arrays.namespace(value) is xp
+        except TypeError:
+            same = False
+        if not same:
+            raise TypeError(f"{name} must be an array of the weight's kind ({xp.__name__}), got {type(value).__name__}")
+        ok = xp.isdtype(value.dtype, kinds)
+    if not ok:
+        raise TypeError(f"{name} must be {expected} array, got dtype {value.dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape (rows, n_groups) = {tuple(shape)}, got {tuple(value.shape)}")
+    return value
+
+
 def first_bad_row(finite_by_row):
     """Raise for the first False in a per-row finiteness vector (a NumPy bool array)."""
     bad = np.flatnonzero(~finite_by_row)

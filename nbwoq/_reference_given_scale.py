@@ -1,0 +1,78 @@
+"""Array-API reference for quantization with known scales: the twin of
+``_kernels_given_scale``. Readability over speed (full-size temporaries)."""
+
+from nbwoq._reference_int import int_code, int_group_params, split_groups
+
+
+def _compute_dtype(x, xp):
+    return xp.float64 if x.dtype == xp.float64 else xp.float32
+
+
+def _parts(w, size, n_groups, xp):
+    """``(part, column slice of the (rows, n_groups) parameters)`` for body and tail."""
+    body, tail = split_groups(w, size, xp)
+    if body.shape[1]:
+        yield body, slice(0, body.shape[1])
+    if tail is not None:
+        yield tail, slice(n_groups - 1, n_groups)
+
+
+def _concat(pieces, rows, xp, dtype):
+    if not pieces:
+        return xp.zeros((rows, 0), dtype=dtype)
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
+
+
+def int_params(x, size, n_groups, quantile, divisor, sym, full_range, xp):
+    """Each group's ``(scale, zp)`` as ``quant_tensor`` computes them, (rows, n_groups)."""
+    rows = x.shape[0]
+    cdt = _compute_dtype(x, xp)
+    w = xp.astype(x, cdt)
+    if not isinstance(quantile, float):
+        quantile = xp.astype(quantile, cdt)
+    scales, zps = [], []
+    for part, cut in _parts(w, size, n_groups, xp):
+        q = quantile if isinstance(quantile, float) else quantile[:, cut]
+        scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), q, divisor, sym, full_range, xp)
+        scales.append(scale)
+        zps.append(zp)
+    return _concat(scales, rows, xp, cdt), _concat(zps, rows, xp, cdt)
+
+
+def _clamp_if(code, qmin, qmax, clamp, xp):
+    if not clamp:
+        return code
+    return xp.clip(code, xp.asarray(qmin, dtype=code.dtype), xp.asarray(qmax, dtype=code.dtype))
+
+
+def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
+    """Store ``round(x / scale + zp)`` (``round(x / scale)`` when ``zp`` is None) in ``x``."""
+    rows = x.shape[0]
+    cdt = _compute_dtype(x, xp)
+    w = xp.astype(x, cdt)
+    scale = xp.astype(scale, cdt)
+    zp = None if zp is None else xp.astype(zp, cdt)
+    out = []
+    for part, cut in _parts(w, size, n_groups, xp):
+        v = part / scale[:, cut][..., None]
+        if zp is not None:
+            v = v + zp[:, cut][..., None]
+        out.append(xp.reshape(_clamp_if(xp.round(v), qmin, qmax, clamp, xp), (rows, -1)))
+    if out:
+        x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
+
+
+def requant_int(x, size, n_groups, scale, zp, qmin, qmax, out_scale, xp):
+    """Code each group with ``scale``/``zp`` as ``quant_tensor`` does, store
+    ``(code - zp) * out_scale`` in ``x``."""
+    rows = x.shape[0]
+    cdt = _compute_dtype(x, xp)
+    w = xp.astype(x, cdt)
+    scale, zp, out_scale = (xp.astype(a, cdt) for a in (scale, zp, out_scale))
+    out = []
+    for part, cut in _parts(w, size, n_groups, xp):
+        z = zp[:, cut][..., None]
+        code = int_code(part, scale[:, cut][..., None], z, qmin, qmax, xp)
+        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, -1)))
+    if out:
+        x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
