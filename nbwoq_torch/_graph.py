@@ -60,7 +60,12 @@ _EXPORT_KIND_ALIASES = {
 # Runtime checks that torch.export inserts (e.g. after ``.to(dtype)``). They
 # consume a tensor but compute nothing, so they must not count as consumers.
 _EXPORT_CHECK_KINDS = frozenset(
-    {"aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::_assert_async", "aten::sym_constrain_range_for_size"}
+    {
+        "aten::_assert_tensor_metadata",
+        "aten::_assert_scalar",
+        "aten::_assert_async",
+        "aten::sym_constrain_range_for_size",
+    }
 )
 
 
@@ -427,7 +432,7 @@ class GraphTrace:
                         return torch.jit.freeze(traced.eval(), optimize_numerics=False)
                     except Exception as exc:  # any tracer failure means "no graph"
                         error = exc
-                logger.warning("torch.jit.trace failed, no TorchScript graph: %s", _first_line(error))
+                logger.warning("torch.jit.trace failed, no TorchScript graph: %s", _summary(error))
                 return None
         finally:
             if moved:
@@ -451,7 +456,7 @@ class GraphTrace:
                     return torch.export.export(wrapper, args, kwargs, strict=False)
                 except Exception as exc:  # any export failure means "no graph"
                     error = exc
-        logger.warning("torch.export.export failed, no exported graph: %s", _first_line(error))
+        logger.warning("torch.export.export failed, no exported graph: %s", _summary(error))
         return None
 
     # -- graph queries -------------------------------------------------------------
@@ -674,10 +679,12 @@ class GraphTrace:
         return result
 
 
-def _first_line(error, limit=300):
-    # Tracer errors can embed whole tensor reprs; the first line says enough.
-    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-    return text if len(text) <= limit else text[:limit] + "..."
+def _summary(error, limit=200):
+    # Tracer errors can embed whole tensor reprs; the first line names the
+    # failure and the last line usually the cause (e.g. "DynamicCache").
+    lines = [line.strip() for line in f"{type(error).__name__}: {error}".strip().splitlines() if line.strip()]
+    parts = [lines[0]] if len(lines) == 1 else [lines[0], lines[-1]]
+    return " ... ".join(part if len(part) <= limit else part[:limit] + "..." for part in parts)
 
 
 def _lookup(model, name):
@@ -711,10 +718,9 @@ def _output_scales_with_weight(module):
     x = torch.randn(2, weight.numel(), generator=generator).to(weight.device, weight.dtype)
     factors = (torch.rand(weight.numel(), generator=generator) + 0.5).to(weight.device, weight.dtype)
     params = dict(module.named_parameters())
-    for name, param in params.items():
-        if param is weight:
-            weight_name = name
-            break
+    weight_name = next((name for name, param in params.items() if param is weight), None)
+    if weight_name is None:  # ``weight`` is not this module's own parameter
+        return False
     try:
         with torch.no_grad():
             base = torch.func.functional_call(module, params, (x,))
