@@ -1,18 +1,19 @@
 """Numba kernel for the clip-ratio search: every candidate scored in one pass.
 
 The reference fake-quantizes the whole weight once per candidate ratio (40 passes over
-memory). Here each group is read once: its min and max are taken, then it is walked
-in cache-sized chunks, and every candidate's squared error is computed on a chunk while
-it sits in L1. Nothing is written to the weight.
+memory). Here each group is read once: its min and max (or absmax) are taken, then it
+is walked in cache-sized chunks, and every candidate's squared error is computed on a
+chunk while it sits in L1. Nothing is written to the weight.
 
 Determinism: the (rows x groups) tasks are cut into ``n_blocks`` contiguous blocks, a
 number that depends on the shape only (``block_count``). Each block is processed
 serially and writes its own per-candidate partial sums; the caller adds the blocks in
 a fixed order. The answer is therefore the same for any thread count.
 
-Codes are decided by the integer helpers of ``_kernels_int`` with fastmath off. Only
-the error sums run with reassociation (``_SUM_OPTIONS``) in a helper of their own, so
-that they vectorize; LLVM keeps the flags per instruction when it inlines the helper.
+Codes are decided by the helpers of ``_kernels_int`` and ``_kernels_codebook`` (the
+very ones quant_tensor uses) with fastmath off. Only the error sums run with
+reassociation (``_SUM_OPTIONS``), in a helper of their own so that they vectorize;
+LLVM keeps the flags per instruction when it inlines the helper.
 
 The array-API twin is ``_reference_clip``; tests hold them equal.
 """
@@ -23,6 +24,7 @@ from numba import prange
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import REDUCTION, njit_kernel
+from nbwoq._kernels_codebook import codebook_scale, group_absmax, level_value, mids_tuple, values_tuple
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 
 #: Elements scored per candidate before moving to the next candidate: small enough that
@@ -53,9 +55,15 @@ def sum_squares(buf, n):
 
 
 @njit_kernel
-def search_int(w, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range,
-               n_blocks, per_group, partial, best, first_bad):
-    """Score every clip ratio of ``ratios`` for integer group quantization of ``w``.
+def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_range, mids, levels, max_level,
+           n_blocks, per_group, partial, best, first_bad):
+    """Score every clip ratio of ``ratios`` for the group quantization of ``w``.
+
+    The format: ``codebook`` False is the integer one (``qmin``, ``qmax``, ``divisor``,
+    ``sym``, ``full_range`` as for ``_kernels_int.quant_int``); True is the 4-bit
+    codebook whose padded midpoints and levels are ``mids`` and ``levels``
+    (``_codebook.kernel_tables``), largest level ``max_level``. The other format's
+    arguments are ignored.
 
     Per tensor (``per_group`` False): ``partial[b, k]`` receives block ``b``'s sum of
     squared errors for ratio ``k`` (float64). Per group: ``best[r, g]`` receives the ratio
@@ -70,11 +78,13 @@ def search_int(w, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range,
     one = divisor / divisor
     n_tasks = rows * n_groups
     inf = np.float64(np.inf)
+    mt = mids_tuple(mids)
+    lt = values_tuple(levels)
     for b in prange(n_blocks):
         t0 = b * n_tasks // n_blocks
         t1 = (b + 1) * n_tasks // n_blocks
         scales = np.empty(n_cand, dtype=ratios.dtype)
-        zps = np.empty(n_cand, dtype=ratios.dtype)
+        zps = np.zeros(n_cand, dtype=ratios.dtype)
         sse = np.empty(n_cand, dtype=np.float64)
         buf = np.empty(CHUNK, dtype=ratios.dtype)
         acc = partial[b]
@@ -87,14 +97,22 @@ def search_int(w, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range,
             g = t - r * n_groups
             start = g * size
             seg = w[r, start:min(start + size, cols)]
-            lo, hi = group_minmax(seg)
-            # x - x is NaN exactly when x is NaN or +-Inf.
+            lo = zero
+            hi = zero
+            if codebook:
+                hi = group_absmax(seg)
+            else:
+                lo, hi = group_minmax(seg)
+            # x - x is NaN exactly when x is NaN or +-Inf (min, max and absmax propagate NaN).
             if not (lo - lo == zero and hi - hi == zero):
                 if first_bad[b] < 0:
                     first_bad[b] = t
                 continue
             for k in range(n_cand):
-                scales[k], zps[k] = int_group_params(lo, hi, ratios[k], divisor, sym, full_range, zero, one)
+                if codebook:
+                    scales[k] = codebook_scale(hi, ratios[k], max_level)
+                else:
+                    scales[k], zps[k] = int_group_params(lo, hi, ratios[k], divisor, sym, full_range, zero, one)
                 sse[k] = 0
             for c0 in range(0, seg.shape[0], CHUNK):
                 part = seg[c0:c0 + CHUNK]
@@ -102,13 +120,18 @@ def search_int(w, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range,
                 for k in range(n_cand):
                     scale = scales[k]
                     zp = zps[k]
-                    for i in range(n):
-                        x = decode(part[i])
-                        # The error of the value quant_tensor would store (rounded once
-                        # to the weight's dtype), squared in the compute type.
-                        dq = encode((int_code(x, scale, zp, qmin, qmax) - zp) * scale, w)
-                        d = x - decode(dq)
-                        buf[i] = d * d
+                    # The error of the value quant_tensor would store (rounded once to
+                    # the weight's dtype), squared in the compute type.
+                    if codebook:
+                        for i in range(n):
+                            x = decode(part[i])
+                            d = x - decode(encode(level_value(x / scale, mt, lt) * scale, w))
+                            buf[i] = d * d
+                    else:
+                        for i in range(n):
+                            x = decode(part[i])
+                            d = x - decode(encode((int_code(x, scale, zp, qmin, qmax) - zp) * scale, w))
+                            buf[i] = d * d
                     sse[k] += sum_squares(buf, n)
             if per_group:
                 pick = 0

@@ -3,9 +3,15 @@
 It scores a chunk of candidate ratios at once by broadcasting a candidate axis in front
 of the grouped weight (``(k, rows, groups, size)``), so its temporaries are ``k`` times
 the weight; ``k`` is chosen to keep them near a fixed element budget. The code formulas
-are ``_reference_int``'s, so the twin and the kernel share one definition of the codes.
+are ``_reference_int``'s and ``_reference_codebook``'s, the twins of the helpers the
+kernel uses.
+
+A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
+``("codebook", mids, levels, max_level)`` with the padded tables of
+``_codebook.kernel_tables`` as arrays in the compute dtype.
 """
 
+from nbwoq._reference_codebook import codebook_scale, nearest_level
 from nbwoq._reference_int import int_code, int_group_params, split_groups
 
 #: Element budget for one chunk of candidates (the candidate axis times the weight).
@@ -16,10 +22,17 @@ def compute_dtype(x, xp):
     return xp.float64 if x.dtype == xp.float64 else xp.float32
 
 
-def _int_dequant(part, ratios, fmt, xp):
+def _dequant(part, ratios, fmt, xp):
     """``part`` (rows, groups, size) fake-quantized with each ratio of ``ratios`` (k,):
     shape (k, rows, groups, size), in the compute dtype."""
-    qmin, qmax, divisor, sym, full_range = fmt
+    if fmt[0] == "codebook":
+        _, mids, levels, max_level = fmt
+        absmax = xp.max(xp.abs(part), axis=-1)[None, ...]
+        scale = codebook_scale(absmax, ratios[:, None, None], max_level)[..., None]
+        index = nearest_level(part[None, ...] / scale, mids, xp)
+        flat = xp.take(levels, xp.reshape(index, (-1,)), axis=0)
+        return xp.reshape(flat, index.shape) * scale
+    _, qmin, qmax, divisor, sym, full_range = fmt
     lo = xp.min(part, axis=-1)[None, ...]
     hi = xp.max(part, axis=-1)[None, ...]
     scale, zp = int_group_params(lo, hi, ratios[:, None, None], divisor, sym, full_range, xp)
@@ -32,7 +45,7 @@ def group_errors(x, size, ratios, fmt, xp):
     """Squared-error sums of every group for every candidate: float64 (k, rows, n_groups).
 
     ``x`` is the weight (rows, cols) in its own dtype, ``ratios`` a 1-D array in the
-    compute dtype, ``fmt`` the integer format ``(qmin, qmax, divisor, sym, full_range)``.
+    compute dtype, ``fmt`` the format (see the module notes).
     The dequantized values are rounded to ``x``'s dtype, as quant_tensor stores them,
     before the error is taken; squares are in the compute dtype, sums in float64.
     """
@@ -48,7 +61,7 @@ def group_errors(x, size, ratios, fmt, xp):
         chunk = ratios[k0:min(k0 + step, n_cand)]
         sums = []
         for part in parts:
-            stored = xp.astype(xp.astype(_int_dequant(part, chunk, fmt, xp), x.dtype), cdt)
+            stored = xp.astype(xp.astype(_dequant(part, chunk, fmt, xp), x.dtype), cdt)
             d = part[None, ...] - stored
             sums.append(xp.sum(xp.astype(d * d, xp.float64), axis=-1))
         if not sums:
@@ -82,8 +95,8 @@ def pick_per_group(errors, ratios, xp):
     return xp.reshape(xp.take(ratios, xp.reshape(pick, (-1,)), axis=0), shape)
 
 
-def search_int(x, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range, per_group, xp):
-    """Twin of ``_kernels_clip.search_int``, already reduced.
+def search(x, size, n_groups, ratios, fmt, per_group, xp):
+    """Twin of ``_kernels_clip.search``, already reduced.
 
     Returns ``(result, bad)``: ``result`` is the float64 total squared error per ratio
     (n_cand,) or, with ``per_group``, the best ratio per group (rows, n_groups) in the
@@ -93,7 +106,7 @@ def search_int(x, size, n_groups, ratios, qmin, qmax, divisor, sym, full_range, 
     bad = first_bad_group(x, size, xp)
     if bad >= 0:
         return None, bad
-    errors = group_errors(x, size, ratios, (qmin, qmax, divisor, sym, full_range), xp)
+    errors = group_errors(x, size, ratios, fmt, xp)
     if per_group:
         return pick_per_group(errors, ratios, xp), -1
     return xp.sum(xp.reshape(errors, (errors.shape[0], -1)), axis=1), -1

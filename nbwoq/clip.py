@@ -10,7 +10,7 @@ import numbers
 import array_api_compat
 import numpy as np
 
-from nbwoq import _arrays, _integer, _kernels_clip, _reference_clip, _validate
+from nbwoq import _arrays, _codebook, _integer, _kernels_clip, _reference_clip, _validate
 from nbwoq._layout import group_layout
 from nbwoq._tables import DTYPES
 
@@ -113,8 +113,9 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     ------
     TypeError, ValueError
         For a bad argument; ``ValueError`` for a weight holding NaN or Inf (naming the
-        first such row), or, per tensor, when no candidate gives a finite error (a range
-        that overflows the compute dtype). Nothing is ever written to ``weight``.
+        first such row), or, per tensor, when no candidate gives a finite error (group
+        ranges that overflow the compute dtype, or scales that underflow to zero).
+        Nothing is ever written to ``weight``.
 
     Examples
     --------
@@ -132,7 +133,7 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     bits = _validate.bits(bits)
     group_size = _validate.group_size(group_size)
     scheme = _validate.scheme(scheme)
-    dtype = _validate.dtype(dtype, allowed=_DTYPES)
+    dtype = _validate.dtype(dtype, allowed=DTYPES)
     full_range = _validate.flag(enable_full_range, "enable_full_range")
     per_group = _validate.flag(per_group, "per_group")
     ratios = candidates(grid)
@@ -145,7 +146,7 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     if bits <= 0:
         # quant_tensor leaves the weight as it is (any dtype): every candidate has zero error.
         return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
-    result, bad = _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group)
+    result, bad = _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype)
     if bad >= 0:
         _non_finite(bad, n_groups)
     if per_group:
@@ -153,13 +154,12 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     best = _pick(result)
     if best is None:
         raise ValueError(
-            "no clip ratio gives a finite quantization error: the weight's range overflows "
-            f"{np.dtype(cdt).name if xp is None else cdt} arithmetic"
+            "no clip ratio gives a finite quantization error: the group scales overflow or "
+            f"underflow {np.dtype(cdt).name if xp is None else cdt} arithmetic (weight range too large or too tiny)"
         )
     return ratios[best]
 
 
-_DTYPES = ("int",)
 
 
 def _constant(value, shape, cdt, weight, xp):
@@ -168,7 +168,7 @@ def _constant(value, shape, cdt, weight, xp):
     return xp.full(shape, value, dtype=cdt, device=array_api_compat.device(weight))
 
 
-def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group):
+def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype="int"):
     """Score ``ratios`` (Python floats) on either path, arguments already validated.
 
     Returns ``(result, bad)``: per tensor, ``result`` is the list of total squared errors
@@ -176,18 +176,29 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     ``bad`` is the first group (``r * n_groups + g``) holding NaN or Inf, else -1; then
     ``result`` is meaningless.
     """
-    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
+    codebook = dtype != "int"
+    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range) if not codebook else (0, 1, 1)
     if xp is not None:
         cdt = _reference_clip.compute_dtype(weight, xp)
-        r = xp.asarray(ratios, dtype=cdt, device=array_api_compat.device(weight))
-        result, bad = _reference_clip.search_int(weight, size, n_groups, r, float(qmin), float(qmax), float(divisor),
-                                                 sym, full_range, per_group, xp)
+        device = array_api_compat.device(weight)
+        if codebook:
+            mids, levels, _, max_level = _codebook.kernel_tables(dtype, "float64" if cdt == xp.float64 else "float32")
+            # Python floats of the already-rounded tables: exact in the compute dtype.
+            fmt = ("codebook", xp.asarray(mids.tolist(), dtype=cdt, device=device),
+                   xp.asarray(levels.tolist(), dtype=cdt, device=device), float(max_level))
+        else:
+            fmt = ("int", float(qmin), float(qmax), float(divisor), sym, full_range)
+        r = xp.asarray(ratios, dtype=cdt, device=device)
+        result, bad = _reference_clip.search(weight, size, n_groups, r, fmt, per_group, xp)
         if not per_group and bad < 0:
             result = [float(result[k]) for k in range(len(ratios))]
         return result, bad
     rows = weight.shape[0]
     cdt = _arrays.compute_dtype(weight.dtype)
     ctype = cdt.type
+    # The kernel takes both formats' arguments; the codebook tables are always real ones
+    # (nf4's stand in for the integer format) so that one compiled kernel serves both.
+    mids, levels, _, max_level = _codebook.kernel_tables(dtype if codebook else "nf4", cdt.name)
     n_tasks = rows * n_groups
     n_blocks = _kernels_clip.block_count(n_tasks)
     r = np.asarray(ratios, dtype=cdt)
@@ -197,9 +208,9 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     best = np.empty((rows, n_groups) if per_group else (1, 1), dtype=cdt)
     first_bad = np.full(n_blocks, -1, dtype=np.int64)
     if n_blocks:
-        _kernels_clip.search_int(
-            _arrays.kernel_view(weight), size, n_groups, r, ctype(qmin), ctype(qmax), ctype(divisor), sym, full_range,
-            n_blocks, per_group, partial, best, first_bad,
+        _kernels_clip.search(
+            _arrays.kernel_view(weight), size, n_groups, r, codebook, ctype(qmin), ctype(qmax), ctype(divisor), sym,
+            full_range, mids, levels, max_level, n_blocks, per_group, partial, best, first_bad,
         )
     flagged = first_bad[first_bad >= 0]
     bad = int(flagged.min()) if flagged.size else -1

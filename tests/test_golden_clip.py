@@ -36,8 +36,7 @@ def _history(case):
     return array(FNAME, case["loss_history"]).astype(np.float64)
 
 
-# The integer cases; the codebook ones follow with the codebook search.
-@pytest.mark.parametrize("case", cases(FNAME, lambda c: c["args"]["dtype"] == "int"), ids=_id)
+@pytest.mark.parametrize("case", cases(FNAME), ids=_id)
 def test_search_clip_golden(path, case):
     a = case["args"]
     weight = array(FNAME, case["tensor_args"]["m.weight"])
