@@ -4,6 +4,9 @@ import numpy as np
 
 from nbwoq import _safetensors_io as st
 
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=128)
+
 
 def read_tensor(folder_or_file, name):
     """A source tensor as float32 (bfloat16 widened exactly), read independently of the CLI."""

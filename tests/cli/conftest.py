@@ -1,13 +1,10 @@
 """Small generated checkpoints shared by the CLI tests (generated once per session)."""
 
-import numpy as np
 import pytest
 
-from nbwoq import _safetensors_io as st
 from nbwoq.checkpoint import write_checkpoint
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128)
+from cli_helpers import TINY
 
 
 @pytest.fixture(scope="session")
