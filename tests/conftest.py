@@ -1,8 +1,6 @@
 """Shared fixtures: the two paths every core function is checked on, and a report of
 how often the reference's per-op half rounding differs from nbwoq's single rounding."""
 
-import collections
-
 import numpy as np
 import pytest
 
@@ -40,17 +38,11 @@ def path(request):
     return PATHS[request.param]
 
 
-# Deviation 1 report: native-half golden values that differ from nbwoq's (expected).
-HALF_DIFFERENCES = collections.defaultdict(lambda: [0, 0])
-
-
-def record_half_difference(key, differing, total):
-    entry = HALF_DIFFERENCES[key]
-    entry[0] += int(differing)
-    entry[1] += int(total)
 
 
 def pytest_terminal_summary(terminalreporter):
+    from half_report import HALF_DIFFERENCES
+
     if HALF_DIFFERENCES:
         terminalreporter.section("SPEC deviation 1: codes differing from native-half golden cases")
         for key, (diff, total) in sorted(HALF_DIFFERENCES.items()):

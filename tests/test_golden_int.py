@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nbwoq
-from conftest import record_half_difference
+from half_report import record_half_difference
 from golden_cases import as_tuple, case_id, cases, half_pair, inputs, invoke, returned
 
 INT = "quant_tensor_int.npz"
