@@ -22,12 +22,13 @@ GPTQ
     of output ``o``, lowest bits first (``per = 32 // bits``).
 """
 
+import numba
 import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
 from nbwoq._codecs import decode
-from nbwoq._config import njit_kernel
+from nbwoq._config import PARALLEL, REDUCTION, njit_kernel
 from nbwoq._llvm import half_bits_to_float
 
 Q4_0, Q4_1, Q8_0 = 0, 1, 2
@@ -78,7 +79,12 @@ def _stored_value(u, g, srow_scale, zrow, qmin, lut, use_lut):
     return (u + qmin - zrow[g]) * srow_scale[g]
 
 
-@njit_kernel
+# Packing decides nothing (the codes are given); only the error sums need reassociation
+# to vectorize, which changes their last bits, never a stored byte.
+_measure_kernel = numba.njit(**dict(REDUCTION, parallel=PARALLEL))
+
+
+@_measure_kernel
 def pack_rows(codes, src, scale, zp, size, qmin, slot, lut, use_lut, do_pack, out, err, norm):
     """Pack the codes of ``codes`` (float, as the core returns them) into ``out``.
 
@@ -96,30 +102,59 @@ def pack_rows(codes, src, scale, zp, size, qmin, slot, lut, use_lut, do_pack, ou
         srow_scale = scale[r]
         zrow = zp[r]
         orow = out[r]
-        if do_pack:
-            for b in range(orow.shape[0]):
-                orow[b] = 0
         e = np.float64(0)
         n = np.float64(0)
         g = 0
         for start in range(0, cols, size):
             stop = min(start + size, cols)
-            for c in range(start, stop):
-                u = crow[c] - qmin
-                x = np.float64(decode(srow[c]))
-                d = x - np.float64(_stored_value(u, g, srow_scale, zrow, qmin, lut, use_lut))
-                e += d * d
-                n += x * x
-                if do_pack:
-                    ui = np.int64(u)
-                    if slot < 8:
-                        orow[c // per] |= np.uint8(ui << ((c % per) * slot))
-                    else:
-                        for k in range(nb):
-                            orow[c * nb + k] = np.uint8((ui >> (8 * k)) & 255)
+            sc = srow_scale[g]
+            # float32 sums within a group (at most a row: ample for a report), float64 across groups
+            eg = sc - sc
+            ng = eg
+            if use_lut:
+                for c in range(start, stop):
+                    x = decode(srow[c])
+                    d = x - lut[np.int64(crow[c] - qmin)] * sc
+                    eg += d * d
+                    ng += x * x
+            else:
+                z = zrow[g]
+                for c in range(start, stop):
+                    x = decode(srow[c])
+                    d = x - (crow[c] - z) * sc  # the core's dequant, same order
+                    eg += d * d
+                    ng += x * x
+            e += np.float64(eg)
+            n += np.float64(ng)
             g += 1
         err[r] = e
         norm[r] = n
+        if not do_pack:
+            continue
+        if slot == 4:  # the common case, written out so that it vectorizes
+            for b in range(cols // 2):
+                lo = np.int32(crow[2 * b] - qmin)
+                hi = np.int32(crow[2 * b + 1] - qmin)
+                orow[b] = np.uint8(lo | (hi << 4))
+            if cols % 2:
+                orow[cols // 2] = np.uint8(np.int32(crow[cols - 1] - qmin))
+        elif slot < 8:
+            full = cols // per
+            for b in range(full):
+                v = np.int64(0)
+                for k in range(per):
+                    v |= np.int64(crow[b * per + k] - qmin) << (k * slot)
+                orow[b] = np.uint8(v)
+            if full * per < cols:
+                v = np.int64(0)
+                for c in range(full * per, cols):
+                    v |= np.int64(crow[c] - qmin) << ((c - full * per) * slot)
+                orow[full] = np.uint8(v)
+        else:
+            for c in range(cols):
+                ui = np.int64(crow[c] - qmin)
+                for k in range(nb):
+                    orow[c * nb + k] = np.uint8((ui >> (8 * k)) & 255)
 
 
 @njit_kernel
