@@ -104,6 +104,8 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     partial = out + PARTIAL
     run_id = dict(nbwoq=nbwoq.__version__, format=fmt, options=options.as_dict(), source=source.fingerprint())
     if writer.output_is_file:
+        if resume and log and os.path.exists(partial):
+            log(f"resume: {fmt} output is a single file; starting it over")
         rows = _run_file(source, writer, plan, options, partial, progress)
         resumed = 0
     else:
