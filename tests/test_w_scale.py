@@ -12,7 +12,7 @@ from golden_cases import case_id, cases, inputs, returned
 
 W_SCALE = "quant_weight_w_scale.npz"
 EDGE = "errors_and_edge_calls.npz"
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
