@@ -82,7 +82,8 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
             value = value * s[..., None]
         elif store == "out_scaled":
             value = value * out_scale[:, cut][..., None]
-        out.append(xp.reshape(value, (rows, -1)))
+        # explicit width: -1 is ambiguous when rows == 0
+        out.append(xp.reshape(value, (rows, part.shape[1] * part.shape[2])))
     if not scales:
         return xp.zeros((rows, 0), dtype=cdt)
     if out:

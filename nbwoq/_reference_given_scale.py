@@ -57,7 +57,8 @@ def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
         v = part / scale[:, cut][..., None]
         if zp is not None:
             v = v + zp[:, cut][..., None]
-        out.append(xp.reshape(_clamp_if(xp.round(v), qmin, qmax, clamp, xp), (rows, -1)))
+        # explicit width: -1 is ambiguous when rows == 0
+        out.append(xp.reshape(_clamp_if(xp.round(v), qmin, qmax, clamp, xp), (rows, part.shape[1] * part.shape[2])))
     if out:
         x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
 
@@ -73,6 +74,6 @@ def requant_int(x, size, n_groups, scale, zp, qmin, qmax, out_scale, xp):
     for part, cut in _parts(w, size, n_groups, xp):
         z = zp[:, cut][..., None]
         code = int_code(part, scale[:, cut][..., None], z, qmin, qmax, xp)
-        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, -1)))
+        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, part.shape[1] * part.shape[2])))
     if out:
         x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)

@@ -75,7 +75,8 @@ def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, xp)
         code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
         values = code if write_codes else (code - zp[..., None]) * scale[..., None]
-        out.append(xp.reshape(values, (rows, -1)))
+        # explicit width: -1 is ambiguous when rows == 0
+        out.append(xp.reshape(values, (rows, part.shape[1] * part.shape[2])))
         scales.append(scale)
         zps.append(zp)
     if not out:
