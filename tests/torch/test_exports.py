@@ -147,3 +147,17 @@ def test_core_never_imports_torch():
     code = "import sys, nbwoq, nbwoq.clip, nbwoq.quantize; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("module_name", ["nbwoq_torch.quantize", "nbwoq_torch.clip", "nbwoq._threads"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    import nbwoq
+
+    module = importlib.import_module(module_name)
+    threads = nbwoq.get_num_threads()  # the _threads examples change and restore it
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    nbwoq.set_num_threads(threads)
+    assert result.attempted > 0 and result.failed == 0, f"{module_name}: {result}"
