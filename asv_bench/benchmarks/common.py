@@ -79,3 +79,15 @@ def warm_up():
         nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme=scheme, check_finite=False)
     if BFLOAT16 is not None:
         nbwoq.quant_tensor(w.astype(BFLOAT16), bits=4, group_size=32)
+
+
+def warm_up_clip():
+    """Compile (or load from cache) the clip-search kernel for the benchmark weights:
+    read-only arrays, integer and codebook formats, per tensor and per group."""
+    import nbwoq
+
+    w = np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32)
+    w.setflags(write=False)  # the benchmark weights are read-only: their own specialization
+    for dtype, group_size in (("int", 128), ("nf4", 64)):
+        for per_group in (False, True):
+            nbwoq.search_clip(w, bits=4, group_size=group_size, dtype=dtype, per_group=per_group)

@@ -1,0 +1,217 @@
+"""Clip-ratio search: nbwoq's one-pass search vs the plain-torch 40-pass search.
+
+The reference tries ``1 - i / 200`` (``i < 40``) by fake-quantizing the whole weight once
+per ratio. ``torch_search_clip`` is that method in plain torch (one quantize pass and
+one loss per ratio, the formula of the reference's ``quant_tensor``); per group it keeps
+each group's best ratio instead of the tensor's. ``time_*`` is nbwoq alone; the
+``track_*`` ratios time nbwoq, the torch search and the ``w *= 1.0`` memory floor inside
+the same call, so machine load cancels out. ``track_extra_peak_percent_*`` measures in a
+fresh process the peak resident memory a search adds beyond the weight, as a percentage
+of the weight's size.
+
+Run ``python asv_bench/benchmarks/bench_clip.py`` for a quick table of the targets.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+try:
+    from . import common
+except ImportError:  # run as a script
+    import common
+
+import nbwoq
+
+RATIOS = [1 - i / 200 for i in range(40)]
+#: config name -> search_clip keyword arguments.
+CONFIGS = {
+    "int4-asym-g128": dict(bits=4, group_size=128, scheme="asym", dtype="int"),
+    "nf4-g64": dict(bits=4, group_size=64, scheme="asym", dtype="nf4"),
+}
+MODES = {"per-tensor": False, "per-group": True}
+
+
+def _torch_fake_quant(x, ratio, bits, dtype, torch):
+    """``x`` (groups, size), a fresh copy, fake-quantized in place with clip ``ratio``."""
+    if dtype == "int":
+        maxq = 2**bits - 1
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        wmin = torch.minimum(x.min(1)[0], zeros) * ratio
+        wmax = torch.maximum(x.max(1)[0], zeros) * ratio
+        both = (wmin == 0) & (wmax == 0)
+        wmin[both] = -1
+        wmax[both] = 1
+        scale = ((wmax - wmin) / maxq).unsqueeze(1)
+        zp = torch.round(-wmin.unsqueeze(1) / scale)
+        return x.div_(scale).round_().add_(zp).clamp_(0, maxq).sub_(zp).mul_(scale)
+    levels = torch.tensor(nbwoq.FLOAT_MAPPING[dtype], dtype=x.dtype)
+    mids = (levels[1:] + levels[:-1]) / 2
+    scale = x.abs().amax(1, keepdim=True) * ratio / levels.max()
+    # bucketize(right=False): index i with mids[i-1] < v <= mids[i], the midpoint rule.
+    return levels[torch.bucketize(x.div_(scale), mids)].mul_(scale)
+
+
+def torch_search_clip(w, bits, group_size, scheme, dtype, per_group=False):
+    """The 40-pass search in plain torch (float32 ``w``, dividing group size, asym/nf4)."""
+    torch = common.torch_or_none()
+    assert scheme == "asym" or dtype != "int"
+    g = w.reshape(-1, group_size)
+    best_loss, best_ratio = float("inf"), None
+    group_best = torch.full((g.shape[0],), float("inf"), dtype=torch.float64)
+    group_ratio = torch.ones(g.shape[0], dtype=w.dtype)
+    for ratio in RATIOS:
+        q = _torch_fake_quant(g.clone(), ratio, bits, dtype, torch)
+        err = (g - q).pow_(2)
+        if per_group:
+            loss = err.sum(1, dtype=torch.float64)
+            better = loss < group_best
+            group_best = torch.where(better, loss, group_best)
+            group_ratio[better] = ratio
+        else:
+            loss = err.mean().item()
+            if loss < best_loss:
+                best_loss, best_ratio = loss, ratio
+    return group_ratio.reshape(w.shape[0], -1) if per_group else best_ratio
+
+
+def _torch_weight(shape):
+    torch = common.torch_or_none()
+    return torch.from_numpy(common.weight(shape, "float32").copy())
+
+
+class SearchClip:
+    params = (list(common.SHAPES), list(CONFIGS), list(MODES))
+    param_names = ["shape", "config", "mode"]
+    timeout = 1800
+
+    def setup(self, shape, config, mode):
+        common.warm_up_clip()
+        self.w = common.weight(shape, "float32")  # read-only: the search never writes
+
+    def time_search_clip(self, shape, config, mode):
+        nbwoq.search_clip(self.w, per_group=MODES[mode], **CONFIGS[config])
+
+    def _time_nbwoq(self, shape, config, mode, repeat=5):
+        w = self.w
+        return common.median_time(lambda _: nbwoq.search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
+                                  lambda: None, repeat)
+
+    def track_speedup_vs_torch_40_pass(self, shape, config, mode):
+        t_nb = self._time_nbwoq(shape, config, mode)
+        # The torch search takes seconds to tens of seconds: fewer repeats on the big shape.
+        repeat = 3 if shape == "4096x4096" else 1
+        t_torch = common.median_time(
+            lambda w: torch_search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
+            lambda: _torch_weight(shape), repeat)
+        return t_torch / t_nb
+
+    track_speedup_vs_torch_40_pass.unit = "x"
+
+    def track_ratio_to_floor(self, shape, config, mode):
+        t_nb = self._time_nbwoq(shape, config, mode)
+        t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, "float32"), 5)
+        return t_nb / t_floor
+
+    track_ratio_to_floor.unit = "x floor"
+
+
+class SearchClipPerGroupCost:
+    """Per-group search time over per-tensor search time, measured side by side."""
+
+    params = (list(common.SHAPES), list(CONFIGS))
+    param_names = ["shape", "config"]
+    timeout = 600
+
+    def setup(self, shape, config):
+        common.warm_up_clip()
+        self.w = common.weight(shape, "float32")
+
+    def track_per_group_over_per_tensor(self, shape, config):
+        w, kw = self.w, CONFIGS[config]
+        times = {False: [], True: []}
+        for _ in range(5):  # interleaved, so a load change hits both alike
+            for per_group in (False, True):
+                times[per_group].append(common.median_time(
+                    lambda _: nbwoq.search_clip(w, per_group=per_group, **kw), lambda: None, 1))
+        return float(np.median(times[True]) / np.median(times[False]))
+
+    track_per_group_over_per_tensor.unit = "x"
+
+
+_PEAK_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np
+    import nbwoq
+
+    def rss_kib(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+
+    shape, kwargs = json.loads(sys.argv[1])
+    w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    w.setflags(write=False)
+    small = w[:8].copy()
+    small.setflags(write=False)
+    nbwoq.search_clip(small, **kwargs)  # compile / load the cache, start the threads
+    try:  # reset the peak to the current resident size (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_kib("VmRSS")
+        nbwoq.search_clip(w, **kwargs)
+        after = rss_kib("VmHWM")
+    except OSError:  # no clear_refs: the lifetime peak, an upper bound
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        nbwoq.search_clip(w, **kwargs)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_kib": after - before, "weight_kib": w.nbytes / 1024}))
+""")
+
+
+def extra_peak_percent(shape, **kwargs):
+    """Peak RSS a search adds, in % of the weight (fresh process, warm cache)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([shape, kwargs])],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return 100.0 * r["extra_kib"] / r["weight_kib"]
+
+
+class SearchClipMemory:
+    params = (list(CONFIGS), list(MODES))
+    param_names = ["config", "mode"]
+    timeout = 300
+
+    def track_extra_peak_percent_4096x4096(self, config, mode):
+        return extra_peak_percent([4096, 4096], per_group=MODES[mode], **CONFIGS[config])
+
+    track_extra_peak_percent_4096x4096.unit = "% of weight"
+
+
+if __name__ == "__main__":
+    common.warm_up_clip()
+    shape = sys.argv[1] if len(sys.argv) > 1 else "4096x4096"
+    print(f"{'shape':>11} {'config':>15} {'mode':>10} {'nbwoq ms':>9} {'torch ms':>9} {'x faster':>9} "
+          f"{'floor ms':>9} {'x floor':>8} {'peak %':>7}")
+    for config in CONFIGS:
+        per_mode = {}
+        for mode in MODES:
+            bench = SearchClip()
+            bench.setup(shape, config, mode)
+            t_nb = bench._time_nbwoq(shape, config, mode)
+            t_torch = common.median_time(
+                lambda w: torch_search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
+                lambda: _torch_weight(shape), 3 if shape == "4096x4096" else 1)
+            t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, "float32"), 5)
+            peak = extra_peak_percent(list(common.SHAPES[shape]), per_group=MODES[mode], **CONFIGS[config])
+            per_mode[mode] = t_nb
+            print(f"{shape:>11} {config:>15} {mode:>10} {t_nb*1e3:9.1f} {t_torch*1e3:9.0f} {t_torch/t_nb:9.1f} "
+                  f"{t_floor*1e3:9.2f} {t_nb/t_floor:8.1f} {peak:7.2f}")
+        cost = SearchClipPerGroupCost()
+        cost.setup(shape, config)
+        print(f"{shape:>11} {config:>15} per-group / per-tensor (interleaved): "
+              f"{cost.track_per_group_over_per_tensor(shape, config):.2f}x")
