@@ -288,6 +288,7 @@ def qdq_weight_actor(weight, bits, scheme, quantile=1.0, dtype="int", return_int
     if scheme == "sym":
         return qdq_weight_sym(weight, bits, quantile, return_int, full_range, **kwargs)
     _options(kwargs, _ROWWISE_KWARGS, "qdq_weight_actor")
+    _validate.flag(full_range, "full_range")  # asym ignores it, but a bad value is still refused
     return qdq_weight_asym(weight, bits, quantile, return_int, **kwargs)
 
 
