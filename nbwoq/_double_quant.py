@@ -12,9 +12,11 @@ are double quantized too (the reference skips them and returns a tuple), and
 ``double_quant_return_int=True`` returns the scales' codes, their scales and the mean.
 
 Passes over the weight: with ``return_int`` one (codes and scales, as without double
-quantization); without it one read for the scales and one read-and-write that codes each
-group with its own scale and stores the value dequantized with the double-quantized one
-(``_kernels_given_scale.requant_int``, ``_kernels_codebook`` with an output scale).
+quantization); without it one read for the scales and one read-and-write that quantizes
+each group as usual (its parameters recomputed while it is in cache) and stores the value
+dequantized with the double-quantized scale (``_kernels_given_scale.requant_int``,
+``_kernels_codebook`` with an output scale). The only (rows, n_groups) array is the
+scales', double-quantized in place.
 
 The scale mean is summed in float32 in the order of torch's CPU ``sum`` (``mean``),
 which the reference uses, so results match it bit for bit (``torch_order_sum``).
@@ -107,7 +109,7 @@ def scale_mean(flat, xp):
 
 
 def quantize_scales(scale, xp, options, quant_tensor):
-    """Double-quantize ``scale`` (rows, n_groups).
+    """Double-quantize ``scale`` (rows, n_groups, nbwoq's own array: changed in place).
 
     Returns ``(dequantized, packed)``: the double-quantized scales (rows, n_groups), and
     with ``double_quant_return_int`` instead ``packed = (codes, hyper_scale, mean)``
@@ -115,11 +117,11 @@ def quantize_scales(scale, xp, options, quant_tensor):
     or None when nothing was subtracted) and ``dequantized`` None.
     """
     shape = tuple(scale.shape)
-    flat = xp.reshape(xp.asarray(scale, copy=True), (1, -1))
+    flat = xp.reshape(scale, (1, -1))
     mean = None
     if options["double_quant_scheme"] == "asym":
         mean = scale_mean(flat[0, ...], xp)
-        flat = flat - mean
+        flat -= mean
     result = quant_tensor(
         flat, bits=options["double_quant_bits"], group_size=options["double_quant_group_size"], scheme="sym",
         dtype=options["double_quant_dtype"], return_int=options["double_quant_return_int"], check_finite=False,
@@ -128,7 +130,7 @@ def quantize_scales(scale, xp, options, quant_tensor):
         codes, hyper_scale, _ = result
         return None, (xp.reshape(codes, shape), hyper_scale, mean)
     if mean is not None:
-        flat = flat + mean
+        flat += mean
     return xp.reshape(flat, shape), None
 
 
@@ -139,29 +141,28 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
     if options["check_finite"]:
         _integer.check_finite(weight, xp)
     sym = scheme == "sym"
-    if dtype in FLOAT_MAPPING:
-        values = "codes" if (return_int or cast_int) else "levels"
+    codebook = dtype in FLOAT_MAPPING
+    values = "codes" if (return_int or cast_int) else "levels"
+    zp = None
+    if codebook:
         scale = _codebook.quantize_codebook(
             weight, xp, dtype, group_size, quantile, values, "value" if return_int else "nothing",
             keep_scale=True, check=False,
         )
-        zp = None
     elif return_int:
         scale, zp = _integer.quantize_int(
             weight, xp, bits, group_size, sym, full_range, quantile, write_codes=True, keep_params=True, check=False
         )
     else:
-        scale, zp = _given_scale.int_params(weight, xp, bits, group_size, sym, full_range, quantile)
+        scale = _given_scale.int_scales(weight, xp, bits, group_size, sym, full_range, quantile)
     # the scales are small arrays: NumPy ones (Numba path) go through NumPy's namespace
     dequantized, packed = quantize_scales(scale, xp or array_api_compat.array_namespace(scale), options,
                                           quant_tensor)
     if return_int:
-        return weight, (packed if packed is not None else dequantized), (None if sym or zp is None else zp)
-    if dtype in FLOAT_MAPPING:
-        _codebook.quantize_codebook(
-            weight, xp, dtype, group_size, quantile, values, "out_scaled", scale=scale, out_scale=dequantized,
-            check=False,
-        )
+        return weight, (packed if packed is not None else dequantized), (None if sym else zp)
+    if codebook:
+        _codebook.quantize_codebook(weight, xp, dtype, group_size, quantile, values, "out_scaled",
+                                    out_scale=dequantized, check=False)
     else:
-        _given_scale.requant_int(weight, xp, bits, group_size, sym, full_range, scale, zp, dequantized)
+        _given_scale.requant_int(weight, xp, bits, group_size, sym, full_range, quantile, dequantized)
     return weight

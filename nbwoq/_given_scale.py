@@ -7,23 +7,26 @@ from nbwoq import _arrays, _integer, _kernels_given_scale, _reference_given_scal
 from nbwoq._layout import group_layout
 
 
-def int_params(weight, xp, bits, group_size, sym, full_range, quantile):
-    """Each group's ``(scale, zp)`` as ``quant_tensor`` computes them, reading ``weight``
-    only; (rows, n_groups) arrays in the compute dtype (zp is 0 for sym)."""
+def _quantile(quantile, cdt):
+    return np.full((1, 1), quantile, dtype=cdt) if isinstance(quantile, float) else np.ascontiguousarray(quantile, cdt)
+
+
+def int_scales(weight, xp, bits, group_size, sym, full_range, quantile):
+    """Each group's scale as ``quant_tensor`` computes it, reading ``weight`` only; a
+    (rows, n_groups) array in the compute dtype."""
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
     _, _, divisor = _integer.int_range(bits, sym, full_range)
     if xp is not None:
-        return _reference_given_scale.int_params(weight, size, n_groups, quantile, float(divisor), sym, full_range, xp)
+        return _reference_given_scale.int_scales(weight, size, n_groups, quantile, float(divisor), sym, full_range, xp)
     cdt = _arrays.compute_dtype(weight.dtype)
-    q = np.full((1, 1), quantile, dtype=cdt) if isinstance(quantile, float) else np.ascontiguousarray(quantile, cdt)
     scale = np.empty((rows, n_groups), dtype=cdt)
-    zp = np.empty((rows, n_groups), dtype=cdt)
     if rows and n_groups:
-        _kernels_given_scale.int_params(
-            _arrays.kernel_view(weight), size, n_groups, q, cdt.type(divisor), sym, full_range, scale, zp
+        _kernels_given_scale.int_scales(
+            _arrays.kernel_view(weight), size, n_groups, _quantile(quantile, cdt), cdt.type(divisor), sym,
+            full_range, scale,
         )
-    return scale, zp
+    return scale
 
 
 def _kernel_params(weight, *params):
@@ -50,17 +53,19 @@ def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
         )
 
 
-def requant_int(weight, xp, bits, group_size, sym, full_range, scale, zp, out_scale):
-    """Code ``weight`` with its own ``scale``/``zp`` (from ``int_params``) as ``quant_tensor``
-    does and store ``(code - zp) * out_scale`` in place."""
+def requant_int(weight, xp, bits, group_size, sym, full_range, quantile, out_scale):
+    """Quantize ``weight`` as ``quant_tensor`` does and store ``(code - zp) * out_scale``
+    in place (``out_scale``: (rows, n_groups))."""
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
-    qmin, qmax, _ = _integer.int_range(bits, sym, full_range)
+    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
     if xp is not None:
-        _reference_given_scale.requant_int(weight, size, n_groups, scale, zp, float(qmin), float(qmax), out_scale, xp)
+        _reference_given_scale.requant_int(weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor),
+                                           sym, full_range, out_scale, xp)
         return
-    cdt, (s, z, m) = _kernel_params(weight, scale, zp, out_scale)
+    cdt, (m,) = _kernel_params(weight, out_scale)
     if rows and n_groups:
         _kernels_given_scale.requant_int(
-            _arrays.kernel_view(weight), size, n_groups, s, z, cdt.type(qmin), cdt.type(qmax), m
+            _arrays.kernel_view(weight), size, n_groups, _quantile(quantile, cdt), cdt.type(qmin), cdt.type(qmax),
+            cdt.type(divisor), sym, full_range, m,
         )

@@ -1,12 +1,13 @@
-"""Numba kernels for integer quantization with scales (and zero points) known in advance.
+"""Numba kernels for integer quantization with scales known in advance.
 
-Two callers need them. ``quant_weight_w_scale`` turns a weight into codes with the
-caller's scales, using the reference's formula for it, ``round(x / scale + zp)`` (the
-zero point added *before* rounding), optionally clamped (SPEC deviation 2). Double
-quantization first reads the weight once for its scales (``int_params``), quantizes
-those, then codes every group with its original scale and zero point (``quant_tensor``'s
-formula, so the codes are the ones ``quant_tensor`` stores) and dequantizes it with the
-double-quantized scale, in one read-and-write pass.
+``quant_weight_w_scale`` turns a weight into codes with the caller's scales, using the
+reference's formula for it, ``round(x / scale + zp)`` (the zero point added *before*
+rounding), optionally clamped (SPEC deviation 2).
+
+Double quantization without ``return_int`` first reads the weight once for its scales
+(``int_scales``), quantizes those, then codes every group with its own parameters
+(recomputed while the group is in cache: no (rows, n_groups) zero points are kept) and
+stores the value dequantized with the double-quantized scale (``requant_int``).
 
 The array-API twin of these kernels is ``_reference_given_scale``; tests hold them equal.
 """
@@ -21,12 +22,9 @@ from nbwoq._llvm import roundeven
 
 
 @njit_kernel
-def int_params(w, size, n_groups, quantile, divisor, sym, full_range, scale_out, zp_out):
-    """Each group's scale and zero point as ``quant_tensor`` computes them; reads only.
-
-    ``quantile`` is (1, 1) or (rows, n_groups); ``scale_out``/``zp_out`` (rows,
-    n_groups) receive the parameters (the zero point is 0 for sym).
-    """
+def int_scales(w, size, n_groups, quantile, divisor, sym, full_range, scale_out):
+    """Each group's scale as ``quant_tensor`` computes it, into ``scale_out`` (rows,
+    n_groups); reads ``w`` only. ``quantile`` is (1, 1) or (rows, n_groups)."""
     rows, cols = w.shape
     zero = divisor - divisor
     one = divisor / divisor
@@ -37,7 +35,7 @@ def int_params(w, size, n_groups, quantile, divisor, sym, full_range, scale_out,
         start = g * size
         lo, hi = group_minmax(w[r, start:min(start + size, cols)])
         q = quantile[r, g] if per_group else quantile[0, 0]
-        scale_out[r, g], zp_out[r, g] = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
+        scale_out[r, g] = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)[0]
 
 
 @register_jitable
@@ -74,18 +72,22 @@ def quant_w_scale(w, size, n_groups, scale, zp, has_zp, qmin, qmax, clamp):
 
 
 @njit_kernel
-def requant_int(w, size, n_groups, scale, zp, qmin, qmax, out_scale):
-    """Code each group with its own ``scale``/``zp`` as ``quant_tensor`` does, then store
-    ``(code - zp) * out_scale`` (all (rows, n_groups); zp is 0 for sym)."""
+def requant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, out_scale):
+    """Quantize each group as ``quant_tensor`` does (its own scale and zero point, from
+    its min and max) and store ``(code - zp) * out_scale[r, g]`` in place."""
     rows, cols = w.shape
+    zero = divisor - divisor
+    one = divisor / divisor
+    per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     for t in prange(rows * n_groups):
         r = t // n_groups
         g = t - r * n_groups
         start = g * size
         seg = w[r, start:min(start + size, cols)]
-        s = scale[r, g]
-        z = zp[r, g]
+        lo, hi = group_minmax(seg)
+        q = quantile[r, g] if per_group else quantile[0, 0]
+        scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
         m = out_scale[r, g]
         for i in range(seg.shape[0]):
-            code = int_code(decode(seg[i]), s, z, qmin, qmax)
-            seg[i] = encode((code - z) * m, w)
+            code = int_code(decode(seg[i]), scale, zp, qmin, qmax)
+            seg[i] = encode((code - zp) * m, w)

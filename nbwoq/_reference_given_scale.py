@@ -23,20 +23,26 @@ def _concat(pieces, rows, xp, dtype):
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
 
 
-def int_params(x, size, n_groups, quantile, divisor, sym, full_range, xp):
-    """Each group's ``(scale, zp)`` as ``quant_tensor`` computes them, (rows, n_groups)."""
-    rows = x.shape[0]
-    cdt = _compute_dtype(x, xp)
-    w = xp.astype(x, cdt)
-    if not isinstance(quantile, float):
-        quantile = xp.astype(quantile, cdt)
-    scales, zps = [], []
+def _params(w, size, n_groups, quantile, divisor, sym, full_range, xp):
+    """``(part, cut, scale, zp)`` per part of ``w`` (compute dtype), as quant_tensor."""
     for part, cut in _parts(w, size, n_groups, xp):
         q = quantile if isinstance(quantile, float) else quantile[:, cut]
         scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), q, divisor, sym, full_range, xp)
-        scales.append(scale)
-        zps.append(zp)
-    return _concat(scales, rows, xp, cdt), _concat(zps, rows, xp, cdt)
+        yield part, cut, scale, zp
+
+
+def _prepare(x, quantile, xp):
+    cdt = _compute_dtype(x, xp)
+    if not isinstance(quantile, float):
+        quantile = xp.astype(quantile, cdt)
+    return cdt, xp.astype(x, cdt), quantile
+
+
+def int_scales(x, size, n_groups, quantile, divisor, sym, full_range, xp):
+    """Each group's scale as ``quant_tensor`` computes it, (rows, n_groups)."""
+    cdt, w, quantile = _prepare(x, quantile, xp)
+    scales = [s for _, _, s, _ in _params(w, size, n_groups, quantile, divisor, sym, full_range, xp)]
+    return _concat(scales, x.shape[0], xp, cdt)
 
 
 def _clamp_if(code, qmin, qmax, clamp, xp):
@@ -63,17 +69,16 @@ def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
         x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
 
 
-def requant_int(x, size, n_groups, scale, zp, qmin, qmax, out_scale, xp):
-    """Code each group with ``scale``/``zp`` as ``quant_tensor`` does, store
+def requant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, out_scale, xp):
+    """Quantize each group of ``x`` as ``quant_tensor`` does and store
     ``(code - zp) * out_scale`` in ``x``."""
     rows = x.shape[0]
-    cdt = _compute_dtype(x, xp)
-    w = xp.astype(x, cdt)
-    scale, zp, out_scale = (xp.astype(a, cdt) for a in (scale, zp, out_scale))
+    cdt, w, quantile = _prepare(x, quantile, xp)
+    out_scale = xp.astype(out_scale, cdt)
     out = []
-    for part, cut in _parts(w, size, n_groups, xp):
-        z = zp[:, cut][..., None]
-        code = int_code(part, scale[:, cut][..., None], z, qmin, qmax, xp)
-        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, part.shape[1] * part.shape[2])))
+    for part, cut, scale, zp in _params(w, size, n_groups, quantile, divisor, sym, full_range, xp):
+        z = zp[..., None]
+        code = int_code(part, scale[..., None], z, qmin, qmax, xp)
+        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, -1)))
     if out:
         x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
