@@ -42,6 +42,9 @@ def _parser():
     q.add_argument("--full-range", action="store_true", help="sym: also use the code -2**(bits-1)")
     q.add_argument("--clip", choices=("none", "tensor", "group"), default="none",
                    help="clip-ratio search: one per tensor or one per group (default none)")
+    q.add_argument("--clip-grid", metavar="GRID",
+                   help="clip candidates: a count, or comma-separated ratios such as 1,0.99,0.98,0.97,0.96,0.95 "
+                        "(default: the reference's 40 ratios 1.0 .. 0.805)")
     q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default="nbwoq", help="output format")
     q.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize tensors whose name matches this glob (repeatable; default: the 2-D "
@@ -112,7 +115,7 @@ def format_table(report, top=15, rows=True):
 
 
 def _quantize(args):
-    from nbwoq.formats.quantizer import QuantOptions
+    from nbwoq.formats.quantizer import QuantOptions, parse_grid
     from nbwoq.formats.run import quantize_checkpoint
 
     if args.format == "gguf":
@@ -123,8 +126,9 @@ def _quantize(args):
         scheme = args.scheme or "asym"
     if args.top < 0:
         raise ValueError(f"--top must be 0 or positive, got {args.top}")
+    grid = None if args.clip_grid is None else parse_grid(args.clip_grid)
     options = QuantOptions(args.bits, group_size, scheme, args.dtype, args.full_range, args.clip,
-                           args.include, args.exclude)
+                           args.include, args.exclude, clip_grid=grid)
     cleanup = []
     try:
         src, out = args.src, args.out

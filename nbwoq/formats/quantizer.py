@@ -32,7 +32,7 @@ class QuantOptions:
     """The quantization settings of one run, validated against the core up front."""
 
     def __init__(self, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, clip="none",
-                 include=(), exclude=()):
+                 include=(), exclude=(), clip_grid=None):
         self.bits = _validate.bits(bits, "--bits")
         if self.bits <= 0:
             raise InputError(f"--bits must be a positive integer, got {bits!r}")
@@ -43,6 +43,9 @@ class QuantOptions:
         if clip not in CLIP_MODES:
             raise InputError(f"--clip must be one of {CLIP_MODES}, got {clip!r}")
         self.clip = clip
+        if clip_grid is not None and clip == "none":
+            raise InputError("--clip-grid needs --clip tensor or --clip group")
+        self.clip_grid = clip_grid
         self.include = tuple(include or ())
         self.exclude = tuple(exclude or ())
         self.codebook = self.dtype != "int"
@@ -79,6 +82,8 @@ class QuantOptions:
                       enable_full_range=self.full_range)
         if self.clip == "group":
             kwargs["per_group"] = True
+        if self.clip_grid is not None:
+            kwargs["grid"] = self.clip_grid
         return nbwoq.search_clip(w, **kwargs)
 
     def label(self):
@@ -86,11 +91,15 @@ class QuantOptions:
             text = f"{self.dtype} g{self.group_size}"
         else:
             text = f"int{self.bits} {self.scheme}{' full' if self.full_range else ''} g{self.group_size}"
-        return text + ("" if self.clip == "none" else f" clip={self.clip}")
+        if self.clip == "none":
+            return text
+        grid = "" if self.clip_grid is None else f" grid={_grid_text(self.clip_grid)}"
+        return text + f" clip={self.clip}{grid}"
 
     def as_dict(self):
         return dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
-                    full_range=self.full_range, clip=self.clip, include=list(self.include),
+                    full_range=self.full_range, clip=self.clip, clip_grid=_grid_json(self.clip_grid),
+                    include=list(self.include),
                     exclude=list(self.exclude))
 
     def codebook_lut(self):
@@ -112,6 +121,26 @@ class QuantOptions:
             raise InputError(f"tensor {name!r} has dtype {dtype_name}, which cannot be quantized "
                              "(float32, float16 or bfloat16 expected); exclude it with --exclude")
         return chosen
+
+
+def parse_grid(text):
+    """``--clip-grid``: a candidate count (``80``) or explicit ratios (``1,0.99,0.98``)."""
+    try:
+        if "," not in text and "." not in text:
+            return int(text)
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--clip-grid must be a count or comma-separated ratios, got {text!r}") from None
+
+
+def _grid_json(grid):
+    return list(grid) if isinstance(grid, (list, tuple)) else grid
+
+
+def _grid_text(grid):
+    if isinstance(grid, (list, tuple)):
+        return f"{max(grid):g}..{min(grid):g}({len(grid)})"
+    return str(grid)
 
 
 def quantizable_dtype(dtype_name):

@@ -216,3 +216,29 @@ def test_quantize_arrays_helper(tmp_path):
     run.quantize_arrays({"w": w}, path, bits=4, group_size=32, scheme="sym")
     np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(path)["w"]),
                                   nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme="sym"))
+
+
+@pytest.mark.parametrize("clip, grid", [("tensor", None), ("group", None), ("group", "1,0.98,0.96")],
+                         ids=["clip-tensor", "clip-group", "clip-group-grid3"])
+def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid):
+    out, report_path = str(tmp_path / "out"), str(tmp_path / "r.json")
+    extra = [] if grid is None else ["--clip-grid", grid]
+    assert main(["quantize", tiny_f32, out, "--quiet", "--group-size", "32", "--clip", clip, "--report", report_path,
+                 *extra]) == 0
+    w = read_tensor(tiny_f32, LINEAR)
+    kw = {} if grid is None else {"grid": [float(v) for v in grid.split(",")]}
+    ratio = nbwoq.search_clip(w, bits=4, group_size=32, per_group=clip == "group", **kw)
+    expected = nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, quantile=ratio)
+    np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(out)[LINEAR]), expected)
+    rows = {r["name"]: r for r in json.load(open(report_path))["tensors"]}
+    if clip == "group":
+        assert rows[LINEAR]["clip"]["min"] == pytest.approx(float(np.min(ratio)))
+    else:
+        assert rows[LINEAR]["clip"] == ratio
+    rtn = nbwoq.quant_tensor(w.copy(), bits=4, group_size=32)
+    assert rows[LINEAR]["rel_mse"] <= float(np.sum((w - rtn) ** 2.0) / np.sum(w**2.0)) * (1 + 1e-6)
+
+
+def test_clip_grid_without_clip_is_refused(tiny_bf16, tmp_path, capsys):
+    assert main(["quantize", tiny_bf16, str(tmp_path / "o"), "--clip-grid", "20"]) == 1
+    assert "--clip-grid needs --clip" in _err(capsys)
