@@ -60,7 +60,7 @@ def _openmp_controls():
         lib = ctypes.CDLL(None)
         return (lib.omp_get_max_threads, lib.omp_set_num_threads,
                 lib.omp_get_max_active_levels, lib.omp_set_max_active_levels)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) on Windows
         return None
 
 

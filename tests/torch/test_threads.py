@@ -87,26 +87,8 @@ def test_one_pool_with_torch_and_neither_count_changes_the_other(tmp_path):
     assert r["nbwoq_after_torch_set"] == 2
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
-def test_the_thread_count_probe_sees_a_second_pool(tmp_path):
-    # The same probe under the workqueue layer: its own pool of 4 appears, so the
-    # bound asserted above is a real check.
-    r = _fresh_python(POOL_PROBE, tmp_path, NUMBA_THREADING_LAYER="workqueue")
-    assert r["layer"] == "workqueue"
-    assert r["after_both"] - r["after_torch"] >= 4, r
-
-
-def test_user_choice_of_layer_wins(tmp_path):
-    script = """
-        import json, numpy as np, nbwoq, numba
-        nbwoq.quant_tensor(np.ones((4, 64), np.float32))
-        print(json.dumps(numba.threading_layer()))
-    """
-    assert _fresh_python(script, tmp_path, NUMBA_THREADING_LAYER="workqueue") == "workqueue"
-
-
-CONCURRENT_UNDER_WORKQUEUE = """
-    import concurrent.futures, json
+CONCURRENT = """
+    import concurrent.futures
     import numpy as np, nbwoq
     ws = [np.random.default_rng(i).standard_normal((256, 512)).astype(np.float32) for i in range(8)]
     serial = [nbwoq.quant_tensor(w.copy(), group_size=64) for w in ws]
@@ -114,15 +96,18 @@ CONCURRENT_UNDER_WORKQUEUE = """
         for _ in range(5):
             together = list(pool.map(lambda w: nbwoq.quant_tensor(w.copy(), group_size=64), ws))
             assert all(np.array_equal(a, b) for a, b in zip(serial, together))
-    import numba
-    print(json.dumps(numba.threading_layer()))
 """
 
 
-def test_concurrent_calls_are_serialized_on_a_layer_that_is_not_thread_safe(tmp_path):
-    # Numba's workqueue layer aborts the process on concurrent launches; nbwoq runs
-    # them one at a time there.
-    assert _fresh_python(CONCURRENT_UNDER_WORKQUEUE, tmp_path, NUMBA_THREADING_LAYER="workqueue") == "workqueue"
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_under_the_workqueue_layer(tmp_path):
+    """A user's own layer choice wins. The same probe then sees Numba's second pool of 4
+    (so the bound asserted above is a real check), and concurrent calls, which make the
+    workqueue layer abort the process, are run one at a time and stay correct."""
+    r = _fresh_python(textwrap.dedent(POOL_PROBE) + textwrap.dedent(CONCURRENT), tmp_path,
+                      NUMBA_THREADING_LAYER="workqueue")
+    assert r["layer"] == "workqueue"
+    assert r["after_both"] - r["after_torch"] >= 4, r
 
 
 @ParallelKernel  # as njit_kernel makes them, without the on-disk cache (a test helper)
