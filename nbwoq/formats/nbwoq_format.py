@@ -79,7 +79,9 @@ class NbwoqWriter:
         o = self.options
         rows, cols = info.shape
         size, n_groups = group_layout(cols, o.group_size)
-        packed = np.empty((rows, _packing.packed_cols(cols, o.slot)), dtype=np.uint8)
+        shape = (rows, _packing.packed_cols(cols, o.slot))
+        scratch = getattr(self, "scratch", None)
+        packed = np.empty(shape, dtype=np.uint8) if scratch is None else scratch.get("packed", shape, np.uint8)
         zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
         err = np.empty(rows, dtype=np.float64)
         norm = np.empty(rows, dtype=np.float64)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import nbwoq
-from nbwoq import _packing, _validate
+from nbwoq import _arrays, _kernels_finite, _packing, _validate
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
@@ -158,6 +158,26 @@ class Quantized:
         self.codes, self.scale, self.zp, self.clip, self.seconds = codes, scale, zp, clip, seconds
 
 
+class Scratch:
+    """Reusable buffers, one per role, grown to the largest tensor seen.
+
+    Fresh memory costs a page fault and a page clear per 4 KiB on first touch, about as
+    much as decoding into it; a run reuses the same pages for every tensor instead.
+    A buffer is valid until the next ``get`` of the same role.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, role, shape, dtype):
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buf = self._buffers.get(role)
+        if buf is None or buf.size < n:
+            buf = self._buffers[role] = np.empty(max(n, 1), dtype=np.uint8)
+        return buf[:n].view(dtype).reshape(shape)
+
+
 def working_copy(array, dtype_name, out=None):
     """A writable float32 copy of ``array`` (storage view decoded in a parallel kernel)."""
     if out is None:
@@ -169,17 +189,32 @@ def working_copy(array, dtype_name, out=None):
     return out
 
 
-def quantize(array, dtype_name, options, name):
+def check_finite(array, dtype_name):
+    """The core's finiteness scan, run on the stored values (bfloat16 reads half the bytes
+    of the float32 copy); raises the core's ``ValueError`` naming the first bad row."""
+    if dtype_name == "BF16":  # bfloat16 has float32's 8-bit exponent field: 0x7F80 in 16 bits
+        bits, mask = array.view(np.uint16), np.uint16(0x7F80)
+    else:
+        bits, mask = _arrays.exponent_view(array)
+    finite = np.empty(array.shape[0], dtype=np.bool_)
+    _kernels_finite.finite_rows(bits, mask, finite)
+    _validate.first_bad_row(finite)
+
+
+def quantize(array, dtype_name, options, name, scratch=None):
     """Quantize the tensor ``array`` (storage dtype ``dtype_name``) with the core.
 
-    Returns a ``Quantized`` whose ``codes`` is a fresh float32 array holding the codes.
+    Returns a ``Quantized`` whose ``codes`` is a float32 array holding the codes: fresh,
+    or ``scratch``'s ``"work"`` buffer when a ``Scratch`` is given.
     Non-finite weights raise ``InputError`` naming the tensor.
     """
     t0 = time.perf_counter()
-    work = working_copy(array, dtype_name)
     clip = None
     quantile = 1.0
     try:
+        check_finite(array, dtype_name)
+        out = None if scratch is None else scratch.get("work", array.shape, np.float32)
+        work = working_copy(array, dtype_name, out=out)
         if options.clip != "none":
             ratio = options._search(work)
             if options.clip == "group":
@@ -188,7 +223,9 @@ def quantize(array, dtype_name, options, name):
             else:
                 clip = float(ratio)
             quantile = ratio
-        _, scale, zp = nbwoq.quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True)
+        # checked above, on the source: the core need not scan the copy again
+        _, scale, zp = nbwoq.quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
+                                          check_finite=False)
     except ValueError as exc:
         # The core's hint about check_finite= is for API callers, not for the command line.
         raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None

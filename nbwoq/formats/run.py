@@ -76,7 +76,7 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
 
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise InputError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
-        numba.set_num_threads(threads)
+        nbwoq.set_num_threads(threads)
     source = Source(src)
     writer = FORMATS[fmt](options, source)
     out = os.path.abspath(os.fspath(out))
@@ -135,13 +135,14 @@ def _run_file(source, writer, plan, options, partial, progress):
         total = sum(info.nbytes for _, items in plan for info, _ in items)
         bar = _progress(total, progress)
         rows = []
+        scratch = quantizer.Scratch()
         label = f"{writer.type_name}"
         for shard, items in plan:
             for info, selected in items:
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
                     if selected:
-                        q = quantizer.quantize(array, dtype_name, options, info.name)
+                        q = quantizer.quantize(array, dtype_name, options, info.name, scratch)
                         data, err, norm = writer.encode(info, array, dtype_name, q)
                     else:
                         q, err, norm = None, 0.0, 0.0
@@ -201,6 +202,8 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
     skipped = sum(info.nbytes for shard, items in plan if done[shard] is not None for info, _ in items)
     bar = _progress(total, progress, initial=skipped)
     label = options.label()
+    scratch = quantizer.Scratch()
+    writer.scratch = scratch
     weight_map = {}
     for shard, items in plan:
         name = _out_shard_name(source, shard)
@@ -221,7 +224,7 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
                     if selected:
-                        q = quantizer.quantize(array, dtype_name, options, info.name)
+                        q = quantizer.quantize(array, dtype_name, options, info.name, scratch)
                         outputs, err, norm = writer.encode(info, array, dtype_name, q)
                         q.codes = None
                     else:

@@ -121,7 +121,6 @@ class Source:
         for t in reader.tensors:
             shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
             info = st.TensorInfo(t.name, self.path, t.tensor_type.name, shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
-            info.gguf_tensor = None  # filled lazily: GGUFReader keeps views of its memory map
             infos.append(info)
         self._gguf_by_name = {t.name: t for t in reader.tensors}
         self.shards = [(os.path.basename(self.path), infos)]
