@@ -14,6 +14,9 @@ from nbwoq import _arrays
 from nbwoq._tables import DTYPES, SCHEMES
 
 MAX_BITS = 16
+# Floating dtypes of other array libraries the reference path computes with (by name:
+# torch says "torch.bfloat16", JAX "bfloat16").
+_ARRAY_API_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def integer(value, name):
@@ -84,8 +87,9 @@ def weight(x, name="weight", writable=True):
         xp = _arrays.namespace(x)
     except TypeError:
         raise TypeError(f"{name} must be an array (NumPy or any array-API array), got {type(x).__name__}") from None
-    if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    # float8 types are "real floating" to array_api_compat too, but have no arithmetic
+    if not xp.isdtype(x.dtype, "real floating") or str(x.dtype).rsplit(".", 1)[-1] not in _ARRAY_API_FLOATS:
+        raise TypeError(f"{name} must be a {_arrays.SUPPORTED_NAMES} array, got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (rows, cols), got shape {tuple(x.shape)}")
     return xp
