@@ -57,6 +57,14 @@ def check_tensor(x, name):
             f"{name} must be a torch.Tensor, got {type(x).__name__}"
             " (NumPy and other array-API arrays go to the same function in nbwoq)"
         )
+    # Tensors without ordinary strided memory: torch itself raises RuntimeError or
+    # NotImplementedError on the way (contiguous(), numpy(), item()).
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; pass {name}.to_dense()")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: it holds no values to quantize")
+    if x.is_neg():
+        raise ValueError(f"{name} is a lazy negative view; pass {name}.resolve_neg()")
 
 
 def uses_kernels(t):
