@@ -19,12 +19,12 @@ midpoints (a 15-level table gets ``+inf`` last, which no value exceeds) and 16 v
 The array-API twin of these kernels is ``_reference_codebook``; tests hold them equal.
 """
 
-from numba import prange
-from numba.extending import register_jitable
+import numpy as np
+from numba import prange, types
+from numba.extending import overload, register_jitable
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
-from nbwoq._llvm import fmaximum
 from nbwoq._tables import ZERO_INDEX
 
 #: Midpoint slots the compare chain tests (the largest codebook has 16 levels).
@@ -125,14 +125,54 @@ def values_tuple(values):
             values[8], values[9], values[10], values[11], values[12], values[13], values[14], values[15])
 
 
+def abs_bits(element):
+    """Storage element -> the bit pattern of its absolute value, unsigned (jitted only)."""
+    raise NotImplementedError("abs_bits is only callable from Numba kernels")
+
+
+def from_abs_bits(bits, element):
+    """``abs_bits`` result -> the compute value, for ``element``'s type (jitted only)."""
+    raise NotImplementedError("from_abs_bits is only callable from Numba kernels")
+
+
+# |x| as an integer: the sign bit cleared. For IEEE floats (and the half bit patterns)
+# that integer orders like |x|, NaN above Inf, so an integer max finds the absmax and
+# keeps a NaN, and integer max reductions vectorize (about 2.4x faster than a chain of
+# llvm.maximum, which x86 has to emulate).
+@overload(abs_bits, inline="always")
+def _abs_bits(element):
+    if element == types.float32:
+        return lambda element: np.float32(element).view(np.uint32) & np.uint32(0x7FFFFFFF)
+    if element == types.float64:
+        return lambda element: np.float64(element).view(np.uint64) & np.uint64(0x7FFFFFFFFFFFFFFF)
+    if element == types.uint16:  # float16 bits
+        return lambda element: element & np.uint16(0x7FFF)
+    if element == types.int16:  # bfloat16 bits
+        return lambda element: np.uint16(element) & np.uint16(0x7FFF)
+    return None
+
+
+@overload(from_abs_bits, inline="always")
+def _from_abs_bits(bits, element):
+    if element == types.float32:
+        return lambda bits, element: np.uint32(bits).view(np.float32)
+    if element == types.float64:
+        return lambda bits, element: np.uint64(bits).view(np.float64)
+    if element == types.uint16:
+        return lambda bits, element: decode(np.uint16(bits))
+    if element == types.int16:
+        return lambda bits, element: decode(np.int16(np.uint16(bits)))
+    return None
+
+
 @register_jitable(inline="always")
 def group_absmax(seg):
     """NaN-propagating ``max(|x|)`` of the group ``seg`` (1-D, non-empty), compute type."""
-    m = abs(decode(seg[0]))
+    m = abs_bits(seg[0])
     # Index from 0 over a slice so LLVM drops the wraparound check and vectorizes.
     for i in range(seg.shape[0]):
-        m = fmaximum(m, abs(decode(seg[i])))
-    return m
+        m = max(m, abs_bits(seg[i]))
+    return from_abs_bits(m, seg[0])
 
 
 @njit_kernel
