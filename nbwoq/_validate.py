@@ -89,7 +89,7 @@ def weight(x, name="weight", writable=True):
         raise TypeError(f"{name} must be an array (NumPy or any array-API array), got {type(x).__name__}") from None
     # float8 types are "real floating" to array_api_compat too, but have no arithmetic
     if not xp.isdtype(x.dtype, "real floating") or str(x.dtype).rsplit(".", 1)[-1] not in _ARRAY_API_FLOATS:
-        raise TypeError(f"{name} must be a {_arrays.SUPPORTED_NAMES} array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a floating-point array ({_arrays.SUPPORTED_NAMES}), got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (rows, cols), got shape {tuple(x.shape)}")
     return xp
