@@ -9,10 +9,8 @@ the weight itself, as a percentage of the weight's size.
 Run ``python asv_bench/benchmarks/bench_quant.py`` for a quick table of the targets.
 """
 
-import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
@@ -98,30 +96,25 @@ class QuantTensorInt:
     track_ratio_to_floor.unit = "x floor"
 
 
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+_PEAK_BODY = """
     import numpy as np
     import nbwoq
-    shape, dtype, kwargs = json.loads(sys.argv[1])
+    shape, dtype, kwargs = ARGS
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     if dtype == "bfloat16":
         import ml_dtypes
         w = w.astype(ml_dtypes.bfloat16)
-    nbwoq.quant_tensor(np.ones((4, 64), w.dtype), **kwargs)   # compile / load the cache
-    nbwoq.quant_tensor(w.copy()[:8], **kwargs)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    nbwoq.quant_tensor(w, **kwargs)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_kib": after - before, "weight_kib": w.nbytes / 1024}))
-""")
+    nbwoq.quant_tensor(w[:8].copy(), **kwargs)   # compile / load the cache, start the threads
+    before = reset_peak()
+    result = nbwoq.quant_tensor(w, **kwargs)
+    assert (result[0] if isinstance(result, tuple) else result) is w
+    report(before, w.nbytes)
+"""
 
 
 def extra_peak_percent(shape, dtype, **kwargs):
     """Peak RSS an in-place call adds, in % of the weight (fresh process, warm cache)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([shape, dtype, kwargs])],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return 100.0 * r["extra_kib"] / r["weight_kib"]
+    return common.extra_peak_percent_of(_PEAK_BODY, [shape, dtype, kwargs])
 
 
 class QuantTensorMemory:

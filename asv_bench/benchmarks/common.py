@@ -7,6 +7,10 @@ process, right next to each other, so machine load cancels out.
 """
 
 import functools
+import json
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -91,3 +95,47 @@ def warm_up_clip():
     for dtype, group_size in (("int", 128), ("nf4", 64)):
         for per_group in (False, True):
             nbwoq.search_clip(w, bits=4, group_size=group_size, dtype=dtype, per_group=per_group)
+
+
+# Peak resident memory added by one call, measured in a fresh process. Linux resets the
+# peak (VmHWM) to the current size when 5 is written to /proc/self/clear_refs, so the
+# peak is read for the call alone, after its inputs exist and the kernels are loaded.
+# Without clear_refs the lifetime peak is used: an upper bound.
+PEAK_PRELUDE = textwrap.dedent('''
+    import json, resource, sys
+
+    def _status_kib(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+
+    def reset_peak():
+        """Start a peak measurement; returns the resident size now, in KiB."""
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return _status_kib("VmRSS")
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_kib():
+        try:
+            return _status_kib("VmHWM")
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def report(before_kib, weight_bytes):
+        print(json.dumps({"extra_kib": peak_kib() - before_kib, "weight_kib": weight_bytes / 1024}))
+
+    ARGS = json.loads(sys.argv[1])
+''')
+
+
+def extra_peak_percent_of(body, args):
+    """Run ``body`` (which calls ``report``) after ``PEAK_PRELUDE`` in a fresh process with
+    ``ARGS = args``; the peak resident memory it added, in % of the weight."""
+    out = subprocess.run([sys.executable, "-c", PEAK_PRELUDE + textwrap.dedent(body), json.dumps(args)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return 100.0 * r["extra_kib"] / r["weight_kib"]
