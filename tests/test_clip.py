@@ -6,6 +6,9 @@ The oracle for the scores is the obvious method: fake-quantize a copy with
 to a relative 1e-9 and per-group picks where no near-tie (1e-12) makes the order matter.
 """
 
+import contextlib
+
+import array_api_compat
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nbwoq
-from nbwoq import clip
+from nbwoq import _reference_clip, clip
+from nbwoq._codebook import kernel_tables
+from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -35,8 +40,25 @@ def fake_quant(w, quantile, bits=4, group_size=32, scheme="asym", dtype="int", f
                               dtype=dtype, full_range=full_range)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The oracle makes many tiny quant_tensor calls: on one thread they cost no thread
+    wake-ups, which dominate on a loaded machine."""
+    before = nbwoq.get_num_threads()
+    nbwoq.set_num_threads(1)
+    try:
+        yield
+    finally:
+        nbwoq.set_num_threads(before)
+
+
 def naive_group_errors(w, ratios, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False):
     """(n_cand, rows, n_groups) float64 squared-error sums, one quant_tensor pass per ratio."""
+    with one_thread():
+        return _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range)
+
+
+def _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range):
     rows, cols = w.shape
     size, n_groups = group_layout(cols, group_size)
     cdt = _compute(w.dtype)
@@ -79,6 +101,20 @@ def totals(x, ratios=DEFAULT, bits=4, group_size=32, scheme="asym", dtype="int",
                                per_group, dtype)
     assert bad == -1
     return result
+
+
+def _twin_group_errors(x, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False):
+    xp = array_api_compat.array_namespace(x)
+    size, _ = group_layout(x.shape[1], group_size)
+    cdt = _reference_clip.compute_dtype(x, xp)
+    if dtype == "int":
+        qmin, qmax, divisor = int_range(bits, scheme == "sym", enable_full_range)
+        fmt = ("int", float(qmin), float(qmax), float(divisor), scheme == "sym", enable_full_range)
+    else:
+        mids, levels, _, max_level = kernel_tables(dtype, "float64" if cdt == xp.float64 else "float32")
+        fmt = ("codebook", xp.asarray(mids.tolist(), dtype=cdt), xp.asarray(levels.tolist(), dtype=cdt),
+               float(max_level))
+    return _reference_clip.group_errors(x, size, xp.asarray(DEFAULT, dtype=cdt), fmt, xp)
 
 
 def assert_picks_agree(picks, errors, ratios):
@@ -172,7 +208,9 @@ def test_numba_equals_reference(problem):
     pa = totals(w, per_group=True, **kw)
     pb = np.asarray(totals(strict.asarray(w), per_group=True, **kw))
     assert pa.dtype == pb.dtype == _compute(w.dtype)
-    errors = naive_group_errors(w, DEFAULT, **kw)
+    # The twin's per-group errors (the naive 40-pass ones are checked against the kernel
+    # in test_kernel_matches_naive_40_passes) tell a near-tie from a wrong pick.
+    errors = np.asarray(_twin_group_errors(strict.asarray(w), **kw))
     assert_picks_agree(pa, errors, DEFAULT)
     assert_picks_agree(pb, errors, DEFAULT)
 
