@@ -427,3 +427,23 @@ def test_torch_tensors_take_the_reference_path():
     b = w.astype(BF16)
     tb = torch.from_numpy(b.astype(np.float32)).to(torch.bfloat16)
     np.testing.assert_allclose(totals(tb), totals(b), rtol=TOTAL_RTOL)
+
+
+def test_rowwise_functions_take_per_row_ratios():
+    """With group_size=-1 the per-group answer has one ratio per row, shape (rows, 1):
+    qdq_weight_asym/sym and quantize_4bit take it as their quantile, like quant_tensor."""
+    w = _weight(6, 50, seed=11)
+    for func, kw in ((nbwoq.qdq_weight_asym, dict(scheme="asym")), (nbwoq.qdq_weight_sym, dict(scheme="sym")),
+                     (nbwoq.quantize_4bit, dict(dtype="nf4"))):
+        q = nbwoq.search_clip(w, group_size=-1, per_group=True, **kw)
+        assert q.shape == (6, 1)
+        rowwise = func(w.copy(), quantile=q, **({"dtype": "nf4"} if func is nbwoq.quantize_4bit else {}))
+        np.testing.assert_array_equal(rowwise, nbwoq.quant_tensor(w.copy(), group_size=-1, quantile=q, **kw))
+
+
+def test_sixteen_bits():
+    w = _weight(4, 64, seed=12)
+    for scheme in ("asym", "sym"):
+        ratio = nbwoq.search_clip(w, bits=16, scheme=scheme)
+        errors = naive_group_errors(w, DEFAULT, bits=16, group_size=32, scheme=scheme).sum(axis=(1, 2))
+        assert errors[DEFAULT.index(ratio)] <= errors.min() * (1 + TOTAL_RTOL)
