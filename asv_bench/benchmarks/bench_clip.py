@@ -12,10 +12,7 @@ of the weight's size.
 Run ``python asv_bench/benchmarks/bench_clip.py`` for a quick table of the targets.
 """
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
@@ -142,43 +139,25 @@ class SearchClipPerGroupCost:
     track_per_group_over_per_tensor.unit = "x"
 
 
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+_PEAK_BODY = """
     import numpy as np
     import nbwoq
 
-    def rss_kib(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-
-    shape, kwargs = json.loads(sys.argv[1])
+    shape, kwargs = ARGS
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     w.setflags(write=False)
     small = w[:8].copy()
     small.setflags(write=False)
     nbwoq.search_clip(small, **kwargs)  # compile / load the cache, start the threads
-    try:  # reset the peak to the current resident size (Linux >= 4.0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = rss_kib("VmRSS")
-        nbwoq.search_clip(w, **kwargs)
-        after = rss_kib("VmHWM")
-    except OSError:  # no clear_refs: the lifetime peak, an upper bound
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        nbwoq.search_clip(w, **kwargs)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_kib": after - before, "weight_kib": w.nbytes / 1024}))
-""")
+    before = reset_peak()
+    nbwoq.search_clip(w, **kwargs)
+    report(before, w.nbytes)
+"""
 
 
 def extra_peak_percent(shape, **kwargs):
     """Peak RSS a search adds, in % of the weight (fresh process, warm cache)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([shape, kwargs])],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return 100.0 * r["extra_kib"] / r["weight_kib"]
+    return common.extra_peak_percent_of(_PEAK_BODY, [shape, kwargs])
 
 
 class SearchClipMemory:
