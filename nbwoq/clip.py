@@ -33,7 +33,8 @@ def candidates(grid=None):
         n = int(grid)
         if n < 1:
             raise ValueError(f"grid as a count must be a positive integer, got {grid!r}")
-        spacing = n / MAX_SHRINK  # 200 for the reference's 40: the same float operations
+        # An integer, 5 * n: 200 for the reference's 40, so the very same float operations.
+        spacing = n * N_GRID // DEFAULT_COUNT
         return [1 - i / spacing for i in range(n)]
     if isinstance(grid, (str, bytes, bool, np.bool_)) or not hasattr(grid, "__len__"):
         raise TypeError(f"grid must be None, a positive integer or a sequence of ratios in (0, 1], got {grid!r}")
@@ -90,7 +91,9 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
         -1 or a positive integer; groups as in ``quant_tensor``, tail group included.
     scheme : {"asym", "sym"}, default "asym"
     dtype : str, default "int"
-        ``"int"``.
+        ``"int"`` or a 4-bit codebook of ``FLOAT_MAPPING`` (``"nf4"``, ``"fp4"``,
+        ``"fp4_e2m1_bnb"``, ``"fp4_e2m1"``), which ignores ``bits``, ``scheme`` and
+        ``enable_full_range`` as quant_tensor does.
     enable_full_range : bool, default False
         ``full_range`` of ``quant_tensor`` (symmetric only; needs ``bits >= 2``).
     per_group : bool, default False

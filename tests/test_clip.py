@@ -281,6 +281,7 @@ def test_default_candidates_are_the_references():
     assert clip.candidates() == DEFAULT
     assert clip.candidates(40) == DEFAULT
     assert clip.candidates(1) == [1.0]
+    assert clip.candidates(3) == [1 - i / 15 for i in range(3)]  # 1 - i / (5 n), n = 3
     assert clip.candidates(80)[::2] == DEFAULT  # a finer count keeps the coarse candidates
     assert clip.candidates([0.9, 1.0]) == [0.9, 1.0]
 
