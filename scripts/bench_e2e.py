@@ -8,7 +8,7 @@ once to ``--dir``), int4 asym g128 RTN, nbwoq format, in one run:
   working copy), timed alone, summed;
 * end to end: the ``nbwoq`` command in a fresh process (reading, decoding, quantizing,
   packing, error measurement, writing, report), wall time of the process;
-* peak RSS of that process (``getrusage(RUSAGE_CHILDREN)``) against the target
+* peak RSS of that process (its own ``VmHWM``, from its report) against the target
   ``2 x largest tensor + 300 MiB``.
 
 Run it alone: ``flock /tmp/nbwoq-bench.lock python scripts/bench_e2e.py``.
@@ -17,7 +17,6 @@ Run it alone: ``flock /tmp/nbwoq-bench.lock python scripts/bench_e2e.py``.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -84,8 +83,8 @@ def main():
     subprocess.run([sys.executable, "-m", "nbwoq", "quantize", src, out, "--quiet", "--report", report_path],
                    check=True, stdout=subprocess.DEVNULL)
     e2e = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     summary = json.load(open(report_path))["summary"]
+    peak = summary["peak_rss_bytes"]  # the command's own VmHWM (ru_maxrss would include this parent)
     shutil.rmtree(out)
 
     figures = dict(

@@ -41,7 +41,7 @@ def prepare(work):
     import transformers
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from smollm2_perplexity import eval_tokens, smollm2_gguf
+    from smollm2_perplexity import eval_tokens, save_hf_folder, smollm2_gguf
 
     import nbwoq
 
@@ -49,11 +49,8 @@ def prepare(work):
     tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(src), gguf_file=os.path.basename(src))
     ids = eval_tokens(tok)[:512].numpy()
     np.save(os.path.join(work, "ids.npy"), ids)
-    hf = os.path.join(work, "hf")
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(src), gguf_file=os.path.basename(src),
-                                                              dtype=torch.float32)
-    model.save_pretrained(hf)
-    tok.save_pretrained(hf)
+    hf = save_hf_folder(os.path.join(work, "hf"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     results = {}
     for name, extra in GPTQ.items():

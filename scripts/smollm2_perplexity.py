@@ -53,6 +53,26 @@ def smollm2_gguf():
     return files[0]
 
 
+def save_hf_folder(folder):
+    """SmolLM2 as a Hugging Face folder (float32 safetensors, tokenizer.json), for the
+    formats that need one (gptq; gguf written from config.json)."""
+    import torch
+    import transformers
+
+    src = smollm2_gguf()
+    kw = dict(gguf_file=os.path.basename(src))
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(src), **kw)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(src), dtype=torch.float32, **kw)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the GGUF origin marks it unserializable
+        del config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def eval_tokens(tokenizer, n=1024):
     import pydoc_data
 

@@ -9,8 +9,8 @@ in the same process, right next to each other; the issue's target is >= 0.5.
 its peak RSS by ``2 x largest tensor + 300 MiB`` (target <= 1).
 """
 
+import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -80,9 +80,12 @@ class CLIMainJob:
 
     def track_peak_rss_fraction_of_target(self, folder):
         largest = max(info.nbytes for _, info in Source(self.src).tensors())
-        subprocess.run([sys.executable, "-m", "nbwoq", "quantize", self.src, self.out, "--quiet", "--overwrite"],
-                       check=True, stdout=subprocess.DEVNULL)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        report = self.out + ".json"
+        subprocess.run([sys.executable, "-m", "nbwoq", "quantize", self.src, self.out, "--quiet", "--overwrite",
+                        "--report", report], check=True, stdout=subprocess.DEVNULL)
+        with open(report) as f:
+            peak = json.load(f)["summary"]["peak_rss_bytes"]  # its own VmHWM
+        os.remove(report)
         return peak / (2 * largest + 300 * 1024 * 1024)
 
     track_peak_rss_fraction_of_target.unit = "fraction"

@@ -30,10 +30,22 @@ _AUX_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", 
 
 
 def peak_rss_bytes():
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process so far.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the peak of this program's own memory.
+    (``getrusage``'s ``ru_maxrss`` survives ``exec``: a command started from a big
+    process, such as a Python with a model loaded, would report its parent's size.)
+    """
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -104,3 +104,28 @@ def test_q4_1_all_positive_weight(tiny_f32, tmp_path):
     assert main(["quantize", str(src), str(out), "--format", "gguf", "--scheme", "asym", "--quiet"]) == 0
     t = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}["blk.1.ffn_up.weight"]
     np.testing.assert_array_equal(gguf.quants.dequantize(t.data, t.tensor_type), _expected(w, "Q4_1"))
+
+
+def test_tokenizer_json_becomes_gguf_tokenizer(tmp_path):
+    """A byte-level BPE tokenizer.json is written into the GGUF; transformers reads it back."""
+    from cli_helpers import TINY
+    from nbwoq.checkpoint import write_checkpoint
+
+    tokenizers = pytest.importorskip("tokenizers")
+    src = tmp_path / "src"
+    write_checkpoint(str(src), **dict(TINY, vocab_size=320))
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 20], trainer)
+    assert 259 < tok.get_vocab_size() <= 320
+    tok.save(str(src / "tokenizer.json"))
+    out = tmp_path / "m.gguf"
+    assert main(["quantize", str(src), str(out), "--format", "gguf", "--quiet"]) == 0
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    text = "the lazy fox"
+    assert loaded(text, add_special_tokens=False).input_ids == tok.encode(text).ids
