@@ -29,7 +29,11 @@ def _files(folder):
     (["--bits", "8", "--group-size", "48"], dict(bits=8, group_size=48)),  # 128 columns: a short last group
     (["--bits", "2", "--scheme", "sym", "--group-size", "16"], dict(bits=2, scheme="sym", group_size=16)),
     (["--bits", "12", "--group-size", "64"], dict(bits=12, group_size=64)),
-], ids=["int4-asym-g32", "int3-symfull-row", "int8-asym-g48-tail", "int2-sym-g16", "int12-asym-g64"])
+    (["--dtype", "nf4", "--group-size", "32"], dict(dtype="nf4", group_size=32)),
+    (["--dtype", "fp4", "--group-size", "48"], dict(dtype="fp4", group_size=48)),
+    (["--dtype", "fp4_e2m1", "--group-size", "-1"], dict(dtype="fp4_e2m1", group_size=-1)),
+], ids=["int4-asym-g32", "int3-symfull-row", "int8-asym-g48-tail", "int2-sym-g16", "int12-asym-g64",
+        "nf4-g32", "fp4-g48-tail", "fp4_e2m1-row"])
 @pytest.mark.parametrize("fixture", ["tiny_f32", "tiny_bf16"], ids=["f32", "bf16"])
 def test_nbwoq_format_decodes_to_the_cores_fake_quant(request, tmp_path, fixture, args, kwargs):
     src = request.getfixturevalue(fixture)
