@@ -7,8 +7,9 @@ import numpy as np
 
 from nbwoq import _packing
 from nbwoq import _safetensors_io as st
+from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
-from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
+from nbwoq._tables import DTYPES, FLOAT_MAPPING, INT_MAPPING, SCHEMES
 from nbwoq.formats.nbwoq_format import FORMAT_NAME, VERSION
 
 
@@ -29,12 +30,48 @@ class QuantizedTensor:
 
     def __init__(self, codes, scales, zeros, meta):
         self.codes, self.scales, self.zeros, self.meta = codes, scales, zeros, meta
-        self.shape = tuple(meta["shape"])
+        try:
+            self.shape = tuple(meta["shape"])
+        except (KeyError, TypeError):
+            raise ValueError(f"meta must hold the tensor's shape, got {meta!r}") from None
 
     def __repr__(self):
         m = self.meta
         kind = m["codebook"] if m["codebook"] != "int" else f"int{m['bits']} {m['scheme']}"
         return f"QuantizedTensor(shape={self.shape}, {kind}, group_size={m['group_size']})"
+
+
+def _check(tensor):
+    """Raise ``ValueError`` unless ``tensor``'s metadata and parts agree. The decoding
+    kernel indexes without bounds checks: a corrupt layout must never reach it."""
+    m, codes, scales, zeros = tensor.meta, tensor.codes, tensor.scales, tensor.zeros
+    try:
+        rows, cols = (int(d) for d in m["shape"])
+        codebook, scheme, group_size, slot, qmin = m["codebook"], m["scheme"], m["group_size"], m["slot"], m["qmin"]
+        bits, full_range = m["bits"], m.get("full_range", False)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("metadata needs a 2-D shape, bits, slot, group_size, scheme, codebook and qmin") from None
+    ints = (bits, slot, group_size, qmin)
+    if rows < 0 or cols < 0 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) \
+            or codebook not in DTYPES or scheme not in SCHEMES or not isinstance(full_range, bool) \
+            or not 1 <= bits <= 16 or not (group_size == -1 or group_size > 0):
+        raise ValueError(f"invalid metadata {m!r}")
+    if codebook != "int":
+        want_qmin, want_slot = -8, 4
+    else:
+        want_qmin, qmax, _ = int_range(bits, scheme == "sym", full_range)
+        want_slot = _packing.slot_bits(max(qmax - want_qmin, 1).bit_length())
+    if (qmin, slot) != (want_qmin, want_slot):
+        raise ValueError(f"metadata gives qmin={qmin}, slot={slot}; {m!r} needs qmin={want_qmin}, slot={want_slot}")
+    n_groups = group_layout(cols, group_size)[1]
+    parts = [("codes", codes, (rows, _packing.packed_cols(cols, slot)), ("uint8",)),
+             ("scales", scales, (rows, n_groups), ("float32",))]
+    if codebook == "int" and scheme == "asym":
+        parts.append(("zeros", zeros, (rows, n_groups), ("uint8", "uint16")))
+    for name, part, shape, dtypes in parts:
+        if not isinstance(part, np.ndarray) or part.shape != shape or part.dtype.name not in dtypes:
+            got = f"{part.dtype.name} {part.shape}" if isinstance(part, np.ndarray) else type(part).__name__
+            raise ValueError(f"{name} must be {' or '.join(dtypes)} of shape {shape} for {m!r}, got {got}")
 
 
 def _files(path):
@@ -94,6 +131,8 @@ def load(path):
         if metadata.get("nbwoq.version") != VERSION:
             raise ValueError(f"{file}: nbwoq format version {metadata.get('nbwoq.version')!r}, this reader knows {VERSION!r}")
         quantized = json.loads(metadata.get("nbwoq.tensors", "{}"))
+        if not isinstance(quantized, dict) or not all(isinstance(m, dict) for m in quantized.values()):
+            raise ValueError(f"{file}: corrupt nbwoq.tensors metadata (expected an object of objects)")
         parts = set()
         for name, meta in quantized.items():
             try:
@@ -103,7 +142,12 @@ def load(path):
             except KeyError as exc:
                 raise ValueError(f"{file}: quantized tensor {name!r} lacks its part {exc.args[0]!r}") from None
             parts.update(name + s for s in (".codes", ".scales", ".zeros"))
-            result[name] = QuantizedTensor(codes, scales, zeros, meta)
+            try:
+                tensor = QuantizedTensor(codes, scales, zeros, meta)
+                _check(tensor)
+            except ValueError as exc:
+                raise ValueError(f"{file}: quantized tensor {name!r} is corrupt: {exc}") from None
+            result[name] = tensor
         for name, info in tensors.items():
             if name in parts:
                 continue
@@ -142,6 +186,7 @@ def dequantize(tensor, dtype=np.float32):
         return {k: dequantize(v, dtype) for k, v in tensor.items()}
     if not isinstance(tensor, QuantizedTensor):
         return np.asarray(tensor)
+    _check(tensor)
     m = tensor.meta
     rows, cols = tensor.shape
     size, n_groups = group_layout(cols, m["group_size"])

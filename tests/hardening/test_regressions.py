@@ -38,3 +38,52 @@ def test_actor_asym_refuses_bad_full_range(full_range):
     with pytest.raises(TypeError, match="full_range"):
         nbwoq.qdq_weight_actor(w, 3, "asym", full_range=full_range)
     assert np.array_equal(w, before)
+
+
+def _nbwoq_file(tmp_path, meta_edit):
+    """A one-tensor nbwoq-format file whose tensor metadata went through ``meta_edit``."""
+    import json
+
+    from nbwoq import _safetensors_io as st
+    from nbwoq.formats.run import quantize_arrays
+
+    w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    good = str(tmp_path / "good.safetensors")
+    quantize_arrays({"a.weight": w}, good, bits=4, group_size=16)
+    tensors, metadata = st.read_header(good)
+    meta = json.loads(metadata["nbwoq.tensors"])
+    meta_edit(meta["a.weight"])
+    metadata["nbwoq.tensors"] = json.dumps(meta)
+    arrays = []
+    for name, info in tensors.items():
+        with st.TensorMap(info) as a:
+            arrays.append((name, info.dtype, np.array(a)))
+    bad = str(tmp_path / "bad.safetensors")
+    st.save_file(bad, arrays, metadata)
+    return bad
+
+
+@pytest.mark.parametrize("edit", [
+    # the decoding kernel read far beyond the stored codes and scales (no bounds checks)
+    pytest.param(lambda m: m.update(shape=[400, 640]), id="shape-beyond-codes"),
+    pytest.param(lambda m: m.update(slot=3), id="impossible-slot"),
+    pytest.param(lambda m: m.update(group_size=0), id="group-size-0"),
+    pytest.param(lambda m: m.update(qmin=-100), id="qmin-beyond-lut"),
+    pytest.param(lambda m: m.update(codebook="nf4"), id="codebook-without-its-qmin"),
+    # these raised KeyError / an unpacking ValueError naming nothing
+    pytest.param(lambda m: m.pop("shape"), id="no-shape"),
+    pytest.param(lambda m: m.update(codebook="zz"), id="unknown-codebook"),
+    pytest.param(lambda m: m.update(shape=[4]), id="1-d-shape"),
+])
+def test_load_refuses_inconsistent_metadata(tmp_path, edit):
+    path = _nbwoq_file(tmp_path, edit)
+    with pytest.raises(ValueError, match="corrupt"):
+        nbwoq.load(path)
+
+
+def test_dequantize_refuses_inconsistent_quantized_tensor(tmp_path):
+    q = nbwoq.load(_nbwoq_file(tmp_path, lambda m: None))["a.weight"]
+    q.meta = dict(q.meta, shape=[400, 640])
+    q.shape = (400, 640)
+    with pytest.raises(ValueError, match="codes must be"):
+        nbwoq.dequantize(q)
