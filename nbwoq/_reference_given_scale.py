@@ -79,6 +79,6 @@ def requant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_rang
     for part, cut, scale, zp in _params(w, size, n_groups, quantile, divisor, sym, full_range, xp):
         z = zp[..., None]
         code = int_code(part, scale[..., None], z, qmin, qmax, xp)
-        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, -1)))
+        out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, part.shape[1] * part.shape[2])))
     if out:
         x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
