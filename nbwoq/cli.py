@@ -39,7 +39,9 @@ def _parser():
     q.add_argument("--scheme", choices=("sym", "asym"), default=None,
                    help="asym (zero point) or sym (default asym; sym for --format gguf)")
     q.add_argument("--dtype", choices=DTYPES, default="int", help="int or a 4-bit codebook (default int)")
-    q.add_argument("--full-range", action="store_true", help="sym: also use the code -2**(bits-1)")
+    q.add_argument("--full-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="sym: also use the code -2**(bits-1) (default off; on for --format gguf int4 sym, "
+                        "llama.cpp's Q4_0 layout)")
     q.add_argument("--clip", choices=("none", "tensor", "group"), default="none",
                    help="clip-ratio search: one per tensor or one per group (default none)")
     q.add_argument("--clip-grid", metavar="GRID",
@@ -126,8 +128,11 @@ def _quantize(args):
         scheme = args.scheme or "asym"
     if args.top < 0:
         raise ValueError(f"--top must be 0 or positive, got {args.top}")
+    full_range = args.full_range
+    if full_range is None:
+        full_range = args.format == "gguf" and scheme == "sym" and args.bits == 4
     grid = None if args.clip_grid is None else parse_grid(args.clip_grid)
-    options = QuantOptions(args.bits, group_size, scheme, args.dtype, args.full_range, args.clip,
+    options = QuantOptions(args.bits, group_size, scheme, args.dtype, full_range, args.clip,
                            args.include, args.exclude, clip_grid=grid)
     cleanup = []
     try:

@@ -40,10 +40,11 @@ def _load(folder, file):
 
 
 @pytest.mark.parametrize("kind, args", [
-    ("Q4_0", ["--scheme", "sym", "--full-range"]),
+    ("Q4_0", []),  # the default: int4 sym full range, llama.cpp's own Q4_0 layout
+    ("Q4_0", ["--no-full-range"]),
     ("Q4_1", ["--scheme", "asym"]),
     ("Q8_0", ["--bits", "8", "--scheme", "sym"]),
-], ids=["q4_0", "q4_1", "q8_0"])
+], ids=["q4_0-default", "q4_0-no-full-range", "q4_1", "q8_0"])
 def test_transformers_gguf_loader_matches_fake_quant(tiny_bf16, tmp_path, kind, args):
     out = tmp_path / "m.gguf"
     assert main(["quantize", tiny_bf16, str(out), "--format", "gguf", "--quiet", *args]) == 0
@@ -56,7 +57,7 @@ def test_transformers_gguf_loader_matches_fake_quant(tiny_bf16, tmp_path, kind, 
     with torch.no_grad():
         for name, v in sd.items():
             if ".layers." in name and v.ndim == 2:
-                v.copy_(torch.from_numpy(_expected(v.numpy().copy(), kind, "--full-range" in args)))
+                v.copy_(torch.from_numpy(_expected(v.numpy().copy(), kind, kind == "Q4_0" and not args)))
     got = loaded.state_dict()
     for name, v in sd.items():  # q/k rows come back in transformers' order: the permutation is right
         assert torch.equal(got[name], v), name
@@ -69,7 +70,7 @@ def test_gguf_source_requantized_keeps_metadata(tiny_bf16, tmp_path):
     """A GGUF source (here our own Q8_0) re-quantized to Q4_0: names and metadata are kept."""
     first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
     assert main(["quantize", tiny_bf16, str(first), "--format", "gguf", "--bits", "8", "--quiet"]) == 0
-    assert main(["quantize", str(first), str(second), "--format", "gguf", "--quiet"]) == 0
+    assert main(["quantize", str(first), str(second), "--format", "gguf", "--quiet", "--no-full-range"]) == 0
     ra, rb = gguf.GGUFReader(str(first)), gguf.GGUFReader(str(second))
     assert [t.name for t in ra.tensors] == [t.name for t in rb.tensors]
     assert rb.fields["llama.attention.head_count_kv"].contents() == 2
