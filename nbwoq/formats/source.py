@@ -139,13 +139,33 @@ class Source:
         quantized GGUF tensor comes dequantized to float32 (``"F32"``), by gguf-py.
         """
         if self.kind == "gguf":
-            yield self._gguf_array(info)
+            try:
+                yield self._gguf_array(info)
+            finally:
+                self._gguf_release(info)
             return
         mapping = st.TensorMap(info)
         try:
             yield mapping.array, info.dtype
         finally:
             mapping.close()
+
+    def _gguf_release(self, info):
+        """Drop this tensor's pages from the reader's whole-file map (they stay in the page
+        cache), so resident memory follows the current tensor here too."""
+        import mmap
+
+        mm = getattr(self.gguf.data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = info.start - info.start % page
+        length = min(info.stop, len(mm)) - start
+        if length > 0:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, start, length)
+            except (OSError, ValueError):
+                pass
 
     def gguf_raw(self, info):
         """The stored bytes/values of a GGUF tensor as gguf-py exposes them, and its type."""
