@@ -22,6 +22,7 @@ def _weights():
     }
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 @pytest.mark.parametrize("kind", list(_weights()))
 @pytest.mark.parametrize("func", ["quant_tensor", "quantize_4bit", "search_clip"])
 def test_unusable_tensors_refused(kind, func):

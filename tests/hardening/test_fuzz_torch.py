@@ -1,0 +1,44 @@
+"""Short fuzz profile of ``nbwoq_torch``: the tensor functions (against the core on a
+NumPy copy of the same bits) and the module utilities (strict lookups, capture helpers)."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+nbwoq_torch = pytest.importorskip("nbwoq_torch")
+
+import fuzzing  # noqa: E402
+
+EXAMPLES = int(os.environ.get("NBWOQ_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+@pytest.mark.parametrize("func", sorted(fuzzing.TORCH_CASES))
+def test_fuzz_torch_face(func):
+    @FUZZ
+    @given(fuzzing.TORCH_CASES[func]())
+    def run(case):
+        fuzzing.check_torch_case(case)
+
+    run()
+
+
+@FUZZ
+@given(fuzzing.dotted_names())
+def test_fuzz_module_lookups(name):
+    fuzzing.check_lookup(name)
+
+
+@FUZZ
+@given(fuzzing.nested_inputs(), st.sampled_from(["cpu", torch.device("cpu"), "meta", "nope", 3, None]))
+def test_fuzz_move_input_to_device(value, device):
+    fuzzing.check_move_input(value, device)
+
+
+@FUZZ
+@given(st.lists(fuzzing.batches(), max_size=4), st.one_of(st.integers(-2, 6), st.sampled_from((1.0, None, "1", True))))
+def test_fuzz_get_example_input(loader, i):
+    fuzzing.check_example_input(loader, i)
