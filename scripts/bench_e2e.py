@@ -22,10 +22,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 import nbwoq
-from nbwoq import _safetensors_io as st
 from nbwoq.checkpoint import ONE_B, write_checkpoint
 from nbwoq.formats.quantizer import QuantOptions, working_copy
 from nbwoq.formats.source import Source

@@ -16,7 +16,6 @@ Three steps, each run by integration.sh in the right environment:
 """
 
 import json
-import math
 import os
 import subprocess
 import sys

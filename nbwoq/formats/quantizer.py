@@ -14,7 +14,6 @@ import numpy as np
 import nbwoq
 from nbwoq import _arrays, _kernels_finite, _packing, _validate
 from nbwoq._integer import int_range
-from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
 from nbwoq.formats.source import InputError
 
