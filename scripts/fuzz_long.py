@@ -87,8 +87,10 @@ def main(argv=None):
 
     report = dict(examples_per_target=args.examples, numba=numba.__version__, threading_layer=None, targets={})
     print(f"{'target':<36} {'examples':>8} {'ok':>7} {'refused':>8} {'other':>6} {'failures':>8} {'s':>8} {'ex/s':>7}")
-    for name, (strategy, check) in targets(with_torch).items():
-        if args.only and not any(o in name for o in args.only):
+    chosen = targets(with_torch)
+    for name, (strategy, check) in chosen.items():
+        # --only: exact target names, else substrings of them
+        if args.only and name not in args.only and not any(o in name and o not in chosen for o in args.only):
             continue
         r = run_target(strategy, check, args.examples)
         report["targets"][name] = r
