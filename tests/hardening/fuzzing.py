@@ -169,7 +169,7 @@ def torch_byte():
 
 
 @st.composite
-def weights(draw, allow_invalid=True, layouts=LAYOUTS):
+def weights(draw, allow_invalid=True, layouts=LAYOUTS, dtypes=VALID_DTYPES):
     """``(array, info)``: a weight (valid or not) and what it is made of."""
     rank = draw(st.sampled_from((2,) * 30 + (0, 1, 3))) if allow_invalid else 2
     rows = draw(st.sampled_from((0, 1, 1, 2, 3, 4, 5, 8)))
@@ -178,7 +178,7 @@ def weights(draw, allow_invalid=True, layouts=LAYOUTS):
     if allow_invalid and rarely(draw, 20):
         dtype_name = draw(st.sampled_from(INVALID_DTYPES))
     else:
-        dtype_name = draw(st.sampled_from(VALID_DTYPES))
+        dtype_name = draw(st.sampled_from(dtypes))
     if dtype_name == "bfloat16" and BF16 is None:  # pragma: no cover
         dtype_name = "float32"
     profile = draw(st.sampled_from(PROFILES))
