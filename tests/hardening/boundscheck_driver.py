@@ -59,6 +59,17 @@ def fuzz(examples):
                 failures.append(f"{name}: {exc}")
 
         body()
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(fuzzing.load_cases())
+    def corrupt_files(case):
+        try:
+            fuzzing.check_load_case(case)
+        except fuzzing.FuzzFailure as exc:
+            failures.append(f"load: {exc}")
+
+    corrupt_files()
     return failures
 
 
