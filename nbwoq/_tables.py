@@ -6,6 +6,7 @@ kernel needs about a codebook is derived here once and checked at import.
 
 import numpy as np
 
+#: The 16 levels of NF4 (4-bit NormalFloat), ascending, in [-1, 1].
 NF4 = [
     -1.0,
     -0.6961928009986877,
@@ -24,8 +25,10 @@ NF4 = [
     0.7229568362236023,
     1.0,
 ]
-# 15 levels: the reference has no second zero.
+#: The levels of bitsandbytes' FP4 (``dtype="fp4"`` or ``"fp4_e2m1_bnb"``), ascending: 15 of
+#: them, the reference has no second zero.
 FP4_BNB = [-12.0, -8.0, -6.0, -4.0, -3.0, -2.0, -0.0625, 0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0]
+#: The 15 levels of ``dtype="fp4_e2m1"``, ascending, in [-1, 1].
 FP4_E2M1 = [
     -1.0,
     -0.6666666666666666,
@@ -44,11 +47,16 @@ FP4_E2M1 = [
     1.0,
 ]
 
+#: The signed 4-bit code of each level of NF4, in the same order (what ``return_int`` stores).
 NF4_BIT = [7, 1, 2, 3, 4, 5, 6, 0, -8, -7, -6, -5, -4, -3, -2, -1]
+#: The signed 4-bit code of each level of FP4_BNB, in the same order.
 FP4_BNB_BIT = [-5, -6, -3, -4, -1, -2, -7, 0, 1, 6, 7, 4, 5, 2, 3]
+#: The signed 4-bit code of each level of FP4_E2M1, in the same order.
 FP4_E2M1_BIT = [-1, -2, -3, -4, -5, -6, -7, 0, 1, 2, 3, 4, 5, 6, 7]
 
+#: Codebook ``dtype`` name -> its levels.
 FLOAT_MAPPING = {"nf4": NF4, "fp4": FP4_BNB, "fp4_e2m1_bnb": FP4_BNB, "fp4_e2m1": FP4_E2M1}
+#: Codebook ``dtype`` name -> the codes of its levels, in the same order.
 INT_MAPPING = {"nf4": NF4_BIT, "fp4": FP4_BNB_BIT, "fp4_e2m1_bnb": FP4_BNB_BIT, "fp4_e2m1": FP4_E2M1_BIT}
 
 #: dtype names accepted by the quantizers: the integer path and every codebook.
