@@ -4,7 +4,10 @@ Every kernel module takes its ``njit`` options from here so that cache, parallel
 fastmath are decided once. Environment variables override the defaults:
 
 ``NBWOQ_CACHE``
-    ``0`` turns the on-disk JIT cache off (default on).
+    ``0`` turns the on-disk JIT cache off (default on). When Numba has no writable
+    directory for it (``NUMBA_CACHE_DIR``, the package's ``__pycache__``, the user cache
+    directory: a read-only install without a home), the cache is turned off with one
+    ``RuntimeWarning`` instead of every kernel failing to compile.
 ``NBWOQ_PARALLEL``
     ``0`` compiles serial kernels (default parallel).
 
@@ -13,6 +16,7 @@ Numba's threading layer: OpenMP first, then TBB, then workqueue, unless the user
 """
 
 import os
+import warnings
 
 _LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 _USER_CHOSE_LAYER = "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ
@@ -35,7 +39,33 @@ def _env_flag(name, default):
     return value.strip().lower() not in ("0", "false", "no", "off", "")
 
 
+def _probe():
+    """A function of this package's directory: where the kernels' cache would be."""
+
+
+def _cache_available():
+    """Whether Numba finds a writable cache directory for this package's kernels. It
+    tries ``NUMBA_CACHE_DIR``, then the source's ``__pycache__``, then the user cache
+    directory, and raises ``RuntimeError`` at decoration time when none is writable."""
+    from numba.core.caching import FunctionCache
+
+    try:
+        FunctionCache(_probe)
+    except RuntimeError:
+        return False
+    return True
+
+
 CACHE = _env_flag("NBWOQ_CACHE", True)
+if CACHE and not _cache_available():
+    CACHE = False
+    warnings.warn(
+        "nbwoq: Numba has no writable directory for its JIT cache (NUMBA_CACHE_DIR, nbwoq's __pycache__, "
+        "the user cache directory), so nbwoq's kernels are compiled in every process; set NUMBA_CACHE_DIR "
+        "to a writable directory to keep them (or NBWOQ_CACHE=0 to silence this)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 PARALLEL = _env_flag("NBWOQ_PARALLEL", True)
 
 # fastmath stays off: it turns divisions into reciprocal multiplies and flips the
