@@ -6,7 +6,7 @@ reading or writing memory it does not own. The subprocess has a JIT cache direct
 its own: Numba's cache index does not record the bounds-check flag, so sharing the
 normal cache would hand bounds-checked code to ordinary runs (or the reverse). The
 directory lives in pytest's cache when there is one, so reruns skip the compiles
-(about 3 s warm; a cold run compiles every kernel, 30-60 s on two busy cores).
+(about 3 s warm; a cold run compiles every kernel, 20-45 s on two busy cores).
 """
 
 import os
