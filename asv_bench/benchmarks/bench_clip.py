@@ -80,6 +80,22 @@ def _torch_weight(shape):
     return torch.from_numpy(common.weight(shape, "float32").copy())
 
 
+def speedup_vs_torch(w, shape, config, mode):
+    """``(nbwoq s, torch s, ratio)``: medians, nbwoq timed three times after every torch
+    run so that both sample the same stretch of machine load. The torch search takes
+    seconds to tens of seconds: fewer rounds on the big shape."""
+    kw, per_group = CONFIGS[config], MODES[mode]
+    t_nb, t_torch = [], []
+    for _ in range(3 if shape == "4096x4096" else 1):
+        t_torch.append(common.median_time(lambda x: torch_search_clip(x, per_group=per_group, **kw),
+                                          lambda: _torch_weight(shape), 1))
+        for _ in range(3):
+            t_nb.append(common.median_time(lambda _: nbwoq.search_clip(w, per_group=per_group, **kw),
+                                           lambda: None, 1))
+    a, b = float(np.median(t_nb)), float(np.median(t_torch))
+    return a, b, b / a
+
+
 class SearchClip:
     params = (list(common.SHAPES), list(CONFIGS), list(MODES))
     param_names = ["shape", "config", "mode"]
@@ -98,13 +114,7 @@ class SearchClip:
                                   lambda: None, repeat)
 
     def track_speedup_vs_torch_40_pass(self, shape, config, mode):
-        t_nb = self._time_nbwoq(shape, config, mode)
-        # The torch search takes seconds to tens of seconds: fewer repeats on the big shape.
-        repeat = 3 if shape == "4096x4096" else 1
-        t_torch = common.median_time(
-            lambda w: torch_search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
-            lambda: _torch_weight(shape), repeat)
-        return t_torch / t_nb
+        return speedup_vs_torch(self.w, shape, config, mode)[2]
 
     track_speedup_vs_torch_40_pass.unit = "x"
 
@@ -181,10 +191,7 @@ if __name__ == "__main__":
         for mode in MODES:
             bench = SearchClip()
             bench.setup(shape, config, mode)
-            t_nb = bench._time_nbwoq(shape, config, mode)
-            t_torch = common.median_time(
-                lambda w: torch_search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
-                lambda: _torch_weight(shape), 3 if shape == "4096x4096" else 1)
+            t_nb, t_torch, _ = speedup_vs_torch(bench.w, shape, config, mode)
             t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, "float32"), 5)
             peak = extra_peak_percent(list(common.SHAPES[shape]), per_group=MODES[mode], **CONFIGS[config])
             per_mode[mode] = t_nb
