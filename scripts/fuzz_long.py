@@ -67,13 +67,71 @@ def run_target(strategy, check, examples):
                 failures={k: dict(count=c, first=first[k]) for k, c in failures.items()}, seconds=seconds)
 
 
+def concurrency(rounds, threads, processes):
+    """Stress the concurrency test's jobs: ``rounds`` rounds of ``threads`` Python threads
+    started together, then every job ``rounds`` times over a spawned process pool; every
+    result compared with the serial one. Returns the figures."""
+    import concurrent.futures
+    import multiprocessing
+    import threading
+
+    import test_concurrency as tc
+
+    shared = tc.sources()
+    serial = {name: tc._as_numpy(func(shared[src])) for name, src, func in tc.JOBS}
+    mismatches = collections.Counter()
+    calls = 0
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        barrier = threading.Barrier(threads)
+        results = [None] * threads
+
+        def worker(t, r=r, barrier=barrier, results=results):
+            name, src, func = tc.JOBS[(r * 7 + t) % len(tc.JOBS)]
+            barrier.wait()
+            results[t] = (name, tc._as_numpy(func(shared[src])))
+
+        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        for name, got in results:
+            calls += 1
+            if not tc._equal(got, serial[name]):
+                mismatches[name] += 1
+    thread_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
+        jobs = list(range(len(tc.JOBS))) * rounds
+        process_results = list(pool.map(tc.run_job, jobs))
+    for name, got in process_results:
+        if not tc._equal(got, serial[name]):
+            mismatches["process:" + name] += 1
+    return dict(rounds=rounds, threads=threads, thread_calls=calls, thread_seconds=thread_seconds,
+                processes=processes, process_calls=len(process_results), process_seconds=time.perf_counter() - t0,
+                mismatches=dict(mismatches))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=20000, help="examples per target (default 20000)")
     parser.add_argument("--only", action="append", default=[], help="run targets whose name contains this")
     parser.add_argument("--no-torch", action="store_true", help="skip the nbwoq_torch targets")
     parser.add_argument("--json", help="write the figures as JSON")
+    parser.add_argument("--concurrency", type=int, metavar="ROUNDS",
+                        help="instead: ROUNDS rounds of 16 threads and ROUNDS passes over a 2-process spawn pool")
     args = parser.parse_args(argv)
+    if args.concurrency:
+        import torch  # noqa: F401 - loaded first, as nbwoq_torch users have it
+
+        r = concurrency(args.concurrency, 16, 2)
+        print(json.dumps(r, indent=1))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r, f, indent=1)
+        return 1 if r["mismatches"] else 0
     warnings.simplefilter("ignore")
     np.seterr(all="ignore")
     with_torch = not args.no_torch
