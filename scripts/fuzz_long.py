@@ -42,6 +42,8 @@ def targets(with_torch):
         out["nbwoq_torch.get_example_input"] = (
             st.tuples(st.lists(fuzzing.batches(), max_size=4), st.one_of(st.integers(-2, 6), st.sampled_from((1.0, None)))),
             lambda c: fuzzing.check_example_input(*c))
+        out["nbwoq_torch.get_absorb_layers"] = (fuzzing.absorb_cases(), fuzzing.check_absorb)
+        out["nbwoq_torch.get_module_input_output"] = (fuzzing.hook_cases(), fuzzing.check_hooks)
     return out
 
 

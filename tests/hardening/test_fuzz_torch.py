@@ -42,3 +42,15 @@ def test_fuzz_move_input_to_device(value, device):
 @given(st.lists(fuzzing.batches(), max_size=4), st.one_of(st.integers(-2, 6), st.sampled_from((1.0, None, "1", True))))
 def test_fuzz_get_example_input(loader, i):
     fuzzing.check_example_input(loader, i)
+
+
+@settings(FUZZ, max_examples=max(5, EXAMPLES // 4))  # tracing is slow
+@given(fuzzing.absorb_cases())
+def test_fuzz_get_absorb_layers(case):
+    fuzzing.check_absorb(case)
+
+
+@FUZZ
+@given(fuzzing.hook_cases())
+def test_fuzz_get_module_input_output(case):
+    fuzzing.check_hooks(case)
