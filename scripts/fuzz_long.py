@@ -161,7 +161,10 @@ def main(argv=None):
               f"{r['seconds']:>8.1f} {r['examples'] / max(r['seconds'], 1e-9):>7.1f}", flush=True)
         for key, f in r["failures"].items():
             print(f"    FAILURE x{f['count']}: {f['first']}\n", flush=True)
-    report["threading_layer"] = numba.threading_layer()
+    try:
+        report["threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel ran (targets without kernels)
+        report["threading_layer"] = None
     report["nbwoq_threads"] = nbwoq.get_num_threads()
     total = sum(r["examples"] for r in report["targets"].values())
     failed = sum(bool(r["failures"]) for r in report["targets"].values())
