@@ -42,7 +42,7 @@ def _ceil_log2(n):
 def _running_sum(a, xp):
     """Left-to-right sum over axis 0 of ``a`` (zeros when empty), as one accumulator."""
     if a.shape[0] == 0:
-        return xp.zeros(tuple(a.shape[1:]), dtype=a.dtype)
+        return xp.zeros(tuple(a.shape[1:]), dtype=a.dtype, device=array_api_compat.device(a))
     acc = a[0, ...]
     for j in range(1, a.shape[0]):
         acc = acc + a[j, ...]
@@ -94,7 +94,7 @@ def torch_order_sum(x, xp):
         return _row_sum(xp.reshape(x, (n, 1)), xp)[0]
     vectors = n // _LANES
     lanes = _row_sum(xp.reshape(x[: vectors * _LANES], (vectors, _LANES)), xp)
-    acc = xp.zeros((), dtype=x.dtype)
+    acc = xp.zeros((), dtype=x.dtype, device=array_api_compat.device(x))
     for k in range(vectors * _LANES, n):
         acc = acc + x[k]
     for k in range(_LANES):
@@ -105,7 +105,8 @@ def torch_order_sum(x, xp):
 def scale_mean(flat, xp):
     """The mean of the 1-D array ``flat`` as torch computes ``flat.mean()``: its sum over
     the element count, in ``flat``'s dtype (a 0-d array)."""
-    return torch_order_sum(flat, xp) / xp.asarray(flat.shape[0], dtype=flat.dtype)
+    count = xp.asarray(flat.shape[0], dtype=flat.dtype, device=array_api_compat.device(flat))
+    return torch_order_sum(flat, xp) / count
 
 
 def quantize_scales(scale, xp, options, quant_tensor):

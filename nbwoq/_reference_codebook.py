@@ -7,6 +7,8 @@ the oracle the Numba kernels are tested against. Readability over speed, but no
 one full-size pass per midpoint.
 """
 
+import array_api_compat
+
 from nbwoq._reference_int import split_groups
 from nbwoq._tables import ZERO_INDEX
 
@@ -29,7 +31,7 @@ def nearest_level(v, mids, xp):
     ``ZERO_INDEX`` (the level 0.0, where the reference's ``0 / 0`` lands). Returns an
     int32 array of ``v``'s shape.
     """
-    count = xp.zeros(v.shape, dtype=xp.int32)
+    count = xp.zeros(v.shape, dtype=xp.int32, device=array_api_compat.device(v))
     for i in range(mids.shape[0]):
         m = mids[i]
         # Below the zero level "not <=" counts NaN as above; from it on "v > m" does not.
@@ -62,7 +64,8 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
         scale = xp.astype(scale, cdt)
     if out_scale is not None:
         out_scale = xp.astype(out_scale, cdt)
-    max_level = xp.asarray(max_level, dtype=cdt)
+    device = array_api_compat.device(x)
+    max_level = xp.asarray(max_level, dtype=cdt, device=device)
     out, scales = [], []
     body, tail = split_groups(w, size, xp)
     for k, part in enumerate((body, tail)):
@@ -85,7 +88,7 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
         # explicit width: -1 is ambiguous when rows == 0
         out.append(xp.reshape(value, (rows, part.shape[1] * part.shape[2])))
     if not scales:
-        return xp.zeros((rows, 0), dtype=cdt)
+        return xp.zeros((rows, 0), dtype=cdt, device=device)
     if out:
         result = out[0] if len(out) == 1 else xp.concat(out, axis=1)
         x[...] = xp.astype(result, x.dtype)

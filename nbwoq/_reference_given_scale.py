@@ -1,6 +1,8 @@
 """Array-API reference for quantization with known scales: the twin of
 ``_kernels_given_scale``. Readability over speed (full-size temporaries)."""
 
+import array_api_compat
+
 from nbwoq._reference_int import int_code, int_group_params, split_groups
 
 
@@ -17,9 +19,9 @@ def _parts(w, size, n_groups, xp):
         yield tail, slice(n_groups - 1, n_groups)
 
 
-def _concat(pieces, rows, xp, dtype):
+def _concat(pieces, rows, xp, dtype, device):
     if not pieces:
-        return xp.zeros((rows, 0), dtype=dtype)
+        return xp.zeros((rows, 0), dtype=dtype, device=device)
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
 
 
@@ -42,13 +44,15 @@ def int_scales(x, size, n_groups, quantile, divisor, sym, full_range, xp):
     """Each group's scale as ``quant_tensor`` computes it, (rows, n_groups)."""
     cdt, w, quantile = _prepare(x, quantile, xp)
     scales = [s for _, _, s, _ in _params(w, size, n_groups, quantile, divisor, sym, full_range, xp)]
-    return _concat(scales, x.shape[0], xp, cdt)
+    return _concat(scales, x.shape[0], xp, cdt, array_api_compat.device(x))
 
 
 def _clamp_if(code, qmin, qmax, clamp, xp):
     if not clamp:
         return code
-    return xp.clip(code, xp.asarray(qmin, dtype=code.dtype), xp.asarray(qmax, dtype=code.dtype))
+    device = array_api_compat.device(code)
+    return xp.clip(code, xp.asarray(qmin, dtype=code.dtype, device=device),
+                   xp.asarray(qmax, dtype=code.dtype, device=device))
 
 
 def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
@@ -66,7 +70,7 @@ def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
         # explicit width: -1 is ambiguous when rows == 0
         out.append(xp.reshape(_clamp_if(xp.round(v), qmin, qmax, clamp, xp), (rows, part.shape[1] * part.shape[2])))
     if out:
-        x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
+        x[...] = xp.astype(_concat(out, rows, xp, cdt, array_api_compat.device(x)), x.dtype)
 
 
 def requant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, out_scale, xp):
@@ -81,4 +85,4 @@ def requant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_rang
         code = int_code(part, scale[..., None], z, qmin, qmax, xp)
         out.append(xp.reshape((code - z) * out_scale[:, cut][..., None], (rows, part.shape[1] * part.shape[2])))
     if out:
-        x[...] = xp.astype(_concat(out, rows, xp, cdt), x.dtype)
+        x[...] = xp.astype(_concat(out, rows, xp, cdt, array_api_compat.device(x)), x.dtype)
