@@ -44,8 +44,8 @@ def _check(path, case, expected_case=None):
             np.testing.assert_array_equal(path.to_numpy(g), e)
 
 
-_EXACT = cases(DQ, lambda c: c["error"] is None and _dividing(c)
-               and (not c["args"]["double_quant"] or "double_quant_scheme" in c["args"]))
+_EXACT = cases(DQ, lambda c: c["error"] is None
+               and (not c["args"]["double_quant"] or ("double_quant_scheme" in c["args"] and _dividing(c))))
 
 
 @pytest.mark.parametrize("case", _EXACT, ids=case_id)
