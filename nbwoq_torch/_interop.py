@@ -149,6 +149,12 @@ def call(func, weight, *args, writes=True, name="weight", **kwargs):
     """
     check_tensor(weight, name)
     device = weight.device
+    # On either path: the reference path's write would fail in torch (RuntimeError).
+    if writes and not weight.is_contiguous() and _overlaps(weight):
+        raise ValueError(
+            f"{name} has elements that share memory (e.g. from expand()), so it cannot hold an "
+            f"in-place result; pass {name}.clone()"
+        )
     if not uses_kernels(weight):
         args = [_same_device(a, f"argument {i + 2}", device) for i, a in enumerate(args)]
         kwargs = {key: _same_device(v, key, device) for key, v in kwargs.items()}
@@ -158,11 +164,6 @@ def call(func, weight, *args, writes=True, name="weight", **kwargs):
     work = weight.detach()
     copied = not work.is_contiguous()
     if copied:
-        if writes and _overlaps(work):
-            raise ValueError(
-                f"{name} has elements that share memory (e.g. from expand()), so it cannot hold an "
-                f"in-place result; pass {name}.clone()"
-            )
         work = work.contiguous()  # the documented copy
     view = to_numpy(work)
     args = [_argument_to_numpy(a, f"argument {i + 2}", device) for i, a in enumerate(args)]
