@@ -46,6 +46,8 @@ def quantile_argument(quantile, rows, n_groups, xp, name="quantile"):
     if shape != (rows, n_groups):
         raise ValueError(f"{name} as an array must have shape (rows, n_groups) = {(rows, n_groups)}, got {shape}")
     qxp = _arrays.namespace(quantile)
+    if xp is not None and qxp is not xp:  # the reference path computes in the weight's namespace
+        raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(quantile).__name__}")
     if not qxp.isdtype(quantile.dtype, "real floating"):
         raise TypeError(f"{name} as an array must be floating point, got dtype {quantile.dtype}")
     if not bool(qxp.all((quantile > 0) & (quantile <= 1))):

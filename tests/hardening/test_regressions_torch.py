@@ -35,3 +35,30 @@ def test_unusable_tensors_refused(kind, func):
             nbwoq_torch.search_clip(m, group_size=4)
         else:
             getattr(nbwoq_torch, func)(w)
+
+
+def test_reference_path_refuses_overlapping_tensor_up_front():
+    # The overlap check ran on the kernel path only: on the reference path (CUDA tensors)
+    # the core validated everything and then torch raised RuntimeError on the write.
+    from nbwoq_torch._interop import reference_path
+
+    w = torch.arange(8.0).reshape(1, 8).expand(3, 8)
+    with reference_path(), pytest.raises(ValueError, match="share memory"):
+        nbwoq_torch.quant_tensor(w, group_size=4)
+
+
+def test_reference_path_refuses_numpy_quantile():
+    # A NumPy quantile array with a tensor on the reference path reached xp.astype and
+    # raised AttributeError ("'numpy.ndarray' object has no attribute 'to'"); scale= and
+    # zp= already said what they expect. The kernel path still takes it.
+    import numpy as np
+
+    from nbwoq_torch._interop import reference_path
+
+    q = np.full((3, 2), 0.9, np.float32)
+    w = torch.randn(3, 8)
+    before = w.clone()
+    with reference_path(), pytest.raises(TypeError, match="quantile as an array must be of the weight's kind"):
+        nbwoq_torch.quant_tensor(w, group_size=4, quantile=q)
+    assert torch.equal(w, before)
+    assert nbwoq_torch.quant_tensor(w, group_size=4, quantile=q) is w
