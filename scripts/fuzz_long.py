@@ -35,6 +35,8 @@ def targets(with_torch):
     if with_torch:
         for name, make in sorted(fuzzing.TORCH_CASES.items()):
             out[f"nbwoq_torch.{name}"] = (make(), fuzzing.check_torch_case)
+        for name, make in sorted(fuzzing.TORCH_CASES.items()):
+            out[f"nbwoq_torch.{name}[reference path]"] = (make(), fuzzing.check_torch_reference_case)
         out["nbwoq_torch.get/set/fetch_module"] = (fuzzing.dotted_names(), fuzzing.check_lookup)
         out["nbwoq_torch.move_input_to_device"] = (
             st.tuples(fuzzing.nested_inputs(), st.sampled_from(["cpu", "meta", "nope", 3, None])),

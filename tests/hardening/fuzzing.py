@@ -503,6 +503,10 @@ def expected_errors(case, weight_name="weight", torch_face=False):
     # tensors the torch face gets reach the core as NumPy views of the same memory
     a = {k: _np(v) if _is_torch(v) else v for k, v in case["args"].items()}
     kw = {k: _np(v) if _is_torch(v) else v for k, v in case["kwargs"].items()}
+    # On the reference path parameter arrays must be of the weight's namespace (torch):
+    # NumPy ones, which the kernel path takes, are refused there.
+    foreign = {k for k, v in {**case["args"], **case["kwargs"]}.items()
+               if case.get("reference_path") and isinstance(v, np.ndarray)}
     e = Expectation()
     bad = e.bad
     writes = func != "search_clip"
@@ -590,10 +594,10 @@ def expected_errors(case, weight_name="weight", torch_face=False):
         n_groups = n_groups_of(gs)
         if kw.get("scale") is not None and not kw.get("double_quant"):
             s = kw["scale"]
-            if not isinstance(s, np.ndarray) or s.shape != (shape[0], n_groups):
+            if not isinstance(s, np.ndarray) or s.shape != (shape[0], n_groups) or "scale" in foreign:
                 bad.add("scale")
                 return e
-        if _quantile_bad(a.get("quantile", 1.0), shape, n_groups):
+        if _quantile_bad(a.get("quantile", 1.0), shape, n_groups) or "quantile" in foreign:
             bad.add("quantile")
             return e
         check_values()
@@ -650,10 +654,11 @@ def expected_errors(case, weight_name="weight", torch_face=False):
         n_groups = 1 if shape[1] else 0
         if kw.get("scale") is not None:
             s = kw["scale"]
-            if not isinstance(s, np.ndarray) or s.shape != (shape[0], n_groups) or s.dtype.kind != "f":
+            if not isinstance(s, np.ndarray) or s.shape != (shape[0], n_groups) or s.dtype.kind != "f" \
+                    or "scale" in foreign:
                 bad.add("scale")
                 return e
-        if _quantile_bad(a.get("quantile", 1.0), shape, n_groups):
+        if _quantile_bad(a.get("quantile", 1.0), shape, n_groups) or "quantile" in foreign:
             bad.add("quantile")
             return e
         check_values()
@@ -672,13 +677,14 @@ def expected_errors(case, weight_name="weight", torch_face=False):
             return e
         n_groups = n_groups_of(gs)
         s = a["scale"]
-        if not isinstance(s, np.ndarray) or s.dtype.kind != "f" or s.shape != (shape[0], n_groups):
+        if not isinstance(s, np.ndarray) or s.dtype.kind != "f" or s.shape != (shape[0], n_groups) \
+                or "scale" in foreign:
             bad.add("scale")
             return e
         zp = a.get("zp")
         if zp is not None:
             if dtype in FLOAT_MAPPING or not isinstance(zp, np.ndarray) or zp.dtype.kind not in "fiu" \
-                    or zp.shape != (shape[0], n_groups):
+                    or zp.shape != (shape[0], n_groups) or "zp" in foreign:
                 bad.add("zp")
                 return e
         bits = a.get("bits")
@@ -1079,7 +1085,8 @@ def torch_from_numpy(a):
 def torch_arrange(t, layout):
     torch = _torch()
     if layout in ("contiguous", "numpy") or t.ndim != 2:
-        return t.numpy() if layout == "numpy" and t.dtype != torch.bfloat16 else t
+        numpy_ok = t.dtype not in (torch.bfloat16, torch.float8_e4m3fn)
+        return t.numpy() if layout == "numpy" and numpy_ok else t
     rows, cols = t.shape
     if layout == "transposed":
         return t.t().contiguous().t()
@@ -1119,7 +1126,7 @@ def torch_weights(draw, allow_invalid=True):
         t = torch_from_numpy(cast(values, np_dtype(dtype_name)))
     else:
         with np.errstate(all="ignore"):
-            t = torch.from_numpy(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).clip(-100, 100).copy())
+            t = torch.from_numpy(np.array(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).clip(-100, 100)))
         t = t.to(getattr(torch, dtype_name))
     t = torch_arrange(t, layout)
     return t, dict(shape=shape, dtype=dtype_name, profile=profile, seed=seed, layout=layout)
@@ -1198,6 +1205,10 @@ def validate_torch(case, result, expect, before):
         for k, v in src.items():
             if _is_torch(v) and v.dtype == torch.float16:
                 d[k] = v.numpy()
+    if expect.untouched:
+        if result is not w or snapshot(w) != before:
+            raise FuzzFailure("bits <= 0 must return the tensor untouched")
+        return "untouched"
     want = call_core(core_case)
     if case["func"] == "search_clip":
         if isinstance(want, float) or isinstance(result, float):
@@ -1245,13 +1256,27 @@ def _numpy_copy(t):
     return t.numpy().copy()
 
 
-def check_torch_case(case):
+def check_torch_reference_case(case):
+    """Like ``check_torch_case`` with CPU tensors on the array-API reference path (what
+    CUDA tensors take): its results must equal the kernels' on a NumPy copy, half
+    precision included (``array_api_strict`` has no half types; torch has)."""
+    from nbwoq_torch._interop import reference_path
+
+    def call(case):
+        with reference_path():
+            return call_torch(case)
+
+    case["reference_path"] = True
+    return check_torch_case(case, call)
+
+
+def check_torch_case(case, call=None):
     """Run one case through ``nbwoq_torch``; returns its outcome name."""
     name = "tensor" if case["func"] == "quantize_4bit" else ("m.weight" if case["func"] == "search_clip" else "weight")
     w = case["weight"]
     # the same bits as NumPy, taken before the call overwrites them: the oracle's input
     case["numpy_copy"] = _numpy_copy(w) if torch_weight_problem(w, case["info"], False) is None else None
-    return run_case(case, call_torch, validate_torch, weight_name=name, torch_face=True)
+    return run_case(case, call or call_torch, validate_torch, weight_name=name, torch_face=True)
 
 
 TORCH_CASES = {func: (lambda f: (lambda: torch_cases(f)))(func) for func in CASES}

@@ -26,6 +26,18 @@ def test_fuzz_torch_face(func):
     run()
 
 
+@pytest.mark.parametrize("func", sorted(fuzzing.TORCH_CASES))
+def test_fuzz_torch_reference_path(func):
+    """CPU tensors on the array-API reference path (the one CUDA tensors take) against the
+    kernels on a NumPy copy: the paths agree bit for bit, half precision included."""
+    @settings(FUZZ, max_examples=max(5, EXAMPLES // 2))
+    @given(fuzzing.TORCH_CASES[func]())
+    def run(case):
+        fuzzing.check_torch_reference_case(case)
+
+    run()
+
+
 @FUZZ
 @given(fuzzing.dotted_names())
 def test_fuzz_module_lookups(name):
