@@ -10,6 +10,9 @@ fastmath are decided once. Environment variables override the defaults:
     ``RuntimeWarning`` instead of every kernel failing to compile.
 ``NBWOQ_PARALLEL``
     ``0`` compiles serial kernels (default parallel).
+``NBWOQ_SERIAL_BELOW``
+    Calls on fewer elements than this run on the calling thread alone (default 65536):
+    below it, waking the thread pool costs more than the work.
 
 Numba's threading layer: OpenMP first, then TBB, then workqueue, unless the user set
 ``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY``; ``_threads`` says why.
@@ -30,6 +33,9 @@ from nbwoq import _threads  # noqa: E402
 
 if not _USER_CHOSE_LAYER:
     numba.config.THREADING_LAYER_PRIORITY = list(_LAYER_PRIORITY)  # numba imported before us
+
+
+SERIAL_BELOW = int(os.environ.get("NBWOQ_SERIAL_BELOW", 1 << 16))
 
 
 def _env_flag(name, default):

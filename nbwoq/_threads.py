@@ -42,6 +42,9 @@ import operator
 import threading
 
 import numba
+import numpy as np
+
+from nbwoq import _config
 
 _lock = threading.Lock()
 _local = threading.local()
@@ -166,6 +169,19 @@ class ParallelKernel:
 
     def __call__(self, *args, **kwargs):
         apply()
+        # A small call runs on the calling thread alone: waking the pool costs more than
+        # the work (tens of microseconds when idle, milliseconds on a loaded machine).
+        work = next((a.size for a in args if isinstance(a, np.ndarray)), None)
+        if work is not None and work < _config.SERIAL_BELOW and numba.get_num_threads() > 1:
+            previous = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                return self._launch(args, kwargs)
+            finally:
+                numba.set_num_threads(previous)
+        return self._launch(args, kwargs)
+
+    def _launch(self, args, kwargs):
         if _serial is None:
             return self.dispatcher(*args, **kwargs)
         with _serial:
