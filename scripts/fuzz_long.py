@@ -32,6 +32,7 @@ def targets(with_torch):
     """``{name: (strategy, check)}`` of every fuzz target."""
     out = {f"nbwoq.{name}": (make(), fuzzing.check_core_case) for name, make in sorted(fuzzing.CASES.items())}
     out["nbwoq.load+dequantize"] = (fuzzing.load_cases(), fuzzing.check_load_case)
+    out["nbwoq quantize (CLI)"] = (fuzzing.cli_cases(), fuzzing.check_cli)
     if with_torch:
         for name, make in sorted(fuzzing.TORCH_CASES.items()):
             out[f"nbwoq_torch.{name}"] = (make(), fuzzing.check_torch_case)

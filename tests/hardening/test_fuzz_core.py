@@ -72,3 +72,13 @@ def test_the_checker_can_fail():
     bad = dict(case, weight=w.copy(), args=dict(bits=4, group_size=0))
     with pytest.raises(fuzzing.FuzzFailure, match="changed"):
         fuzzing.run_case(bad, writes_then_raises, fuzzing.validate_core)
+
+
+@settings(FUZZ, max_examples=max(5, EXAMPLES // 3))
+@given(fuzzing.cli_cases())
+def test_fuzz_cli(argv):
+    before = nbwoq.get_num_threads()
+    try:
+        fuzzing.check_cli(argv)
+    finally:
+        nbwoq.set_num_threads(before)  # --threads is process-wide
