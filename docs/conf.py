@@ -10,6 +10,7 @@ committed); the performance page and plot are rendered from the committed
 benchmark.
 """
 
+import doctest
 import os
 import sys
 
@@ -52,14 +53,8 @@ numpydoc_xref_param_type = False
 # Every ``>>>`` block of every page (the API pages' docstring Examples included) runs
 # under ``sphinx -b doctest``; ELLIPSIS for timings and temporary paths.
 doctest_test_doctest_blocks = "default"
-doctest_default_flags = (
-    __import__("doctest").ELLIPSIS
-    | __import__("doctest").NORMALIZE_WHITESPACE
-    | __import__("doctest").DONT_ACCEPT_TRUE_FOR_1
-)
-doctest_global_setup = """
-import numpy as np
-"""
+doctest_default_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.DONT_ACCEPT_TRUE_FOR_1
+# No global setup: every page imports what its examples use, as a reader must.
 
 html_theme = "alabaster"
 html_title = f"nbwoq {release}"

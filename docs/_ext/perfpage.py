@@ -132,12 +132,13 @@ def asv_text(rows):
         return ("No asv results were found when ``measure.py`` ran (``asv_bench/results`` is "
                 "not committed); run the asv suite and then ``measure.py --asv-results "
                 "asv_bench/results`` to include them.\n")
-    commits = sorted({r["commit"] for r in rows})
-    body = [[f"``{r['benchmark']}``", ", ".join(r["params"]) or "-", f"{r['value']:.3g}", r["unit"] or ""]
-            for r in rows]
-    return (f"The ``track_`` values of the asv results present when ``measure.py`` ran (commit "
-            f"{', '.join('``' + c + '``' for c in commits)}, the same machine):\n\n"
-            + _table(["benchmark", "parameters", "value", "unit"], body, [50, 25, 10, 15]))
+    machines = sorted({f"{r['machine'].get('machine', '?')} ({r['machine'].get('cpu', '?')}, "
+                       f"{r['machine'].get('num_cpu', '?')} cores)" for r in rows})
+    body = [[f"``{r['benchmark'].replace('.track_', ' track_')}``", ", ".join(r["params"]) or "-",
+             f"{r['value']:.3g}", r["unit"] or "", f"``{r['commit']}``"] for r in rows]
+    return (f"The ``track_`` values of the asv results present when ``measure.py`` ran (asv machine "
+            f"{', '.join(machines)}; the newest result of each benchmark and parameter set):\n\n"
+            + _table(["benchmark", "parameters", "value", "unit", "commit"], body, [44, 26, 8, 12, 10]))
 
 
 def plot(speed, path):
@@ -210,6 +211,9 @@ def _substitutions(data):
         key = "int4" if fmt.startswith("int4") else "nf4"
         subs[f"clip_pg_{key}"] = f"{s['per_group_vs_per_tensor']:.1f}%"
         subs[f"clip_pt_{key}"] = f"{s['per_tensor_vs_none']:.1f}%"
+    repeats = sorted({r.get("repeat") for r in speed if r.get("repeat")})
+    if repeats:
+        subs["repeats"] = " or ".join(str(n) for n in repeats)
     first = data.get("first_call", {})
     if first:
         subs["cold_call"] = f"{first['cold']['first_call_s']:.1f} s"

@@ -84,18 +84,18 @@ def cases():
     out = [
         ("quant_tensor int4 asym g128", "float32", SIZES,
          lambda w: nbwoq.quant_tensor(w, **int4), lambda t: bench_quant.torch_quant_tensor(t, 4, 128, "asym"),
-         False, 7),
+         False, 11),
         ("quant_tensor int4 asym g128", "bfloat16", SIZES,
          lambda w: nbwoq.quant_tensor(w, **int4), lambda t: bench_quant.torch_quant_tensor(t, 4, 128, "asym"),
-         False, 7),
+         False, 11),
         ("quant_tensor int4 sym g32", "float32", SIZES,
          lambda w: nbwoq.quant_tensor(w, bits=4, group_size=32, scheme="sym"),
-         lambda t: bench_quant.torch_quant_tensor(t, 4, 32, "sym"), False, 7),
+         lambda t: bench_quant.torch_quant_tensor(t, 4, 32, "sym"), False, 11),
     ]
     if bench_codebook is not None:
         out.append(("quant_tensor nf4 g64", "float32", SIZES,
                     lambda w: nbwoq.quant_tensor(w, group_size=64, dtype="nf4"),
-                    lambda t: bench_codebook.torch_quantize_codebook(t, "nf4", 64, False), False, 7))
+                    lambda t: bench_codebook.torch_quantize_codebook(t, "nf4", 64, False), False, 11))
     out.append(("search_clip int4 asym g128", "float32", CLIP_SIZES,
                 lambda w: nbwoq.search_clip(w, **int4),
                 lambda t: bench_clip.torch_search_clip(t, 4, 128, "asym", "int"), True, 3))
@@ -130,7 +130,7 @@ def measure_speed(quick):
                                                          [nb_setup, torch_setup, floor_setup], reps)
             row = dict(function=label, dtype=dtype, shape=list(shape), elements=shape[0] * shape[1],
                        nbwoq_s=t_nb, torch_s=t_torch, floor_s=t_floor, speedup_vs_torch=t_torch / t_nb,
-                       ratio_to_floor=t_nb / t_floor)
+                       ratio_to_floor=t_nb / t_floor, repeat=reps)
             rows.append(row)
             print(f"{label:>28} {dtype:>8} {shape[0]:>5}x{shape[1]:<5} nbwoq {t_nb * 1e3:9.2f} ms  "
                   f"torch {t_torch * 1e3:9.2f} ms  floor {t_floor * 1e3:8.2f} ms  "
@@ -199,13 +199,14 @@ def measure_clip_error():
 
 
 def read_asv(folder):
-    """Every ``track_`` value of an asv results folder, one row per parameter combination."""
+    """The ``track_`` values of an asv results folder, one row per benchmark and parameter
+    combination (the newest result where several runs have one)."""
     folder = pathlib.Path(folder)
     units = {}
     index = folder / "benchmarks.json"
     if index.exists():
         units = {k: v.get("unit") for k, v in json.loads(index.read_text()).items() if isinstance(v, dict)}
-    rows = []
+    rows = {}
     for path in sorted(folder.glob("*/*.json")):
         if path.name == "machine.json":
             continue
@@ -222,12 +223,15 @@ def read_asv(folder):
             for choices in params:
                 combos = [c + [p] for c in combos for p in choices]
             for combo, value in zip(combos, values if params else [values]):
-                if value is None:
+                if value is None or value != value:  # not run (asv stores NaN for unselected parameters)
                     continue
-                rows.append(dict(benchmark=name, params=[str(p).strip("'") for p in combo], value=float(value),
-                                 unit=units.get(name), commit=data.get("commit_hash", "")[:10],
-                                 machine=data.get("params", {})))
-    return rows
+                key = (name, tuple(combo))
+                row = dict(benchmark=name, params=[str(p).strip("'") for p in combo], value=float(value),
+                           unit=units.get(name), commit=data.get("commit_hash", "")[:10], date=data.get("date", 0),
+                           machine=data.get("params", {}))
+                if key not in rows or rows[key]["date"] < row["date"]:
+                    rows[key] = row
+    return sorted(rows.values(), key=lambda r: (r["benchmark"], r["date"]))
 
 
 def machine():
