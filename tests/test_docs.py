@@ -170,6 +170,8 @@ NOT_RUN = {
     "python -m pytest": "this is the test suite",
     "python -m sphinx": "run by the builds above",
     "flock /tmp/nbwoq-bench.lock python docs/perf/measure.py": "a benchmark (minutes); never in the test suite",
+    "cd asv_bench": "the folder of the asv command",
+    "asv run": "the benchmark suite (many minutes); never in the test suite",
 }
 
 
