@@ -14,7 +14,7 @@ are double quantized too (the reference skips them and returns a tuple), and
 Passes over the weight: with ``return_int`` one (codes and scales, as without double
 quantization); without it one read for the scales and one read-and-write that quantizes
 each group as usual (its parameters recomputed while it is in cache) and stores the value
-dequantized with the double-quantized scale (``_kernels_given_scale.requant_int``,
+dequantized with the double-quantized scale (``_integer.quantize_int`` ``store="out_scaled"``,
 ``_kernels_codebook`` with an output scale). The only (rows, n_groups) array is the
 scales', double-quantized in place.
 
@@ -24,7 +24,7 @@ which the reference uses, so results match it bit for bit (``torch_order_sum``).
 
 import array_api_compat
 
-from nbwoq import _codebook, _given_scale, _integer
+from nbwoq import _codebook, _integer
 from nbwoq._tables import FLOAT_MAPPING
 
 # torch's CPU float32 sum (aten/src/ATen/native/cpu/SumKernel.cpp, "cascade sum"):
@@ -152,10 +152,12 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
         )
     elif return_int:
         scale, zp = _integer.quantize_int(
-            weight, xp, bits, group_size, sym, full_range, quantile, write_codes=True, keep_params=True, check=False
+            weight, xp, bits, group_size, sym, full_range, quantile, store="codes", keep_params=True, check=False
         )
     else:
-        scale = _given_scale.int_scales(weight, xp, bits, group_size, sym, full_range, quantile)
+        scale, _ = _integer.quantize_int(
+            weight, xp, bits, group_size, sym, full_range, quantile, store="nothing", keep_params=True, check=False
+        )
     # the scales are small arrays: NumPy ones (Numba path) go through NumPy's namespace
     dequantized, packed = quantize_scales(scale, xp or array_api_compat.array_namespace(scale), options,
                                           quant_tensor)
@@ -165,5 +167,6 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
         _codebook.quantize_codebook(weight, xp, dtype, group_size, quantile, values, "out_scaled",
                                     out_scale=dequantized, check=False)
     else:
-        _given_scale.requant_int(weight, xp, bits, group_size, sym, full_range, quantile, dequantized)
+        _integer.quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store="out_scaled",
+                              keep_params=False, check=False, out_scale=dequantized)
     return weight

@@ -3,30 +3,8 @@
 
 import numpy as np
 
-from nbwoq import _arrays, _integer, _kernels_given_scale, _reference_given_scale
+from nbwoq import _arrays, _kernels_given_scale, _reference_given_scale
 from nbwoq._layout import group_layout
-
-
-def _quantile(quantile, cdt):
-    return np.full((1, 1), quantile, dtype=cdt) if isinstance(quantile, float) else np.ascontiguousarray(quantile, cdt)
-
-
-def int_scales(weight, xp, bits, group_size, sym, full_range, quantile):
-    """Each group's scale as ``quant_tensor`` computes it, reading ``weight`` only; a
-    (rows, n_groups) array in the compute dtype."""
-    rows, cols = weight.shape
-    size, n_groups = group_layout(cols, group_size)
-    _, _, divisor = _integer.int_range(bits, sym, full_range)
-    if xp is not None:
-        return _reference_given_scale.int_scales(weight, size, n_groups, quantile, float(divisor), sym, full_range, xp)
-    cdt = _arrays.compute_dtype(weight.dtype)
-    scale = np.empty((rows, n_groups), dtype=cdt)
-    if rows and n_groups:
-        _kernels_given_scale.int_scales(
-            _arrays.kernel_view(weight), size, n_groups, _quantile(quantile, cdt), cdt.type(divisor), sym,
-            full_range, scale,
-        )
-    return scale
 
 
 def _kernel_params(weight, *params):
@@ -50,22 +28,4 @@ def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
     if rows and n_groups:
         _kernels_given_scale.quant_w_scale(
             _arrays.kernel_view(weight), size, n_groups, s, z, zp is not None, cdt.type(qmin), cdt.type(qmax), clamp
-        )
-
-
-def requant_int(weight, xp, bits, group_size, sym, full_range, quantile, out_scale):
-    """Quantize ``weight`` as ``quant_tensor`` does and store ``(code - zp) * out_scale``
-    in place (``out_scale``: (rows, n_groups))."""
-    rows, cols = weight.shape
-    size, n_groups = group_layout(cols, group_size)
-    qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
-    if xp is not None:
-        _reference_given_scale.requant_int(weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor),
-                                           sym, full_range, out_scale, xp)
-        return
-    cdt, (m,) = _kernel_params(weight, out_scale)
-    if rows and n_groups:
-        _kernels_given_scale.requant_int(
-            _arrays.kernel_view(weight), size, n_groups, _quantile(quantile, cdt), cdt.type(qmin), cdt.type(qmax),
-            cdt.type(divisor), sym, full_range, m,
         )

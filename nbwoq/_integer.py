@@ -55,11 +55,22 @@ def quantile_argument(quantile, rows, n_groups, xp, name="quantile"):
     return quantile
 
 
-def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, write_codes, keep_params, check):
-    """Quantize ``weight`` (already validated) in place; returns ``(scale, zp)`` arrays of
-    shape (rows, n_groups) in the compute type when ``keep_params``, else ``(None, None)``.
+_STORE = {
+    "nothing": _kernels_int.STORE_NOTHING,
+    "codes": _kernels_int.STORE_CODES,
+    "values": _kernels_int.STORE_VALUES,
+    "out_scaled": _kernels_int.STORE_OUT_SCALED,
+}
 
-    ``quantile`` must already be validated by ``quantile_argument`` for this layout.
+
+def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store, keep_params, check, out_scale=None):
+    """Quantize ``weight`` (already validated) group by group.
+
+    ``store``: ``"nothing"`` (read only), ``"codes"``, ``"values"`` (fake-quant) or
+    ``"out_scaled"`` (``(code - zp) * out_scale``, ``out_scale`` (rows, n_groups): the
+    double-quantized scales). ``quantile`` must already be validated by
+    ``quantile_argument`` for this layout. Returns ``(scale, zp)`` arrays of shape
+    (rows, n_groups) in the compute type when ``keep_params``, else ``(None, None)``.
     """
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
@@ -68,7 +79,8 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, write_
         check_finite(weight, xp)
     if xp is not None:
         scale, zp = _reference_int.quant_int(
-            weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, write_codes, xp
+            weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, store, xp,
+            out_scale=out_scale,
         )
         return (scale, zp) if keep_params else (None, None)
     cdt = _arrays.compute_dtype(weight.dtype)
@@ -80,9 +92,10 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, write_
     params_shape = (rows, n_groups) if keep_params else (1, 1)
     scale = np.empty(params_shape, dtype=cdt)
     zp = np.empty(params_shape, dtype=cdt)
+    out = np.empty((1, 1), dtype=cdt) if out_scale is None else np.ascontiguousarray(out_scale, dtype=cdt)
     if rows and n_groups:
         _kernels_int.quant_int(
             _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),
-            sym, full_range, write_codes, keep_params, scale, zp,
+            sym, full_range, _STORE[store], keep_params, scale, zp, out,
         )
     return (scale, zp) if keep_params else (None, None)

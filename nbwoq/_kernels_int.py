@@ -73,15 +73,22 @@ def int_code(x, scale, zp, qmin, qmax):
     return qmax if code > qmax else code
 
 
+# What ``quant_int`` writes into the weight.
+STORE_NOTHING = 0  # parameters only: the weight is read, never written
+STORE_CODES = 1  # the codes
+STORE_VALUES = 2  # (code - zp) * scale: the fake-quantized values
+STORE_OUT_SCALED = 3  # (code - zp) * out_scale[r, g] (double quantization)
+
+
 @njit_kernel
 def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
-              write_codes, keep_params, scale_out, zp_out):
+              store, keep_params, scale_out, zp_out, out_scale):
     """Quantize ``w`` in place, one group at a time while it sits in cache.
 
     ``quantile`` is (1, 1) for one clip ratio or (rows, n_groups) for one per group.
-    ``write_codes`` stores the codes, else the dequantized values. ``keep_params``
-    writes each group's scale and zero point into ``scale_out``/``zp_out``
-    (rows, n_groups); without it nothing but ``w`` is written.
+    ``store`` is one of the ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
+    read only by ``STORE_OUT_SCALED``. ``keep_params`` writes each group's scale and
+    zero point into ``scale_out``/``zp_out`` (rows, n_groups).
     """
     rows, cols = w.shape
     # Constants in the compute type without Python literals (a literal would be float64).
@@ -99,10 +106,11 @@ def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         if keep_params:
             scale_out[r, g] = scale
             zp_out[r, g] = zp
-        if write_codes:
+        if store == STORE_CODES:
             for i in range(seg.shape[0]):
                 seg[i] = encode(int_code(decode(seg[i]), scale, zp, qmin, qmax), w)
-        else:
+        elif store != STORE_NOTHING:
+            m = out_scale[r, g] if store == STORE_OUT_SCALED else scale
             for i in range(seg.shape[0]):
                 code = int_code(decode(seg[i]), scale, zp, qmin, qmax)
-                seg[i] = encode((code - zp) * scale, w)
+                seg[i] = encode((code - zp) * m, w)

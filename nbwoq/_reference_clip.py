@@ -12,7 +12,7 @@ A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
 """
 
 from nbwoq._reference_codebook import codebook_scale, nearest_level
-from nbwoq._reference_int import _compute_dtype as compute_dtype  # one home: float64 stays, else float32
+from nbwoq._reference_int import compute_dtype
 from nbwoq._reference_int import int_code, int_group_params, split_groups
 
 #: Element budget for one chunk of candidates (the candidate axis times the weight).

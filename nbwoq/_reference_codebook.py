@@ -9,12 +9,8 @@ one full-size pass per midpoint.
 
 import array_api_compat
 
-from nbwoq._reference_int import split_groups
+from nbwoq._reference_int import compute_dtype, split_groups
 from nbwoq._tables import ZERO_INDEX
-
-
-def _compute_dtype(x, xp):
-    return xp.float64 if x.dtype == xp.float64 else xp.float32
 
 
 def codebook_scale(absmax, quantile, max_level):
@@ -56,7 +52,7 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
     scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
     """
     rows, cols = x.shape
-    cdt = _compute_dtype(x, xp)
+    cdt = compute_dtype(x, xp)
     w = xp.astype(x, cdt)
     if not isinstance(quantile, float):
         quantile = xp.astype(quantile, cdt)

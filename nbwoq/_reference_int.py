@@ -6,8 +6,11 @@ the oracle the Numba kernels are tested against. Readability over speed: it buil
 full-size temporaries, which the kernels never do.
 """
 
+import array_api_compat
 
-def _compute_dtype(x, xp):
+
+def compute_dtype(x, xp):
+    """float64 computes in float64; every narrower float in float32."""
     return xp.float64 if x.dtype == xp.float64 else xp.float32
 
 
@@ -51,42 +54,58 @@ def split_groups(w, size, xp):
     return body, tail
 
 
-def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, write_codes, xp):
-    """Quantize ``x`` in place; returns ``(scale, zp)`` of shape (rows, n_groups).
+def parts(w, size, n_groups, xp):
+    """``(part, cut)`` for the full groups and the tail of ``w``: ``part`` is
+    (rows, k, group width) and ``cut`` the columns of the (rows, n_groups) parameter
+    arrays that belong to it."""
+    body, tail = split_groups(w, size, xp)
+    if body.shape[1]:
+        yield body, slice(0, body.shape[1])
+    if tail is not None:
+        yield tail, slice(n_groups - 1, n_groups)
+
+
+def concat_columns(pieces, rows, dtype, xp, device):
+    """Pieces (rows, k_i) side by side; an empty (rows, 0) array for no pieces."""
+    if not pieces:
+        return xp.zeros((rows, 0), dtype=dtype, device=device)
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
+
+
+def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, store, xp, out_scale=None):
+    """Twin of ``_kernels_int.quant_int``: quantize ``x`` in place per ``store``
+    (``"nothing"``, ``"codes"``, ``"values"`` or ``"out_scaled"`` with ``out_scale``);
+    returns ``(scale, zp)`` of shape (rows, n_groups) in the compute dtype.
 
     ``quantile`` is a Python float or an array of shape (rows, n_groups).
     """
-    rows, cols = x.shape
-    cdt = _compute_dtype(x, xp)
+    rows = x.shape[0]
+    cdt = compute_dtype(x, xp)
+    device = array_api_compat.device(x)
     w = xp.astype(x, cdt)
     if not isinstance(quantile, float):
         quantile = xp.astype(quantile, cdt)
+    if out_scale is not None:
+        out_scale = xp.astype(out_scale, cdt)
     out, scales, zps = [], [], []
-    body, tail = split_groups(w, size, xp)
-    for k, part in enumerate((body, tail)):
-        if part is None or part.shape[1] == 0:
-            continue
-        if isinstance(quantile, float):
-            q = quantile
-        else:
-            q = quantile[:, : part.shape[1]] if k == 0 else quantile[:, n_groups - 1 :]
-        lo = xp.min(part, axis=-1)
-        hi = xp.max(part, axis=-1)
-        scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, xp)
-        code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
-        values = code if write_codes else (code - zp[..., None]) * scale[..., None]
-        # explicit width: -1 is ambiguous when rows == 0
-        out.append(xp.reshape(values, (rows, part.shape[1] * part.shape[2])))
+    for part, cut in parts(w, size, n_groups, xp):
+        q = quantile if isinstance(quantile, float) else quantile[:, cut]
+        scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), q, divisor, sym, full_range, xp)
         scales.append(scale)
         zps.append(zp)
-    if not out:
-        empty = xp.zeros((rows, 0), dtype=cdt)
-        return empty, empty
-    result = out[0] if len(out) == 1 else xp.concat(out, axis=1)
-    x[...] = xp.astype(result, x.dtype)
-    scale = scales[0] if len(scales) == 1 else xp.concat(scales, axis=1)
-    zp = zps[0] if len(zps) == 1 else xp.concat(zps, axis=1)
-    return scale, zp
+        if store == "nothing":
+            continue
+        code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
+        if store == "codes":
+            values = code
+        else:
+            m = out_scale[:, cut] if store == "out_scaled" else scale
+            values = (code - zp[..., None]) * m[..., None]
+        # explicit width: -1 is ambiguous when rows == 0
+        out.append(xp.reshape(values, (rows, part.shape[1] * part.shape[2])))
+    if out:
+        x[...] = xp.astype(concat_columns(out, rows, cdt, xp, device), x.dtype)
+    return concat_columns(scales, rows, cdt, xp, device), concat_columns(zps, rows, cdt, xp, device)
 
 
 def finite_by_row(x, xp):

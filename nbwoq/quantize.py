@@ -61,7 +61,7 @@ def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range
     keep = return_int or options.get("double_quant", False)
     scale, zp = _integer.quantize_int(
         weight, xp, bits, group_size, sym, full_range, quantile,
-        write_codes=keep, keep_params=keep, check=options["check_finite"],
+        store="codes" if keep else "values", keep_params=keep, check=options["check_finite"],
     )
     if keep:
         return weight, scale, (zp if not sym else None)
