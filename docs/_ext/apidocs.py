@@ -12,7 +12,6 @@ those references resolve to the public page of the same object.
 import importlib
 import pkgutil
 
-from docutils import nodes
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util import logging
 
