@@ -1110,7 +1110,7 @@ def torch_arrange(t, layout):
     if layout == "meta":
         return t.to("meta")
     if layout == "sparse":
-        return t.to_sparse()
+        return t.to_sparse() if t.dtype != torch.float8_e4m3fn else t  # torch cannot make that one
     raise AssertionError(layout)
 
 
