@@ -246,3 +246,12 @@ def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid):
 def test_clip_grid_without_clip_is_refused(tiny_bf16, tmp_path, capsys):
     assert main(["quantize", tiny_bf16, str(tmp_path / "o"), "--clip-grid", "20"]) == 1
     assert "--clip-grid needs --clip" in _err(capsys)
+
+
+def test_generate_command(tmp_path, capsys):
+    out = str(tmp_path / "gen")
+    assert main(["generate", out, "--dtype", "float16"]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["model_type"] == "llama" and cfg["torch_dtype"] == "float16"
+    assert main(["generate", out]) == 1  # not into a non-empty folder
+    assert "not empty" in _err(capsys)
