@@ -162,10 +162,6 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def torch_byte():
-    return _torch().uint8
-
-
 # --------------------------------------------------------------------------- strategies
 
 
@@ -189,10 +185,6 @@ def weights(draw, allow_invalid=True, layouts=LAYOUTS, dtypes=VALID_DTYPES):
     array = arrange(values, layout)
     info = dict(shape=shape, dtype=dtype_name, profile=profile, seed=seed, layout=layout)
     return array, info
-
-
-def int_args(name, valid, bogus):
-    return st.one_of(valid, st.sampled_from(bogus)).map(lambda v: (name, v))
 
 
 def mostly(valid, bogus, one_in=30):
