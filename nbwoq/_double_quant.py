@@ -152,11 +152,13 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
         )
     elif return_int:
         scale, zp = _integer.quantize_int(
-            weight, xp, bits, group_size, sym, full_range, quantile, store="codes", keep_params=True, check=False
+            weight, xp, bits, group_size, sym, full_range, quantile, store="codes", keep_params=True, check=False,
+            known_finite=options["check_finite"],
         )
     else:
         scale, _ = _integer.quantize_int(
-            weight, xp, bits, group_size, sym, full_range, quantile, store="nothing", keep_params=True, check=False
+            weight, xp, bits, group_size, sym, full_range, quantile, store="nothing", keep_params=True, check=False,
+            known_finite=options["check_finite"],
         )
     # the scales are small arrays: NumPy ones (Numba path) go through NumPy's namespace
     dequantized, packed = quantize_scales(scale, xp or array_api_compat.array_namespace(scale), options,
@@ -168,5 +170,6 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
                                     out_scale=dequantized, check=False)
     else:
         _integer.quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store="out_scaled",
-                              keep_params=False, check=False, out_scale=dequantized)
+                              keep_params=False, check=False, out_scale=dequantized,
+                              known_finite=options["check_finite"])
     return weight

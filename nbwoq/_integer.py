@@ -63,7 +63,8 @@ _STORE = {
 }
 
 
-def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store, keep_params, check, out_scale=None):
+def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store, keep_params, check, out_scale=None,
+                 known_finite=False):
     """Quantize ``weight`` (already validated) group by group.
 
     ``store``: ``"nothing"`` (read only), ``"codes"``, ``"values"`` (fake-quant) or
@@ -71,6 +72,8 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
     double-quantized scales). ``quantile`` must already be validated by
     ``quantile_argument`` for this layout. Returns ``(scale, zp)`` arrays of shape
     (rows, n_groups) in the compute type when ``keep_params``, else ``(None, None)``.
+    ``check`` scans for NaN/Inf first; ``known_finite`` says a caller already did, so
+    the kernel may take its faster min/max.
     """
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
@@ -96,6 +99,6 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
     if rows and n_groups:
         _kernels_int.quant_int(
             _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),
-            sym, full_range, _STORE[store], keep_params, scale, zp, out,
+            sym, full_range, _STORE[store], keep_params, scale, zp, out, check or known_finite,
         )
     return (scale, zp) if keep_params else (None, None)

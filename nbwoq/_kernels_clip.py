@@ -102,7 +102,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
             if codebook:
                 hi = group_absmax(seg)
             else:
-                lo, hi = group_minmax(seg)
+                lo, hi = group_minmax(seg, False)  # NaN-propagating: the check below
             # x - x is NaN exactly when x is NaN or +-Inf (min, max and absmax propagate NaN).
             if not (lo - lo == zero and hi - hi == zero):
                 if first_bad[b] < 0:

@@ -13,20 +13,31 @@ from numba.extending import register_jitable
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
-from nbwoq._llvm import fmaximum, fminimum, roundeven
+from nbwoq._llvm import fmax_finite, fmaximum, fmin_finite, fminimum, roundeven
 
 
 @register_jitable(inline="always")
-def group_minmax(seg):
-    """NaN-propagating min and max of the group ``seg`` (1-D, non-empty), compute type."""
+def group_minmax(seg, finite):
+    """Min and max of the group ``seg`` (1-D, non-empty) in the compute type.
+
+    ``finite`` says a scan has already cleared the data of NaN and Inf: then the plain
+    min/max instructions serve. Otherwise NaN propagates (a group holding a NaN has NaN
+    statistics, as ``torch.min``/``torch.max`` give).
+    """
     lo = decode(seg[0])
     hi = lo
     # Index from 0 over a slice: LLVM can then prove the index non-negative, drop
     # Numba's negative-index wraparound and vectorize (otherwise it gathers).
-    for i in range(seg.shape[0]):
-        x = decode(seg[i])
-        lo = fminimum(lo, x)
-        hi = fmaximum(hi, x)
+    if finite:
+        for i in range(seg.shape[0]):
+            x = decode(seg[i])
+            lo = fmin_finite(lo, x)
+            hi = fmax_finite(hi, x)
+    else:
+        for i in range(seg.shape[0]):
+            x = decode(seg[i])
+            lo = fminimum(lo, x)
+            hi = fmaximum(hi, x)
     return lo, hi
 
 
@@ -82,13 +93,14 @@ STORE_OUT_SCALED = 3  # (code - zp) * out_scale[r, g] (double quantization)
 
 @njit_kernel
 def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
-              store, keep_params, scale_out, zp_out, out_scale):
+              store, keep_params, scale_out, zp_out, out_scale, finite):
     """Quantize ``w`` in place, one group at a time while it sits in cache.
 
     ``quantile`` is (1, 1) for one clip ratio or (rows, n_groups) for one per group.
     ``store`` is one of the ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
     read only by ``STORE_OUT_SCALED``. ``keep_params`` writes each group's scale and
-    zero point into ``scale_out``/``zp_out`` (rows, n_groups).
+    zero point into ``scale_out``/``zp_out`` (rows, n_groups). ``finite``: the data
+    is known to hold no NaN or Inf (see ``group_minmax``).
     """
     rows, cols = w.shape
     # Constants in the compute type without Python literals (a literal would be float64).
@@ -100,7 +112,7 @@ def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         g = t - r * n_groups
         start = g * size
         seg = w[r, start:min(start + size, cols)]
-        lo, hi = group_minmax(seg)
+        lo, hi = group_minmax(seg, finite)
         q = quantile[r, g] if per_group else quantile[0, 0]
         scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
         if keep_params:
