@@ -1160,12 +1160,14 @@ def torch_weight_problem(w, info, writes):
         return "type"
     if w.layout != torch.strided or w.device.type == "meta":
         return "layout"
+    # the face checks overlapping memory before the core sees the dtype or the rank
+    if writes and info["layout"] == "expand" and len(info["shape"]) == 2 and info["shape"][0] > 1 \
+            and info["shape"][1] > 0:
+        return "overlap"
     if info["dtype"] not in VALID_DTYPES:
         return "dtype"
     if len(info["shape"]) != 2:
         return "rank"
-    if writes and info["layout"] == "expand" and info["shape"][0] > 1 and info["shape"][1] > 0:
-        return "overlap"
     return None
 
 
