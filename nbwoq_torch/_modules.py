@@ -199,6 +199,10 @@ def set_module(model, key, new_module):
     for attr in _WRAPPER_ATTRS:
         if last != attr and hasattr(parent, attr):
             parent = getattr(parent, attr)
+    # Only a module can hold a submodule; anything else reached by the walk ("__class__"
+    # is torch.nn.Module itself) would be monkeypatched for the whole process.
+    if not isinstance(parent, torch.nn.Module):
+        raise TypeError(f"key {key!r}: {'.'.join(parts[:-1])!r} is a {type(parent).__name__}, not a module")
     setattr(parent, last, new_module)
 
 

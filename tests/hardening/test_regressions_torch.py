@@ -62,3 +62,15 @@ def test_reference_path_refuses_numpy_quantile():
         nbwoq_torch.quant_tensor(w, group_size=4, quantile=q)
     assert torch.equal(w, before)
     assert nbwoq_torch.quant_tensor(w, group_size=4, quantile=q) is w
+
+
+@pytest.mark.parametrize("key", ["__class__.layers", "0.weight.extra", "training.x"])
+def test_set_module_only_sets_into_modules(key):
+    # set_module walked "__class__" to torch.nn.Module itself and set the attribute on the
+    # class, for every module of the process (found when later lookups of "0" succeeded
+    # on models without it).
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    before = set(vars(torch.nn.Module)), set(vars(type(model)))
+    with pytest.raises(TypeError, match="not a module"):
+        nbwoq_torch.set_module(model, key, torch.nn.Identity())
+    assert (set(vars(torch.nn.Module)), set(vars(type(model)))) == before
