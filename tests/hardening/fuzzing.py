@@ -1458,6 +1458,7 @@ def check_lookup(case):
     func, name = case
     model = lookup_model()
     modules_before, params_before = _state(model)
+    classes_before = {cls: set(vars(cls)) for cls in (torch.nn.Module, torch.nn.ModuleList, type(model))}
     replacement = torch.nn.Identity()
     try:
         if func == "set_module":
@@ -1474,6 +1475,8 @@ def check_lookup(case):
     except Exception as exc:
         raise FuzzFailure(f"{func}({name!r}): {type(exc).__name__}: {exc}") from exc
     else:
+        if any(set(vars(cls)) != names for cls, names in classes_before.items()):
+            raise FuzzFailure(f"{func}({name!r}) changed a class (every module of the process)")
         if func == "set_module":
             # a dunder part ("__class__") is registered as a submodule that attribute lookup
             # never reaches (Python finds the type's attribute first): noted, not judged here
