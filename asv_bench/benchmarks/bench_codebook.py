@@ -25,10 +25,7 @@ Run ``python asv_bench/benchmarks/bench_codebook.py`` for a quick table of the t
 quant_weight_w_scale g128, extra peak memory <= 1% of the weight).
 """
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
@@ -305,22 +302,13 @@ class DoubleQuant:
     track_ratio_to_floor.unit = "x floor"
 
 
-# Peak resident memory added by one call, in a fresh process: Linux resets the peak
-# ("VmHWM") to the current size when 5 is written to /proc/self/clear_refs, so the peak
-# is read for the call alone, after the weight and its parameters exist.
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, sys
+_PEAK_BODY = """
     import numpy as np
     import nbwoq
-    shape, dtype, case = json.loads(sys.argv[1])
+    shape, dtype, case = ARGS
     if dtype == "bfloat16":
         import ml_dtypes
         dtype = ml_dtypes.bfloat16
-
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # KiB
 
     def call(w):
         if case == "w_scale_int":
@@ -337,22 +325,16 @@ _PEAK_SCRIPT = textwrap.dedent("""
     if case.startswith("w_scale"):
         _, scale, zp = nbwoq.quant_tensor(w.copy(), group_size=128, dtype=case[8:], return_int=True)
     call(w.copy())                                      # load the kernels
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status("VmRSS")
+    before = reset_peak()
     result = call(w)
-    peak = status("VmHWM")
     assert (result[0] if isinstance(result, tuple) else result) is w
-    print(json.dumps({"extra_kib": peak - before, "weight_kib": w.nbytes / 1024}))
-""")
+    report(before, w.nbytes)
+"""
 
 
 def extra_peak_percent(shape, dtype, case):
     """Peak RSS one call adds, in % of the weight (fresh process, warm cache)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([shape, dtype, case])],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return 100.0 * r["extra_kib"] / r["weight_kib"]
+    return common.extra_peak_percent_of(_PEAK_BODY, [shape, dtype, case])
 
 
 class CodebookMemory:

@@ -16,10 +16,6 @@ the weight's size (target <= 1%).
 Run ``python asv_bench/benchmarks/bench_torch.py`` for a quick table of the targets.
 """
 
-import json
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -159,39 +155,23 @@ class TorchFaceCallCost:
     track_overhead_microseconds.unit = "us per call"
 
 
-# Peak resident memory added by one in-place call, in a fresh process. Linux resets the
-# peak ("VmHWM") to the current size when 5 is written to /proc/self/clear_refs, so the
-# peak is read for the call alone, after the weight exists and the kernels are loaded.
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, sys
+_PEAK_BODY = """
     import torch, nbwoq_torch
-    dtype, kwargs = json.loads(sys.argv[1])
+    dtype, kwargs = ARGS
     dtype = getattr(torch, dtype)
-
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # KiB
-
     nbwoq_torch.quant_tensor(torch.randn(16, 512).to(dtype), **kwargs)   # load the kernels
     w = torch.empty(4096, 4096, dtype=dtype)
     w.normal_()                                                           # touch every page
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status("VmRSS")
+    before = reset_peak()
     result = nbwoq_torch.quant_tensor(w, **kwargs)
-    peak = status("VmHWM")
     assert (result[0] if isinstance(result, tuple) else result) is w
-    print(json.dumps({"extra_kib": peak - before, "weight_kib": w.numel() * w.element_size() / 1024}))
-""")
+    report(before, w.numel() * w.element_size())
+"""
 
 
 def extra_peak_percent(dtype, **kwargs):
     """Peak RSS an in-place torch-face call adds, in % of the weight (fresh process)."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([dtype, kwargs])],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return 100.0 * r["extra_kib"] / r["weight_kib"]
+    return common.extra_peak_percent_of(_PEAK_BODY, [dtype, kwargs])
 
 
 class TorchFaceMemory:
