@@ -31,13 +31,14 @@ except ImportError:  # pragma: no cover
 
 
 def sources():
-    """Read-only source weights shared by every job."""
+    """Read-only source weights shared by every job; each above the size below which
+    kernels run on the calling thread (``NBWOQ_SERIAL_BELOW``), so calls meet in the pool."""
     rng = np.random.default_rng(2024)
     out = {
-        "f32": rng.standard_normal((64, 384)).astype(np.float32),
-        "f64-tail": rng.standard_normal((33, 200)),
-        "bf16": rng.standard_normal((48, 256)).astype(np.float32).astype(BF16),
-        "f16-wide": (rng.standard_normal((8, 1000)) * 3).astype(np.float16),
+        "f32": rng.standard_normal((256, 384)).astype(np.float32),
+        "f64-tail": rng.standard_normal((131, 600)),
+        "bf16": rng.standard_normal((192, 512)).astype(np.float32).astype(BF16),
+        "f16-wide": (rng.standard_normal((16, 5000)) * 3).astype(np.float16),
     }
     for a in out.values():
         a.setflags(write=False)
@@ -98,6 +99,12 @@ def shared():
 def serial(shared):
     """Every job's result, run one after another in this thread."""
     return {name: _as_numpy(func(shared[src])) for name, src, func in JOBS}
+
+
+def test_jobs_are_big_enough_for_the_pool(shared):
+    from nbwoq import _config
+
+    assert min(a.size for a in shared.values()) >= _config.SERIAL_BELOW
 
 
 def test_threading_layer_with_torch_loaded():
