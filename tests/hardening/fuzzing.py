@@ -960,6 +960,9 @@ def _moderate(case):
                                                                              else 1.0)
     if case["func"] == "quant_weight_w_scale" and case["args"].get("bits") is None:
         return False  # unclamped codes: w / scale may exceed the weight's dtype
+    values = case["values"]
+    if case["info"]["dtype"] == "float16" and values.size and float(np.max(np.abs(values))) > 3e4:
+        return False  # asym values dequantize up to the group's range, twice float16's largest
     return not _extreme(case["values"]) and not non_finite(case["values"]) and q_min >= 1e-6
 
 
