@@ -5,8 +5,9 @@ Runs in a subprocess with ``NUMBA_BOUNDSCHECK=1``, where a stray index raises in
 reading or writing memory it does not own. The subprocess has a JIT cache directory of
 its own: Numba's cache index does not record the bounds-check flag, so sharing the
 normal cache would hand bounds-checked code to ordinary runs (or the reverse). The
-directory lives in pytest's cache when there is one, so reruns skip the compiles
-(about 3 s warm; a cold run compiles every kernel, about 20 s on two busy cores).
+directory lives in pytest's cache when there is one, so reruns skip most compiles:
+about 9 s warm, about 23 s cold on two busy cores. (The clip search kernel is compiled
+every run: with bounds checks on, Numba refuses to cache it, "uses dynamic globals".)
 """
 
 import os
