@@ -103,26 +103,12 @@ def torch_w_scale_vectorized(w, scale, zp, group_size):
 
 
 def _torch_int_fake(x, bits, scheme):
-    """Integer fake quantization of the rows of ``x`` (in place); returns the codes' parts."""
-    torch = common.torch_or_none()
-    if scheme == "asym":
-        maxq = 2**bits - 1
-        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
-        wmin = torch.minimum(x.min(1)[0], zeros)
-        wmax = torch.maximum(x.max(1)[0], zeros)
-        both = (wmin == 0) & (wmax == 0)
-        wmin[both] = -1
-        wmax[both] = 1
-        scale = ((wmax - wmin) / maxq).unsqueeze(1)
-        zp = torch.round(-wmin.unsqueeze(1) / scale)
-        x.div_(scale).round_().add_(zp).clamp_(0, maxq)
-        return scale, zp
-    maxq, minq = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-    wmax = torch.maximum(x.max(1)[0].abs(), x.min(1)[0].abs())
-    wmax[wmax == 0] = 1
-    scale = (wmax / maxq).unsqueeze(1)
-    x.div_(scale).round_().clamp_(minq, maxq).mul_(scale)
-    return scale, None
+    """Integer quantization of the rows of ``x`` in place: asym leaves the codes (the
+    caller dequantizes with its own scales), sym stores ``code * scale``."""
+    scale, zp = common.torch_int_codes(x, bits, scheme)
+    if zp is None:
+        x.mul_(scale)
+    return scale, zp
 
 
 def torch_double_quant(w, group_size):

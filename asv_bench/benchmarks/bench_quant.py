@@ -23,28 +23,13 @@ import nbwoq
 
 
 def torch_quant_tensor(w, bits, group_size, scheme):
-    """The reference's integer formula in plain torch (in place, like the reference)."""
-    torch = common.torch_or_none()
+    """The reference's integer fake quantization in plain torch (in place, like the reference)."""
     rows, cols = w.shape
-    g = cols if group_size == -1 else group_size
-    x = w.reshape(-1, g)
-    if scheme == "asym":
-        maxq = 2**bits - 1
-        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
-        wmin = torch.minimum(x.min(1)[0], zeros)
-        wmax = torch.maximum(x.max(1)[0], zeros)
-        both = (wmin == 0) & (wmax == 0)
-        wmin[both] = -1
-        wmax[both] = 1
-        scale = ((wmax - wmin) / maxq).unsqueeze(1)
-        zp = torch.round(-wmin.unsqueeze(1) / scale)
-        x.div_(scale).round_().add_(zp).clamp_(0, maxq).sub_(zp).mul_(scale)
-    else:
-        maxq, minq = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-        wmax = torch.maximum(x.max(1)[0].abs(), x.min(1)[0].abs())
-        wmax[wmax == 0] = 1
-        scale = (wmax / maxq).unsqueeze(1)
-        x.div_(scale).round_().clamp_(minq, maxq).mul_(scale)
+    x = w.reshape(-1, cols if group_size == -1 else group_size)
+    scale, zp = common.torch_int_codes(x, bits, scheme)
+    if zp is not None:
+        x.sub_(zp)
+    x.mul_(scale)
     return w
 
 

@@ -80,6 +80,31 @@ def torch_or_none():
     return torch
 
 
+def torch_int_codes(x, bits, scheme):
+    """The reference's integer formula in plain torch, each row of ``x`` one group, in
+    place: ``x`` ends holding the codes. Returns ``(scale, zp)`` ((rows, 1); zp None for
+    sym). The benchmarks' torch baselines all start from this one copy."""
+    torch = torch_or_none()
+    if scheme == "asym":
+        maxq = 2**bits - 1
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        wmin = torch.minimum(x.min(1)[0], zeros)
+        wmax = torch.maximum(x.max(1)[0], zeros)
+        both = (wmin == 0) & (wmax == 0)
+        wmin[both] = -1
+        wmax[both] = 1
+        scale = ((wmax - wmin) / maxq).unsqueeze(1)
+        zp = torch.round(-wmin.unsqueeze(1) / scale)
+        x.div_(scale).round_().add_(zp).clamp_(0, maxq)
+        return scale, zp
+    maxq, minq = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+    wmax = torch.maximum(x.max(1)[0].abs(), x.min(1)[0].abs())
+    wmax[wmax == 0] = 1
+    scale = (wmax / maxq).unsqueeze(1)
+    x.div_(scale).round_().clamp_(minq, maxq)
+    return scale, None
+
+
 def warm_up():
     """Compile (or load from cache) every kernel once, outside the timed region."""
     import nbwoq
