@@ -102,3 +102,37 @@ def half_pair(fname, case):
         if c["id"] == twin_id:
             return c
     raise KeyError(twin_id)
+
+
+def check_half_native(fname, case, func):
+    """SPEC deviation 1 for a native float16/bfloat16 golden case: the result equals the
+    float32 twin's golden result cast to the half dtype, scales and zero points come back
+    float32, and a weight that overflowed to Inf is refused (deviation 4).
+
+    Returns ``(result, native)``: nbwoq's first result as float32 and the native-half
+    golden one as float32 (for the difference report), or ``None`` when refused.
+    """
+    import pytest
+
+    twin = half_pair(fname, case)
+    weight = inputs(fname, case)["weight"]
+    if not np.all(np.isfinite(weight.astype(np.float32))):
+        # +-3e38 overflows float16 to Inf: SPEC deviation 4 refuses non-finite weights.
+        with pytest.raises(ValueError, match="non-finite"):
+            invoke(func, fname, case)
+        return None
+    result, tensors = invoke(func, fname, case)
+    got = as_tuple(result)
+    assert got[0] is tensors["weight"]
+    half_dtype = tensors["weight"].dtype
+    expected = returned(fname, twin)
+    assert len(got) == len(expected)
+    # compared as float32: NaN == NaN is only recognised for NumPy's own float types
+    np.testing.assert_array_equal(got[0].astype(np.float32), expected[0].astype(half_dtype).astype(np.float32))
+    for g, e in zip(got[1:], expected[1:]):
+        if e is None:
+            assert g is None
+        else:
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(g.reshape(e.shape), e)
+    return got[0].astype(np.float32), returned(fname, case)[0].astype(np.float32)

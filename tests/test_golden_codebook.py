@@ -10,7 +10,7 @@ import pytest
 
 import nbwoq
 from half_report import record_half_difference
-from golden_cases import as_tuple, case_id, cases, half_pair, inputs, invoke, returned
+from golden_cases import as_tuple, case_id, cases, check_half_native, inputs, invoke, returned
 
 FLOAT4 = "quant_tensor_float4.npz"
 DIRECT = "qdq_direct.npz"
@@ -79,30 +79,12 @@ def test_halfprec_native(case):
     on store, so the result equals the float32 twin's golden result cast to the half
     dtype; the scale comes back in float32. Differences from the native-half golden
     values are reported (pytest's summary), not asserted."""
-    twin = half_pair(HALF, case)
-    weight = inputs(HALF, case)["weight"]
-    if not np.all(np.isfinite(weight.astype(np.float32))):
-        # +-3e38 overflows float16 to Inf: SPEC deviation 4 refuses non-finite weights.
-        with pytest.raises(ValueError, match="non-finite"):
-            invoke(nbwoq.quant_tensor, HALF, case)
-        return
-    result, tensors = invoke(nbwoq.quant_tensor, HALF, case)
-    got = as_tuple(result)
-    assert got[0] is tensors["weight"]
-    half_dtype = tensors["weight"].dtype
-    twin_expected = returned(HALF, twin)
-    np.testing.assert_array_equal(got[0].astype(np.float32), twin_expected[0].astype(half_dtype).astype(np.float32))
-    assert len(got) == len(twin_expected)
-    for g, e in zip(got[1:], twin_expected[1:]):
-        if e is None:
-            assert g is None
-        else:
-            assert g.dtype == np.float32
-            np.testing.assert_array_equal(g, e)
-    native = returned(HALF, case)[0].astype(np.float32)
-    kind = "codes" if case["args"]["return_int"] else "values"
-    record_half_difference(f"{case['args']['dtype']} {half_dtype} {kind}",
-                           np.sum(got[0].astype(np.float32) != native), native.size)
+    checked = check_half_native(HALF, case, nbwoq.quant_tensor)
+    if checked is not None:
+        got, native = checked
+        dtype = case["tensor_args"]["weight"]["torch_dtype"]
+        kind = "codes" if case["args"]["return_int"] else "values"
+        record_half_difference(f"{case['args']['dtype']} {dtype} {kind}", np.sum(got != native), native.size)
 
 
 _EDGE = cases(EDGE, lambda c: c["function"] == "quantize_4bit")
