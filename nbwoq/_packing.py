@@ -28,6 +28,7 @@ from numba import prange
 from numba.extending import register_jitable
 
 from nbwoq._codecs import decode
+from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 from nbwoq._config import PARALLEL, REDUCTION, njit_kernel
 from nbwoq._llvm import half_bits_to_float
 
@@ -80,8 +81,71 @@ def _stored_value(u, g, srow_scale, zrow, qmin, lut, use_lut):
 
 
 # Packing decides nothing (the codes are given); only the error sums need reassociation
-# to vectorize, which changes their last bits, never a stored byte.
+# to vectorize, which changes their last bits, never a stored byte. They live in their
+# own functions: fastmath flags sit on each instruction, so a kernel that calls them
+# (and decides codes) keeps its own exact arithmetic.
+_measure = numba.njit(**REDUCTION)
 _measure_kernel = numba.njit(**dict(REDUCTION, parallel=PARALLEL))
+
+
+@_measure
+def _int_error(seg, cseg, z, sc):
+    """Sums of squared error and squared value of one group, float32 (at most a row:
+    ample for a report): ``x - (code - z) * sc``, the core's dequant in its order."""
+    eg = sc - sc
+    ng = eg
+    for i in range(seg.shape[0]):
+        x = decode(seg[i])
+        d = x - (cseg[i] - z) * sc
+        eg += d * d
+        ng += x * x
+    return eg, ng
+
+
+@_measure
+def _lut_error(seg, cseg, qmin, lut, sc):
+    """As ``_int_error`` for codebook codes: ``x - lut[code - qmin] * sc``."""
+    eg = sc - sc
+    ng = eg
+    for i in range(seg.shape[0]):
+        x = decode(seg[i])
+        d = x - lut[np.int64(cseg[i] - qmin)] * sc
+        eg += d * d
+        ng += x * x
+    return eg, ng
+
+
+@register_jitable
+def _pack_row(crow, qmin, slot, orow):
+    """Write the codes ``crow`` (float, signed) of one row into ``orow`` as ``code - qmin``
+    in ``slot``-bit slots (the nbwoq layout of the module docstring)."""
+    cols = crow.shape[0]
+    if slot == 4:  # the common case, written out so that it vectorizes
+        for b in range(cols // 2):
+            lo = np.int32(crow[2 * b] - qmin)
+            hi = np.int32(crow[2 * b + 1] - qmin)
+            orow[b] = np.uint8(lo | (hi << 4))
+        if cols % 2:
+            orow[cols // 2] = np.uint8(np.int32(crow[cols - 1] - qmin))
+    elif slot < 8:
+        per = 8 // slot
+        full = cols // per
+        for b in range(full):
+            v = np.int64(0)
+            for k in range(per):
+                v |= np.int64(crow[b * per + k] - qmin) << (k * slot)
+            orow[b] = np.uint8(v)
+        if full * per < cols:
+            v = np.int64(0)
+            for c in range(full * per, cols):
+                v |= np.int64(crow[c] - qmin) << ((c - full * per) * slot)
+            orow[full] = np.uint8(v)
+    else:
+        nb = slot // 8
+        for c in range(cols):
+            ui = np.int64(crow[c] - qmin)
+            for k in range(nb):
+                orow[c * nb + k] = np.uint8((ui >> (8 * k)) & 255)
 
 
 @_measure_kernel
@@ -94,67 +158,86 @@ def pack_rows(codes, src, scale, zp, size, qmin, slot, lut, use_lut, do_pack, ou
     ``zp`` may be (rows, 1) of zeros for symmetric codes. ``do_pack=False`` only measures.
     """
     rows, cols = codes.shape
-    per = 8 // slot if slot < 8 else 1
-    nb = slot // 8
     for r in prange(rows):
         crow = codes[r]
         srow = src[r]
-        srow_scale = scale[r]
-        zrow = zp[r]
-        orow = out[r]
         e = np.float64(0)
         n = np.float64(0)
         g = 0
         for start in range(0, cols, size):
             stop = min(start + size, cols)
-            sc = srow_scale[g]
-            # float32 sums within a group (at most a row: ample for a report), float64 across groups
-            eg = sc - sc
-            ng = eg
             if use_lut:
-                for c in range(start, stop):
-                    x = decode(srow[c])
-                    d = x - lut[np.int64(crow[c] - qmin)] * sc
-                    eg += d * d
-                    ng += x * x
+                eg, ng = _lut_error(srow[start:stop], crow[start:stop], qmin, lut, scale[r, g])
             else:
-                z = zrow[g]
-                for c in range(start, stop):
-                    x = decode(srow[c])
-                    d = x - (crow[c] - z) * sc  # the core's dequant, same order
-                    eg += d * d
-                    ng += x * x
+                eg, ng = _int_error(srow[start:stop], crow[start:stop], zp[r, g], scale[r, g])
             e += np.float64(eg)
             n += np.float64(ng)
             g += 1
         err[r] = e
         norm[r] = n
-        if not do_pack:
-            continue
-        if slot == 4:  # the common case, written out so that it vectorizes
-            for b in range(cols // 2):
-                lo = np.int32(crow[2 * b] - qmin)
-                hi = np.int32(crow[2 * b + 1] - qmin)
-                orow[b] = np.uint8(lo | (hi << 4))
-            if cols % 2:
-                orow[cols // 2] = np.uint8(np.int32(crow[cols - 1] - qmin))
-        elif slot < 8:
-            full = cols // per
-            for b in range(full):
-                v = np.int64(0)
-                for k in range(per):
-                    v |= np.int64(crow[b * per + k] - qmin) << (k * slot)
-                orow[b] = np.uint8(v)
-            if full * per < cols:
-                v = np.int64(0)
-                for c in range(full * per, cols):
-                    v |= np.int64(crow[c] - qmin) << ((c - full * per) * slot)
-                orow[full] = np.uint8(v)
-        else:
-            for c in range(cols):
-                ui = np.int64(crow[c] - qmin)
-                for k in range(nb):
-                    orow[c * nb + k] = np.uint8((ui >> (8 * k)) & 255)
+        if do_pack:
+            _pack_row(crow, qmin, slot, out[r])
+
+
+#: Rows per task of ``quant_pack_int``: one code buffer is allocated per task.
+_ROW_BLOCK = 16
+
+
+@njit_kernel
+def quant_pack_int(src, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, slot,
+                   scale_out, zp_out, keep_zp, out, err, norm, bad):
+    """Quantize the storage view ``src`` with the core's integer arithmetic and pack it.
+
+    One pass per row, straight from the source (float32, or a float16/bfloat16 storage
+    view): each group's min/max, scale and zero point (``_kernels_int``'s helpers, the
+    ones ``quant_int`` uses, so the codes are the core's bit for bit), its codes into a
+    row buffer, its error sums; then the row is packed into ``out``. ``scale_out`` and
+    ``zp_out`` (rows, n_groups) receive the parameters (``zp_out`` only with ``keep_zp``,
+    cast to its dtype). A row holding NaN or Inf is flagged in ``bad`` and not packed:
+    the caller refuses the tensor.
+    """
+    rows, cols = src.shape
+    zero = divisor - divisor
+    one = divisor / divisor
+    per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
+    for blk in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        codes = np.empty(cols, dtype=np.float32)
+        for r in range(blk * _ROW_BLOCK, min(rows, (blk + 1) * _ROW_BLOCK)):
+            srow = src[r]
+            e = np.float64(0)
+            n = np.float64(0)
+            ok = True
+            for g in range(n_groups):
+                start = g * size
+                stop = min(start + size, cols)
+                seg = srow[start:stop]
+                # x - x is 0 for finite x and NaN for NaN and Inf. This OR vectorizes and
+                # reads the group while it sits in L1; it clears the data for the fast
+                # (nnan) min/max, which would be undefined on a NaN.
+                nonfinite = False
+                for i in range(seg.shape[0]):
+                    x = decode(seg[i])
+                    nonfinite |= (x - x) != zero
+                if nonfinite:
+                    ok = False
+                    break
+                lo, hi = group_minmax(seg, True)
+                q = quantile[r, g] if per_group else quantile[0, 0]
+                scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
+                scale_out[r, g] = scale
+                if keep_zp:
+                    zp_out[r, g] = zp
+                cseg = codes[start:stop]
+                for i in range(seg.shape[0]):
+                    cseg[i] = int_code(decode(seg[i]), scale, zp, qmin, qmax)
+                eg, ng = _int_error(seg, cseg, zp, scale)
+                e += np.float64(eg)
+                n += np.float64(ng)
+            bad[r] = not ok
+            err[r] = e
+            norm[r] = n
+            if ok:
+                _pack_row(codes, qmin, slot, out[r])
 
 
 @njit_kernel

@@ -196,23 +196,69 @@ def header_bytes(specs, metadata=None):
     return struct.pack("<Q", len(raw)) + raw, offsets
 
 
+def _writeback_starter():
+    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` where libc has it, else None.
+
+    It starts the disk write of a range without waiting for it, so the fsync that makes
+    a finished shard durable finds most of the file already on disk instead of flushing
+    all of it at the end.
+    """
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return lambda fd, offset, n: fn(fd, offset, n, 2)  # 2: SYNC_FILE_RANGE_WRITE; a failure only loses the head start
+
+
+_START_WRITEBACK = _writeback_starter()
+
+
 class StreamWriter:
     """Write a safetensors file whose tensors arrive one at a time, in plan order.
 
     The header is written up front from ``specs``; each ``write(name, array)`` must
     come in that order with exactly the planned bytes. ``close`` checks that every
     tensor arrived and fsyncs. Nothing is renamed here: the caller owns atomicity.
+
+    With ``background=True`` the bytes go to disk on a writer thread while the caller
+    computes the next tensor. ``write`` then returns a ticket, and the array must stay
+    unchanged until ``wait(ticket)`` returns (or ``close``). Writes keep their order; an
+    error on the thread (a full disk, say) is raised by the next ``write``, ``wait`` or
+    ``close``.
     """
 
-    def __init__(self, path, specs, metadata=None):
+    def __init__(self, path, specs, metadata=None, background=False):
         raw, offsets = header_bytes(specs, metadata)
         self._plan = [(name, stop - start) for name, start, stop in offsets]
         self._next = 0
         self.path = os.fspath(path)
-        self._file = open(self.path, "wb")
-        self._file.write(raw)
+        self._file = open(self.path, "wb", buffering=0)
+        self._offset = 0
+        self._pool = None
+        self._pending = []  # futures of background writes, oldest first
+        self._done = 0  # tickets known to be finished
+        self._write_all(memoryview(raw))
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbwoq-writer")
+
+    def _write_all(self, view):
+        fd = self._file.fileno()
+        start = self._offset
+        while view.nbytes:
+            n = os.write(fd, view)
+            view = view[n:]
+            self._offset += n
+        if _START_WRITEBACK is not None and self._offset > start:
+            _START_WRITEBACK(fd, start, self._offset - start)
 
     def write(self, name, array):
+        """Append tensor ``name``; returns its ticket (see ``wait``)."""
         if self._next >= len(self._plan):
             raise RuntimeError(f"{self.path}: tensor {name!r} is beyond the planned header")
         planned, nbytes = self._plan[self._next]
@@ -223,26 +269,55 @@ class StreamWriter:
             )
         if data.dtype.byteorder == ">":  # safetensors is little-endian
             data = data.astype(data.dtype.newbyteorder("<"))
-        self._file.write(memoryview(data.reshape(-1)).cast("B"))
+        view = memoryview(data.reshape(-1)).cast("B")
         self._next += 1
+        if self._pool is None:
+            self._write_all(view)
+            self._done = self._next
+        else:
+            self._reap()
+            self._pending.append(self._pool.submit(self._write_all, view))
+        return self._next
+
+    def _reap(self):
+        """Drop finished writes from the queue, raising the first error among them."""
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()
+            self._done += 1
+
+    def wait(self, ticket):
+        """Block until the write that returned ``ticket`` (and all before it) is on its way
+        to disk, so its array may be reused."""
+        while self._done < ticket and self._pending:
+            self._pending.pop(0).result()
+            self._done += 1
 
     def close(self):
         if self._file is None:
             return
         try:
+            self.wait(self._next)
             if self._next != len(self._plan):
                 missing = [name for name, _ in self._plan[self._next:]]
                 raise RuntimeError(f"{self.path}: closed before tensors {missing[:3]} were written")
-            self._file.flush()
             os.fsync(self._file.fileno())
         finally:
-            self._file.close()
-            self._file = None
+            self._shutdown()
 
     def abort(self):
+        """Stop without finishing (the caller removes the file); never raises."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            for future in self._pending:
+                future.cancel()
+            self._shutdown()
+
+    def _shutdown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # a running write ends before the file is closed
+            self._pool = None
+        self._pending = []
+        self._file.close()
+        self._file = None
 
 
 def save_file(path, tensors, metadata=None):

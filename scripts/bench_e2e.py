@@ -3,11 +3,17 @@
 On a generated ~1.1B-parameter bfloat16 Llama checkpoint (TinyLlama's shape, written
 once to ``--dir``), int4 asym g128 RTN, nbwoq format, in one run:
 
-* kernel-only: the core call the command makes for each quantized tensor
-  (``quant_tensor(work, bits=4, group_size=128, return_int=True)`` on its float32
-  working copy), timed alone, summed;
-* end to end: the ``nbwoq`` command in a fresh process (reading, decoding, quantizing,
-  packing, error measurement, writing, report), wall time of the process;
+* kernel-only: the core call ``quant_tensor(work, bits=4, group_size=128,
+  return_int=True)`` on a float32 copy of each quantized tensor held in memory, timed
+  alone, summed (the issue's yardstick); also the command's own one-pass kernel
+  (``quantize_packed``: codes, packing and error sums straight from the bfloat16
+  values) on the tensors held in memory;
+* I/O floor: what the machine needs for the bytes alone, without any arithmetic:
+  mapping every source page once, and writing the output's byte count and fsyncing it;
+* end to end: the ``nbwoq`` command in a fresh process (reading, quantizing, packing,
+  error measurement, writing, fsync, report), wall time of the process, and the
+  command's own in-process time from its report (the process wall adds Python's and
+  Numba's start, about half a second);
 * peak RSS of that process (its own ``VmHWM``, from its report) against the target
   ``2 x largest tensor + 300 MiB``.
 
@@ -22,32 +28,68 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 
 import nbwoq
 from nbwoq.checkpoint import ONE_B, write_checkpoint
-from nbwoq.formats.quantizer import QuantOptions, working_copy
+from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize_packed, working_copy
 from nbwoq.formats.source import Source
 
 MiB = 1024 * 1024
 
 
 def kernel_only(src, options, repeats):
+    """Summed best-of-``repeats`` times: (params, core quant_tensor on float32, one-pass kernel)."""
     source = Source(src)
-    seconds, params = 0.0, 0
+    core = one_pass = 0.0
+    params = 0
+    scratch = Scratch()
     for _, info in source.tensors():
         if not options.selects(info.name, info.shape, info.dtype):
             continue
         with source.open(info) as (array, dtype_name):
+            held = np.array(array)
             work = working_copy(array, dtype_name)
-        best = float("inf")
+        quantize_packed(held, dtype_name, options, info.name, scratch, np.uint8)  # sizes the buffers
+        best_core = best_pass = float("inf")
         for _ in range(repeats):
             buf = work.copy()
             t0 = time.perf_counter()
             nbwoq.quant_tensor(buf, bits=4, group_size=128, scheme="asym", return_int=True)
-            best = min(best, time.perf_counter() - t0)
-        seconds += best
+            best_core = min(best_core, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            quantize_packed(held, dtype_name, options, info.name, scratch, np.uint8)
+            best_pass = min(best_pass, time.perf_counter() - t0)
+        core += best_core
+        one_pass += best_pass
         params += info.size
-    return params, seconds
+    return params, core, one_pass
+
+
+def io_floor(src, out_bytes, folder):
+    """Seconds to map and touch every page of the source once, and to write ``out_bytes``
+    bytes (in 64 MiB writes) and fsync them: the bytes' own cost on this machine."""
+    source = Source(src)
+    t0 = time.perf_counter()
+    for _, info in source.tensors():
+        with source.open(info) as (array, _):
+            flat = array.reshape(-1).view(np.uint8) if array.size else None
+            if flat is not None:
+                int(flat[::4096].sum())
+    read = time.perf_counter() - t0
+    chunk = np.full(64 * MiB, 7, dtype=np.uint8)
+    path = os.path.join(folder, "io-floor.bin")
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = out_bytes
+        while left > 0:
+            n = min(left, chunk.size)
+            f.write(memoryview(chunk[:n]))
+            left -= n
+        os.fsync(f.fileno())
+    write = time.perf_counter() - t0
+    os.remove(path)
+    return read, write
 
 
 def main():
@@ -74,7 +116,7 @@ def main():
                    stdout=subprocess.DEVNULL)
     shutil.rmtree(out)
 
-    params, k_seconds = kernel_only(src, options, args.repeats)
+    params, k_seconds, pass_seconds = kernel_only(src, options, args.repeats)
 
     report_path = os.path.join(args.dir, "report.json")
     t0 = time.perf_counter()
@@ -84,20 +126,32 @@ def main():
     summary = json.load(open(report_path))["summary"]
     peak = summary["peak_rss_bytes"]  # the command's own VmHWM (ru_maxrss would include this parent)
     shutil.rmtree(out)
+    floors = [io_floor(src, summary["bytes_out"], args.dir) for _ in range(2)]
+    read_floor, write_floor = min(f[0] for f in floors), min(f[1] for f in floors)
+    inproc = summary["seconds"]
 
     figures = dict(
         checkpoint_bytes=total, quantized_params=params, largest_tensor_bytes=largest,
+        output_bytes=summary["bytes_out"],
         kernel_only_s=k_seconds, kernel_only_params_per_s=params / k_seconds,
+        one_pass_kernel_s=pass_seconds,
+        io_floor_read_s=read_floor, io_floor_write_fsync_s=write_floor,
         end_to_end_s=e2e, end_to_end_params_per_s=params / e2e,
-        in_process_s=summary["seconds"],
-        ratio=(params / e2e) / (params / k_seconds),
+        in_process_s=inproc,
+        ratio=k_seconds / e2e, ratio_in_process=k_seconds / inproc,
         peak_rss_bytes=peak, rss_target_bytes=2 * largest + 300 * MiB,
-        threads=nbwoq.get_num_threads() if hasattr(nbwoq, "get_num_threads") else None,
+        threads=nbwoq.get_num_threads(),
     )
-    print(f"checkpoint {total / 2**30:.2f} GiB, {params / 1e6:.0f} M quantized params, largest tensor {largest / MiB:.0f} MiB")
-    print(f"kernel only  {k_seconds:7.2f} s  {params / k_seconds / 1e6:7.1f} M params/s")
-    print(f"end to end   {e2e:7.2f} s  {params / e2e / 1e6:7.1f} M params/s  ({figures['ratio']:.0%} of kernel-only; "
-          f"in-process {summary['seconds']:.2f} s)")
+    print(f"checkpoint {total / 2**30:.2f} GiB, {params / 1e6:.0f} M quantized params, largest tensor "
+          f"{largest / MiB:.0f} MiB, output {summary['bytes_out'] / MiB:.0f} MiB")
+    print(f"kernel only  {k_seconds:7.2f} s  {params / k_seconds / 1e6:7.1f} M params/s  (core quant_tensor, float32 in memory)")
+    print(f"one-pass     {pass_seconds:7.2f} s  {params / pass_seconds / 1e6:7.1f} M params/s  "
+          "(the command's kernel: codes, packing, error; bfloat16 in memory)")
+    print(f"I/O floor    {read_floor + write_floor:7.2f} s  (map every source page {read_floor:.2f} s; "
+          f"write + fsync the output's bytes {write_floor:.2f} s)")
+    print(f"end to end   {e2e:7.2f} s  {params / e2e / 1e6:7.1f} M params/s  ({figures['ratio']:.0%} of kernel-only)")
+    print(f"in-process   {inproc:7.2f} s  {params / inproc / 1e6:7.1f} M params/s  "
+          f"({figures['ratio_in_process']:.0%} of kernel-only)")
     print(f"peak RSS     {peak / MiB:7.0f} MiB (target <= {figures['rss_target_bytes'] / MiB:.0f} MiB)")
     if args.json:
         with open(args.json, "w") as f:

@@ -22,6 +22,7 @@ import numpy as np
 from nbwoq import _packing
 from nbwoq import _safetensors_io as st
 from nbwoq._layout import group_layout
+from nbwoq.formats import quantizer
 
 FORMAT_NAME = "nbwoq"
 VERSION = "1"
@@ -74,6 +75,19 @@ class NbwoqWriter:
     def copy(self, info, array, dtype_name):
         return [(info.name, array)]
 
+    def quantize_encode(self, info, array, dtype_name, scratch):
+        """Integer RTN in one pass from the source (``quantizer.one_pass`` settings).
+
+        Returns ``(outputs, err_sum, norm_sum, seconds)``, the outputs being ``scratch``
+        buffers valid until the next call.
+        """
+        packed, scale, zeros, err, norm, seconds = quantizer.quantize_packed(
+            array, dtype_name, self.options, info.name, scratch, st.DTYPES[_zeros_dtype(self.options)])
+        outputs = [(info.name + ".codes", packed), (info.name + ".scales", scale)]
+        if zeros is not None:
+            outputs.append((info.name + ".zeros", zeros))
+        return outputs, err, norm, seconds
+
     def encode(self, info, array, dtype_name, q):
         """Pack ``q`` (from ``quantizer.quantize``); returns (outputs, err_sum, norm_sum)."""
         o = self.options
@@ -89,8 +103,7 @@ class NbwoqWriter:
                            o.slot, self.lut, o.codebook, True, packed, err, norm)
         outputs = [(info.name + ".codes", packed), (info.name + ".scales", q.scale)]
         if has_zeros(o):
-            zdt = np.uint8 if o.qmax <= 255 else np.uint16
-            outputs.append((info.name + ".zeros", q.zp.astype(zdt)))  # whole numbers in [0, qmax]; -0.0 -> 0
+            outputs.append((info.name + ".zeros", q.zp.astype(st.DTYPES[_zeros_dtype(o)])))  # whole numbers in [0, qmax]; -0.0 -> 0
         return outputs, float(err.sum()), float(norm.sum())
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import nbwoq
 from nbwoq import _arrays, _kernels_finite, _packing, _validate
 from nbwoq._integer import int_range
+from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
 from nbwoq.formats.source import InputError
 
@@ -229,6 +230,49 @@ def quantize(array, dtype_name, options, name, scratch=None):
         # The core's hint about check_finite= is for API callers, not for the command line.
         raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None
     return Quantized(work, scale, zp, clip, time.perf_counter() - t0)
+
+
+def one_pass(options):
+    """True when a tensor can go from source to the packed nbwoq layout in one pass
+    (``quantize_packed``): integer codes without a clip search."""
+    return options.dtype == "int" and options.clip == "none"
+
+
+def quantize_packed(array, dtype_name, options, name, scratch, zeros_dtype):
+    """Integer round-to-nearest straight from the source into nbwoq's packed codes.
+
+    The one-pass kernel ``_packing.quant_pack_int`` reads the stored values (bfloat16
+    and float16 through their bit patterns, no float32 copy) and makes the same codes,
+    scales and zero points as ``nbwoq.quant_tensor`` on the float32 copy (tests hold
+    them equal), packing and measuring each row while it is in cache.
+
+    Returns ``(packed, scale, zeros, err_sum, norm_sum, seconds)``; ``zeros`` is None for
+    symmetric schemes. The arrays are ``scratch`` buffers, valid until the next call.
+    Non-finite weights raise ``InputError`` naming the tensor and row, as ``quantize``.
+    """
+    t0 = time.perf_counter()
+    rows, cols = array.shape
+    size, n_groups = group_layout(cols, options.group_size)
+    keep_zp = options.scheme == "asym"
+    packed = scratch.get("packed", (rows, _packing.packed_cols(cols, options.slot)), np.uint8)
+    scale = scratch.get("scale", (rows, n_groups), np.float32)
+    zeros = scratch.get("zeros", (rows, n_groups) if keep_zp else (1, 1), zeros_dtype)
+    err = scratch.get("err", (rows,), np.float64)
+    norm = scratch.get("norm", (rows,), np.float64)
+    bad = scratch.get("bad", (rows,), np.bool_)
+    _, _, divisor = int_range(options.bits, options.scheme == "sym", options.full_range)
+    _packing.quant_pack_int(_packing.storage_view(array, dtype_name), size, n_groups, _ONE_QUANTILE,
+                            np.float32(options.qmin), np.float32(options.qmax), np.float32(divisor),
+                            options.scheme == "sym", options.full_range, options.slot,
+                            scale, zeros, keep_zp, packed, err, norm, bad)
+    try:
+        _validate.first_bad_row(~bad)
+    except ValueError as exc:
+        raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None
+    return packed, scale, zeros if keep_zp else None, float(err.sum()), float(norm.sum()), time.perf_counter() - t0
+
+
+_ONE_QUANTILE = np.ones((1, 1), dtype=np.float32)
 
 
 def requantizer():

@@ -216,6 +216,11 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
     label = options.label()
     scratch = quantizer.Scratch()
     writer.scratch = scratch
+    one_pass = hasattr(writer, "quantize_encode") and quantizer.one_pass(options)
+    # One-pass outputs alternate between two sets of buffers: the writer thread writes
+    # one tensor's while the next is computed into the other.
+    pass_scratch = (quantizer.Scratch(), quantizer.Scratch())
+    parity = 0
     weight_map = {}
     for shard, items in plan:
         name = _out_shard_name(source, shard)
@@ -229,13 +234,22 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
                 log(f"resume: keeping finished shard {name}")
             continue
         path = os.path.join(partial, name)
-        sw = st.StreamWriter(path + ".tmp", specs, writer.metadata([i for i, s in items if s]))
+        sw = st.StreamWriter(path + ".tmp", specs, writer.metadata([i for i, s in items if s]), background=True)
         shard_rows = []
+        last_use = [0, 0]  # per buffer set: the ticket of the last write reading it
+        ticket = 0
         try:
             for info, selected in items:
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
-                    if selected:
+                    if selected and one_pass:
+                        parity ^= 1
+                        sw.wait(last_use[parity])
+                        outputs, err, norm, seconds = writer.quantize_encode(info, array, dtype_name,
+                                                                             pass_scratch[parity])
+                        q = quantizer.Quantized(None, None, None, None, seconds)
+                    elif selected:
+                        sw.wait(ticket)  # the general path reuses one set of buffers
                         q = quantizer.quantize(array, dtype_name, options, info.name, scratch)
                         outputs, err, norm = writer.encode(info, array, dtype_name, q)
                         q.codes = None
@@ -244,9 +258,11 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
                         outputs = writer.copy(info, array, dtype_name)
                     nbytes = 0
                     for oname, arr in outputs:
-                        sw.write(oname, arr)
+                        ticket = sw.write(oname, arr)  # a copied tensor's map stays open until written
                         nbytes += arr.nbytes
                     del outputs
+                    if selected and one_pass:
+                        last_use[parity] = ticket
                 shard_rows.append(_row(info, name, label if selected else f"copy {info.dtype}", q, err, norm,
                                        nbytes, time.perf_counter() - t0))
                 if bar is not None:

@@ -182,16 +182,19 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
     out = str(tmp_path / "out")
     n_shards = len([f for f in os.listdir(tiny_sharded) if f.endswith(".safetensors")])
     assert n_shards >= 3
-    real = quantizer.quantize
     calls = []
 
-    def interrupted(*a, **k):
-        calls.append(a[3])
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        return real(*a, **k)
+    def interrupting(real):  # the general path and the one-pass path both name the tensor 4th
+        def interrupted(*a, **k):
+            calls.append(a[3])
+            if len(calls) == 9:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return interrupted
 
-    monkeypatch.setattr(quantizer, "quantize", interrupted)
+    real, real_packed = quantizer.quantize, quantizer.quantize_packed
+    monkeypatch.setattr(quantizer, "quantize", interrupting(real))
+    monkeypatch.setattr(quantizer, "quantize_packed", interrupting(real_packed))
     assert main(["quantize", tiny_sharded, out, "--quiet"]) == 130
     assert not os.path.exists(out)
     finished = [f for f in os.listdir(out + ".partial") if f.endswith(".safetensors")]
@@ -201,6 +204,7 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
     assert "--resume" in capsys.readouterr().err
     calls.clear()
     monkeypatch.setattr(quantizer, "quantize", real)
+    monkeypatch.setattr(quantizer, "quantize_packed", real_packed)
     report_path = str(tmp_path / "r.json")
     # other settings cannot resume these shards
     assert main(["quantize", tiny_sharded, out, "--quiet", "--resume", "--bits", "8"]) == 1

@@ -48,3 +48,60 @@ def test_gptq_words_lowest_bits_first():
     assert out[0, 0] == 0x76543210 and out[0, 1] == 0xFEDCBA98
     zeros = _packing.pack_columns_u32(np.array([[1, 2, 3, 4, 5, 6, 7, 8]]), 4)
     assert zeros.view(np.uint32)[0, 0] == 0x87654321
+
+
+def _bf16_bits(x):
+    """bfloat16 storage of float32 ``x`` (truncated: any bit pattern is a valid input)."""
+    return (x.view(np.uint32) >> 16).astype(np.uint16)
+
+
+_STORAGE = {"F32": lambda x: x, "F16": lambda x: x.astype(np.float16), "BF16": _bf16_bits}
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=hst.integers(1, 16), scheme=hst.sampled_from(["asym", "sym"]), full_range=hst.booleans(),
+       rows=hst.integers(1, 40), cols=hst.integers(1, 70), group=hst.sampled_from([-1, 1, 3, 8, 32, 64]),
+       dtype=hst.sampled_from(sorted(_STORAGE)), seed=hst.integers(0, 2**31), spread=hst.sampled_from([1e-3, 1.0, 300.0]))
+def test_one_pass_equals_core_then_pack(bits, scheme, full_range, rows, cols, group, dtype, seed, spread):
+    """The one-pass writer path gives byte-identical outputs to the core call on the float32
+    copy followed by ``pack_rows``: the core is its oracle."""
+    from nbwoq.formats.nbwoq_format import NbwoqWriter
+    from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize
+    from nbwoq._safetensors_io import TensorInfo
+
+    full_range = full_range and scheme == "sym" and bits >= 2  # the only full-range settings there are
+    options = QuantOptions(bits, group, scheme, full_range=full_range)
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols)) * spread).astype(np.float32)
+    w[rng.random((rows, cols)) < 0.1] = 0.0  # whole-zero groups take the special case
+    stored = _STORAGE[dtype](w)
+    info = TensorInfo("w", "-", dtype, (rows, cols), 0, stored.nbytes)
+    writer = NbwoqWriter(options, None)
+    general, err_a, norm_a = writer.encode(info, stored, dtype, quantize(stored, dtype, options, "w"))
+    one, err_b, norm_b, _ = writer.quantize_encode(info, stored, dtype, Scratch())
+    assert [n for n, _ in general] == [n for n, _ in one]
+    for (name, a), (_, b) in zip(general, one):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_allclose([err_b, norm_b], [err_a, norm_a], rtol=1e-4, atol=1e-30)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", sorted(_STORAGE))
+def test_one_pass_refuses_non_finite_naming_the_row(bad, dtype):
+    from nbwoq.formats.nbwoq_format import NbwoqWriter
+    from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize
+    from nbwoq.formats.source import InputError
+    from nbwoq._safetensors_io import TensorInfo
+
+    w = np.ones((6, 40), np.float32)
+    w[4, 33] = bad
+    stored = _STORAGE[dtype](w)
+    info = TensorInfo("layers.0.w", "-", dtype, w.shape, 0, stored.nbytes)
+    options = QuantOptions(4, 32, "asym")
+    with pytest.raises(InputError) as general:
+        quantize(stored, dtype, options, info.name)
+    with pytest.raises(InputError) as one:
+        NbwoqWriter(options, None).quantize_encode(info, stored, dtype, Scratch())
+    assert str(one.value) == str(general.value)
+    assert "'layers.0.w'" in str(one.value) and "row 4" in str(one.value)

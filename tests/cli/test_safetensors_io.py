@@ -1,6 +1,8 @@
 """The safetensors reader/writer: round trips and every kind of broken file."""
 
+import errno
 import json
+import os
 import struct
 
 import numpy as np
@@ -74,3 +76,41 @@ def test_stream_writer_refuses_out_of_plan_writes(tmp_path):
         w.write("b", np.zeros(2, np.float32))
     with pytest.raises(RuntimeError, match="closed before"):
         w.close()
+
+
+def _arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return [(f"t{i}", "F32", rng.standard_normal((int(rng.integers(1, 50)), 3)).astype(np.float32)) for i in range(7)]
+
+
+def test_background_writer_writes_the_same_bytes(tmp_path):
+    arrays = _arrays()
+    specs = [(n, d, a.shape) for n, d, a in arrays]
+    st.save_file(str(tmp_path / "sync.safetensors"), arrays, {"k": "v"})
+    w = st.StreamWriter(str(tmp_path / "bg.safetensors"), specs, {"k": "v"}, background=True)
+    tickets = [w.write(n, a) for n, _, a in arrays]
+    assert tickets == list(range(1, len(arrays) + 1))
+    w.wait(3)
+    w.close()
+    assert (tmp_path / "bg.safetensors").read_bytes() == (tmp_path / "sync.safetensors").read_bytes()
+
+
+def test_background_writer_error_reaches_the_caller(tmp_path, monkeypatch):
+    """A full disk on the writer thread is raised by the next write, wait or close, and
+    abort() after it neither raises nor hangs."""
+    arrays = _arrays(1)
+    specs = [(n, d, a.shape) for n, d, a in arrays]
+    w = st.StreamWriter(str(tmp_path / "x.safetensors"), specs, background=True)
+    real = os.write
+
+    def full(fd, data):
+        if fd == w._file.fileno():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(st.os, "write", full)
+    first = w.write(*arrays[0][::2])
+    with pytest.raises(OSError, match="No space left"):
+        w.wait(first)
+    w.abort()
+    assert w._file is None
