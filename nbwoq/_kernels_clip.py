@@ -54,9 +54,19 @@ def sum_squares(buf, n):
     return acc
 
 
+@numba.njit(**_SUM_OPTIONS)
+def group_rms(seg):
+    """``sqrt(mean(x**2))`` of the group in float64 (squares and sum in float64)."""
+    acc = np.float64(0)
+    for i in range(seg.shape[0]):
+        x = np.float64(decode(seg[i]))
+        acc += x * x
+    return np.sqrt(acc / seg.shape[0])
+
+
 @njit_kernel
 def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_range, mids, levels, max_level,
-           n_blocks, per_group, partial, best, first_bad):
+           n_blocks, per_group, weighted, partial, best, first_bad):
     """Score every clip ratio of ``ratios`` for the group quantization of ``w``.
 
     The format: ``codebook`` False is the integer one (``qmin``, ``qmax``, ``divisor``,
@@ -71,6 +81,10 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
     where no ratio gives a finite error gets ``ratios[0]``. ``first_bad[b]`` is the first
     task (``r * n_groups + g``) of block ``b`` whose group holds NaN or Inf, else -1;
     such groups are skipped.
+
+    ``weighted``: each squared error is multiplied by ``rms + |x|`` (``rms`` the group's
+    root mean square, rounded to the compute type), the magnitude weighting of
+    ``search_clip(weighting="magnitude")``.
     """
     rows, cols = w.shape
     n_cand = ratios.shape[0]
@@ -87,6 +101,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
         zps = np.zeros(n_cand, dtype=ratios.dtype)
         sse = np.empty(n_cand, dtype=np.float64)
         buf = np.empty(CHUNK, dtype=ratios.dtype)
+        cell = np.empty(1, dtype=ratios.dtype)
         acc = partial[b]
         if not per_group:
             for k in range(n_cand):
@@ -108,6 +123,10 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
                 if first_bad[b] < 0:
                     first_bad[b] = t
                 continue
+            rms = zero
+            if weighted:
+                cell[0] = group_rms(seg)  # stored: rounded to the compute type
+                rms = cell[0]
             for k in range(n_cand):
                 if codebook:
                     scales[k] = codebook_scale(hi, ratios[k], max_level)
@@ -132,6 +151,9 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
                             x = decode(part[i])
                             d = x - decode(encode((int_code(x, scale, zp, qmin, qmax) - zp) * scale, w))
                             buf[i] = d * d
+                    if weighted:
+                        for i in range(n):
+                            buf[i] *= rms + abs(decode(part[i]))
                     sse[k] += sum_squares(buf, n)
             if per_group:
                 pick = 0

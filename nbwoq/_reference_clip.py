@@ -38,13 +38,22 @@ def _dequant(part, ratios, fmt, xp):
     return (int_code(part[None, ...], scale, zp, qmin, qmax, xp) - zp) * scale
 
 
-def group_errors(x, size, ratios, fmt, xp):
+def magnitude_weights(part, cdt, xp):
+    """``rms + |x|`` per element of ``part`` (rows, groups, size): ``rms`` the group's root
+    mean square, from float64 squares and sums, rounded to the compute dtype ``cdt``."""
+    wide = xp.astype(part, xp.float64)
+    rms = xp.astype(xp.sqrt(xp.sum(wide * wide, axis=-1) / part.shape[-1]), cdt)
+    return rms[..., None] + xp.abs(part)
+
+
+def group_errors(x, size, ratios, fmt, xp, weighted=False):
     """Squared-error sums of every group for every candidate: float64 (k, rows, n_groups).
 
     ``x`` is the weight (rows, cols) in its own dtype, ``ratios`` a 1-D array in the
     compute dtype, ``fmt`` the format (see the module notes).
     The dequantized values are rounded to ``x``'s dtype, as quant_tensor stores them,
     before the error is taken; squares are in the compute dtype, sums in float64.
+    ``weighted``: each squared error is multiplied by ``magnitude_weights``.
     """
     rows, cols = x.shape
     cdt = compute_dtype(x, xp)
@@ -53,14 +62,16 @@ def group_errors(x, size, ratios, fmt, xp):
     parts = [p for p in (body, tail) if p is not None and p.shape[1] > 0]
     n_cand = ratios.shape[0]
     step = max(1, CHUNK_ELEMENTS // max(1, rows * cols))
+    weights = [magnitude_weights(part, cdt, xp)[None, ...] if weighted else None for part in parts]
     chunks = []
     for k0 in range(0, n_cand, step):
         chunk = ratios[k0:min(k0 + step, n_cand)]
         sums = []
-        for part in parts:
+        for part, weight in zip(parts, weights):
             stored = xp.astype(xp.astype(_dequant(part, chunk, fmt, xp), x.dtype), cdt)
             d = part[None, ...] - stored
-            sums.append(xp.sum(xp.astype(d * d, xp.float64), axis=-1))
+            e = d * d if weight is None else d * d * weight
+            sums.append(xp.sum(xp.astype(e, xp.float64), axis=-1))
         if not sums:
             sums = [xp.zeros((chunk.shape[0], rows, 0), dtype=xp.float64)]
         chunks.append(sums[0] if len(sums) == 1 else xp.concat(sums, axis=-1))
@@ -92,7 +103,7 @@ def pick_per_group(errors, ratios, xp):
     return xp.reshape(xp.take(ratios, xp.reshape(pick, (-1,)), axis=0), shape)
 
 
-def search(x, size, n_groups, ratios, fmt, per_group, xp):
+def search(x, size, n_groups, ratios, fmt, per_group, xp, weighted=False):
     """Twin of ``_kernels_clip.search``, already reduced.
 
     Returns ``(result, bad)``: ``result`` is the float64 total squared error per ratio
@@ -103,7 +114,7 @@ def search(x, size, n_groups, ratios, fmt, per_group, xp):
     bad = first_bad_group(x, size, xp)
     if bad >= 0:
         return None, bad
-    errors = group_errors(x, size, ratios, fmt, xp)
+    errors = group_errors(x, size, ratios, fmt, xp, weighted)
     if per_group:
         return pick_per_group(errors, ratios, xp), -1
     return xp.sum(xp.reshape(errors, (errors.shape[0], -1)), axis=1), -1

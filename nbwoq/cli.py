@@ -47,6 +47,10 @@ def _parser():
     q.add_argument("--clip-grid", metavar="GRID",
                    help="clip candidates: a count, or comma-separated ratios such as 1,0.99,0.98,0.97,0.96,0.95 "
                         "(default: the reference's 40 ratios 1.0 .. 0.805)")
+    q.add_argument("--clip-weighting", choices=("magnitude", "none"), default="magnitude",
+                   help="how the clip search weighs each error: magnitude (rms + |x| of the group, the "
+                        "default: keeps the large weights a model needs) or none (plain squared error, "
+                        "the reference's criterion)")
     q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default="nbwoq", help="output format")
     q.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize tensors whose name matches this glob (repeatable; default: the 2-D "
@@ -133,7 +137,8 @@ def _quantize(args):
         full_range = args.format == "gguf" and scheme == "sym" and args.bits == 4
     grid = None if args.clip_grid is None else parse_grid(args.clip_grid)
     options = QuantOptions(args.bits, group_size, scheme, args.dtype, full_range, args.clip,
-                           args.include, args.exclude, clip_grid=grid)
+                           args.include, args.exclude, clip_grid=grid,
+                           clip_weighting=None if args.clip_weighting == "none" else args.clip_weighting)
     cleanup = []
     try:
         src, out = args.src, args.out

@@ -7,7 +7,7 @@ from nbwoq_torch import _interop
 
 
 def search_clip(m, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False, *, per_group=False,
-                grid=None):
+                grid=None, weighting=None):
     """Clip ratio that minimizes the fake-quantization error of ``m.weight``.
 
     The weight is only read: no clone, no restore (the reference quantizes and restores
@@ -30,6 +30,9 @@ def search_clip(m, bits=4, group_size=32, scheme="asym", dtype="int", enable_ful
     grid : None, int or sequence of float, optional
         New: other candidates (see ``nbwoq.search_clip``); None means the reference's
         40 ratios ``1 - i / 200``.
+    weighting : {None, "magnitude"}, default None
+        New: ``"magnitude"`` weights each squared error by ``rms + |x|`` of its group
+        (see ``nbwoq.search_clip``); None scores the plain error, as the reference does.
 
     Returns
     -------
@@ -63,4 +66,4 @@ def search_clip(m, bits=4, group_size=32, scheme="asym", dtype="int", enable_ful
         raise ValueError(f"m.weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     return _interop.call(_core.search_clip, weight, writes=False, name="m.weight", bits=bits, group_size=group_size,
                          scheme=scheme, dtype=dtype, enable_full_range=enable_full_range, per_group=per_group,
-                         grid=grid)
+                         grid=grid, weighting=weighting)

@@ -52,22 +52,35 @@ def one_thread():
         nbwoq.set_num_threads(before)
 
 
-def naive_group_errors(w, ratios, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False):
+def naive_group_errors(w, ratios, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False,
+                       weighting=None):
     """(n_cand, rows, n_groups) float64 squared-error sums, one quant_tensor pass per ratio."""
     with one_thread():
-        return _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range)
+        return _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting)
 
 
-def _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range):
+def magnitude_weights(x, size):
+    """``rms + |x|`` per element, ``rms`` each group's root mean square (float64 sums,
+    rounded to ``x``'s dtype): the weights of ``weighting="magnitude"``, written plainly."""
+    out = np.empty_like(x)
+    for g0 in range(0, x.shape[1], size):
+        seg = x[:, g0:g0 + size]
+        rms = np.sqrt((seg.astype(np.float64) ** 2).sum(axis=1) / seg.shape[1]).astype(x.dtype)
+        out[:, g0:g0 + size] = rms[:, None] + np.abs(seg)
+    return out
+
+
+def _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting=None):
     rows, cols = w.shape
     size, n_groups = group_layout(cols, group_size)
     cdt = _compute(w.dtype)
     x = w.astype(cdt)
+    weights = magnitude_weights(x, size) if weighting == "magnitude" else None
     out = np.zeros((len(ratios), rows, n_groups))
     for k, ratio in enumerate(ratios):
         q = fake_quant(w, ratio, bits, group_size, scheme, dtype, enable_full_range).astype(cdt)
         d = x - q
-        sq = (d * d).astype(np.float64)
+        sq = (d * d if weights is None else d * d * weights).astype(np.float64)
         for g in range(n_groups):
             out[k, :, g] = sq[:, g * size:(g + 1) * size].sum(axis=1)
     return out
@@ -93,12 +106,12 @@ def group_errors_at(w, quantile, **kw):
 
 
 def totals(x, ratios=DEFAULT, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False,
-           per_group=False):
+           per_group=False, weighting=None):
     """The private scores behind search_clip: totals per ratio, or per-group picks."""
     xp = nbwoq._validate.weight(x, writable=False)
     size, n_groups = group_layout(x.shape[1], group_size)
     result, bad = clip._search(x, xp, list(ratios), bits, size, n_groups, scheme == "sym", enable_full_range,
-                               per_group, dtype)
+                               per_group, dtype, weighting == "magnitude")
     assert bad == -1
     return result
 
@@ -213,6 +226,54 @@ def test_numba_equals_reference(problem):
     errors = np.asarray(_twin_group_errors(strict.asarray(w), **kw))
     assert_picks_agree(pa, errors, DEFAULT)
     assert_picks_agree(pb, errors, DEFAULT)
+
+
+#: The magnitude weights hold each group's RMS, summed in a different order by the kernel,
+#: the twin and the oracle: it may differ in its last bit, so weighted scores agree to
+#: float32 precision and picks to the same near-tie width.
+WEIGHTED_RTOL = 1e-5
+
+
+def assert_weighted_picks(picks, errors, ratios):
+    ratios32 = np.asarray(ratios, dtype=np.float32)
+    low = errors.min(axis=0)
+    for (r, g), pick in np.ndenumerate(np.asarray(picks, dtype=np.float64)):
+        k = int(np.argmin(np.abs(ratios32 - np.float32(pick))))
+        assert errors[k, r, g] <= low[r, g] * (1 + WEIGHTED_RTOL) + 1e-300, (r, g, pick)
+
+
+@SETTINGS
+@given(problems())
+def test_magnitude_weighting_matches_the_plain_oracle_on_both_paths(problem):
+    """weighting="magnitude": the kernel's and the twin's scores are the 40-pass oracle's
+    squared errors times ``rms + |x|``; both pick each group's smallest weighted error."""
+    strict = pytest.importorskip("array_api_strict")
+    w, kw = problem
+    errors = naive_group_errors(w, DEFAULT, weighting="magnitude", **kw)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = errors.sum(axis=(1, 2))
+    for x in (w, strict.asarray(w)):
+        got = np.asarray(totals(x, weighting="magnitude", **kw))
+        np.testing.assert_allclose(got, want, rtol=WEIGHTED_RTOL, atol=1e-30)
+        assert_weighted_picks(totals(x, per_group=True, weighting="magnitude", **kw), errors, DEFAULT)
+
+
+def test_magnitude_weighting_keeps_an_outlier_plain_mse_clips():
+    """One large weight in a group of small ones: plain MSE clips it (the many small
+    errors win), the magnitude weighting keeps it unclipped."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((1, 128)) * 0.1).astype(np.float32)
+    w[0, 7] = 1.5
+    plain = nbwoq.search_clip(w, bits=4, group_size=128)
+    weighted = nbwoq.search_clip(w, bits=4, group_size=128, weighting="magnitude")
+    assert plain < weighted == 1.0
+
+
+@pytest.mark.parametrize("value, exc", [("l2", ValueError), (1, TypeError), (True, TypeError)])
+def test_bad_weighting_is_refused(value, exc):
+    w = np.ones((2, 32), np.float32)
+    with pytest.raises(exc, match="weighting must be None or 'magnitude'"):
+        nbwoq.search_clip(w, weighting=value)
 
 
 @SETTINGS

@@ -171,6 +171,27 @@ def plot(speed, path):
     plt.close(fig)
 
 
+#: Settings of ``scripts/smollm2_perplexity.py`` shown in the clip guide, in table order.
+_SMOLLM2_ROWS = [
+    ("rtn-g128", "128", "none", "-"), ("clip-group-g128-unweighted", "128", "per group", "plain (reference)"),
+    ("clip-group-g128", "128", "per group", "magnitude"), ("clip-tensor-g128", "128", "per tensor", "magnitude"),
+    ("rtn-g32", "32", "none", "-"), ("clip-group-g32-unweighted", "32", "per group", "plain (reference)"),
+    ("clip-group-g32", "32", "per group", "magnitude"),
+]
+
+
+def smollm2_text(results):
+    """Perplexities of the SmolLM2 script (``{setting: ppl}``, plus the source's)."""
+    if not results:
+        return ""
+    rows = [[group, clip, weighting, f"{results[key]:.2f}"] for key, group, clip, weighting in _SMOLLM2_ROWS
+            if key in results]
+    source = next((v for k, v in results.items() if k.startswith("source")), None)
+    if source is not None:
+        rows.insert(0, ["-", "source weights", "-", f"{source:.2f}"])
+    return _table(["group size", "clip", "weighting", "perplexity"], rows, widths=[12, 20, 22, 12])
+
+
 def generate(app):
     src = app.srcdir
     path = os.path.join(src, app.config.perf_results)
@@ -189,6 +210,7 @@ def generate(app):
         "first_call.inc": first_call_text(data.get("first_call", {})),
         "clip_error.inc": clip_text(data.get("clip_error", [])),
         "asv.inc": asv_text(data.get("asv", [])),
+        "smollm2.inc": smollm2_text(data.get("smollm2", {})),
     }
     for name, text in parts.items():
         with open(os.path.join(out, name), "w") as f:

@@ -32,7 +32,7 @@ class QuantOptions:
     """The quantization settings of one run, validated against the core up front."""
 
     def __init__(self, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, clip="none",
-                 include=(), exclude=(), clip_grid=None):
+                 include=(), exclude=(), clip_grid=None, clip_weighting="magnitude"):
         self.bits = _validate.bits(bits, "--bits")
         if self.bits <= 0:
             raise InputError(f"--bits must be a positive integer, got {bits!r}")
@@ -46,6 +46,7 @@ class QuantOptions:
         if clip_grid is not None and clip == "none":
             raise InputError("--clip-grid needs --clip tensor or --clip group")
         self.clip_grid = clip_grid
+        self.clip_weighting = clip_weighting
         self.include = tuple(include or ())
         self.exclude = tuple(exclude or ())
         self.codebook = self.dtype != "int"
@@ -84,7 +85,7 @@ class QuantOptions:
             kwargs["per_group"] = True
         if self.clip_grid is not None:
             kwargs["grid"] = self.clip_grid
-        return nbwoq.search_clip(w, **kwargs)
+        return nbwoq.search_clip(w, weighting=self.clip_weighting, **kwargs)
 
     def label(self):
         if self.codebook:
@@ -94,11 +95,13 @@ class QuantOptions:
         if self.clip == "none":
             return text
         grid = "" if self.clip_grid is None else f" grid={_grid_text(self.clip_grid)}"
-        return text + f" clip={self.clip}{grid}"
+        plain = "" if self.clip_weighting else " unweighted"
+        return text + f" clip={self.clip}{grid}{plain}"
 
     def as_dict(self):
         return dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
                     full_range=self.full_range, clip=self.clip, clip_grid=_grid_json(self.clip_grid),
+                    clip_weighting=self.clip_weighting if self.clip != "none" else None,
                     include=list(self.include),
                     exclude=list(self.exclude))
 

@@ -226,25 +226,36 @@ def test_quantize_arrays_helper(tmp_path):
                                   nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme="sym"))
 
 
-@pytest.mark.parametrize("clip, grid", [("tensor", None), ("group", None), ("group", "1,0.98,0.96")],
-                         ids=["clip-tensor", "clip-group", "clip-group-grid3"])
-def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid):
+@pytest.mark.parametrize("clip, grid, weighting", [("tensor", None, "magnitude"), ("group", None, "magnitude"),
+                                                   ("group", "1,0.98,0.96", "magnitude"), ("tensor", None, "none"),
+                                                   ("group", None, "none")],
+                         ids=["clip-tensor", "clip-group", "clip-group-grid3", "clip-tensor-plain", "clip-group-plain"])
+def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid, weighting):
     out, report_path = str(tmp_path / "out"), str(tmp_path / "r.json")
     extra = [] if grid is None else ["--clip-grid", grid]
+    if weighting == "none":
+        extra += ["--clip-weighting", "none"]  # magnitude is the default
     assert main(["quantize", tiny_f32, out, "--quiet", "--group-size", "32", "--clip", clip, "--report", report_path,
                  *extra]) == 0
     w = read_tensor(tiny_f32, LINEAR)
     kw = {} if grid is None else {"grid": [float(v) for v in grid.split(",")]}
-    ratio = nbwoq.search_clip(w, bits=4, group_size=32, per_group=clip == "group", **kw)
+    weighting = None if weighting == "none" else weighting
+    ratio = nbwoq.search_clip(w, bits=4, group_size=32, per_group=clip == "group", weighting=weighting, **kw)
     expected = nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, quantile=ratio)
     np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(out)[LINEAR]), expected)
-    rows = {r["name"]: r for r in json.load(open(report_path))["tensors"]}
+    report = json.load(open(report_path))
+    rows = {r["name"]: r for r in report["tensors"]}
+    assert report["summary"]["settings"]["clip_weighting"] == weighting
     if clip == "group":
         assert rows[LINEAR]["clip"]["min"] == pytest.approx(float(np.min(ratio)))
     else:
         assert rows[LINEAR]["clip"] == ratio
     rtn = nbwoq.quant_tensor(w.copy(), bits=4, group_size=32)
-    assert rows[LINEAR]["rel_mse"] <= float(np.sum((w - rtn) ** 2.0) / np.sum(w**2.0)) * (1 + 1e-6)
+    # the search never does worse than RTN (ratio 1) by its own measure
+    factor = 1.0 if weighting is None else np.concatenate(
+        [np.sqrt(np.mean(w[:, g:g + 32].astype(np.float64) ** 2, axis=1, keepdims=True)) + np.abs(w[:, g:g + 32])
+         for g in range(0, w.shape[1], 32)], axis=1)
+    assert np.sum(factor * (w - expected) ** 2.0) <= np.sum(factor * (w - rtn) ** 2.0) * (1 + 1e-6)
 
 
 def test_clip_grid_without_clip_is_refused(tiny_bf16, tmp_path, capsys):
