@@ -30,7 +30,8 @@ UNDOCUMENTED = {
 # changed meaning), and why.
 EXTENSIONS = {
     "quant_weight_w_scale": {"bits"},  # SPEC deviation 2: clamp codes to the format's range
-    "search_clip": {"per_group", "grid"},  # issue 4: per-group search, other candidates
+    "search_clip": {"per_group", "grid", "weighting"},  # issue 4: per-group search, other candidates;
+    # issue 7: the magnitude-weighted error (the reference's plain error stays the default)
     "get_absorb_layers": {"backend"},  # issue 6: torch.export when TorchScript fails
 }
 
