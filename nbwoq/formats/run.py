@@ -214,12 +214,11 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
     skipped = sum(info.nbytes for shard, items in plan if done[shard] is not None for info, _ in items)
     bar = _progress(total, progress, initial=skipped)
     label = options.label()
-    scratch = quantizer.Scratch()
-    writer.scratch = scratch
+    work = quantizer.Scratch()  # the general path's float32 copy: never part of the outputs
     one_pass = hasattr(writer, "quantize_encode") and quantizer.one_pass(options)
-    # One-pass outputs alternate between two sets of buffers: the writer thread writes
-    # one tensor's while the next is computed into the other.
-    pass_scratch = (quantizer.Scratch(), quantizer.Scratch())
+    # Output buffers alternate between two sets: the writer thread writes one tensor's
+    # while the next is computed into the other.
+    out_scratch = (quantizer.Scratch(), quantizer.Scratch())
     parity = 0
     weight_map = {}
     for shard, items in plan:
@@ -242,15 +241,16 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
             for info, selected in items:
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
-                    if selected and one_pass:
+                    if selected:
                         parity ^= 1
                         sw.wait(last_use[parity])
+                    if selected and one_pass:
                         outputs, err, norm, seconds = writer.quantize_encode(info, array, dtype_name,
-                                                                             pass_scratch[parity])
+                                                                             out_scratch[parity])
                         q = quantizer.Quantized(None, None, None, None, seconds)
                     elif selected:
-                        sw.wait(ticket)  # the general path reuses one set of buffers
-                        q = quantizer.quantize(array, dtype_name, options, info.name, scratch)
+                        writer.scratch = out_scratch[parity]
+                        q = quantizer.quantize(array, dtype_name, options, info.name, work)
                         outputs, err, norm = writer.encode(info, array, dtype_name, q)
                         q.codes = None
                     else:
@@ -261,7 +261,7 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
                         ticket = sw.write(oname, arr)  # a copied tensor's map stays open until written
                         nbytes += arr.nbytes
                     del outputs
-                    if selected and one_pass:
+                    if selected:
                         last_use[parity] = ticket
                 shard_rows.append(_row(info, name, label if selected else f"copy {info.dtype}", q, err, norm,
                                        nbytes, time.perf_counter() - t0))
