@@ -116,10 +116,7 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     partial = out + PARTIAL
     run_id = dict(nbwoq=nbwoq.__version__, format=fmt, options=options.as_dict(), source=source.fingerprint())
     if writer.output_is_file:
-        if resume and log and os.path.exists(partial):
-            log(f"resume: {fmt} output is a single file; starting it over")
-        rows = _run_file(source, writer, plan, options, partial, progress)
-        resumed = 0
+        rows, resumed = _run_file(source, writer, plan, options, partial, run_id, resume, progress, log)
     else:
         rows, resumed = _run_folder(source, writer, plan, options, partial, run_id, resume, progress, log)
     _finish(partial, out, overwrite)
@@ -130,26 +127,95 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     return report
 
 
-def _run_file(source, writer, plan, options, partial, progress):
+def _file_state(partial):
+    """Progress record of a single-file (GGUF) run: ``OUT.partial.run.json``."""
+    return partial + ".run.json"
+
+
+def _gguf_out(gw):
+    fout = gw.fout
+    return fout[0] if isinstance(fout, list) else fout
+
+
+def _resumable(partial, run_id, header):
+    """The finished part of an earlier single-file run, or None: ``(n_tensors, n_shards, rows)``.
+
+    It is kept only when that run had the same settings and source, its file starts with
+    the very header this run writes, and holds every byte of the tensors it recorded.
+    """
+    try:
+        with open(_file_state(partial)) as f:
+            state = json.load(f)
+        with open(partial, "rb") as f:
+            same_header = f.read(len(header)) == header
+        size = os.path.getsize(partial)
+    except (OSError, ValueError):
+        return None
+    if state.get("run") != run_id:
+        raise InputError(f"cannot resume {partial!r}: it was started with other settings or another source "
+                         "(run without --resume to start over)")
+    if not same_header or size < state.get("bytes", float("inf")):
+        return None
+    return state["tensors"], state["shards"], state["rows"]
+
+
+def _run_file(source, writer, plan, options, partial, run_id, resume, progress, log):
+    """A single-file (GGUF) run. The header goes first; tensor data follows in plan order.
+
+    After each source shard the file is flushed and fsynced and ``OUT.partial.run.json``
+    records how many tensors it holds, with their report rows. ``resume`` then copies
+    those tensors' bytes from the earlier partial file instead of quantizing them again.
+    Returns ``(rows, resumed_shards)``.
+    """
     import gguf
 
     if os.path.isdir(partial):
         shutil.rmtree(partial)
-    gw = gguf.GGUFWriter(partial, writer.arch)
+    fresh = partial + ".new"
+    if os.path.exists(fresh):  # left by a killed run: a second name of ``partial``, never to be truncated
+        os.remove(fresh)
+    gw = gguf.GGUFWriter(fresh, writer.arch)
+    old = None
     try:
         for _, items in plan:
             for info, selected in items:
                 writer.tensor_info(gw, info, selected)
+        sizes = [ti.nbytes for ti in gw.tensors[0].values()]
         writer.metadata(gw)
         gw.write_header_to_file()
         gw.write_kv_data_to_file()
         gw.write_ti_data_to_file()
+        out = _gguf_out(gw)
+        out.flush()
+        header_end = out.tell()
+        with open(fresh, "rb") as f:
+            header = f.read(header_end)
+        data_start = gguf.GGUFWriter.ggml_pad(header_end, gw.data_alignment)
+        done = _resumable(partial, run_id, header) if resume and os.path.exists(partial) else None
+        if resume and os.path.exists(partial) and done is None and log:
+            log(f"resume: {os.path.basename(partial)} does not hold what its record says; starting it over")
+        n_done, shards_done, rows = done if done is not None else (0, 0, [])
+        if done is None and os.path.exists(_file_state(partial)):
+            os.remove(_file_state(partial))
         total = sum(info.nbytes for _, items in plan for info, _ in items)
-        bar = _progress(total, progress)
-        rows = []
+        skipped = sum(info.nbytes for _, items in plan[:shards_done] for info, _ in items)
+        bar = _progress(total, progress, initial=skipped)
+        if n_done:
+            if log:
+                log(f"resume: keeping the {n_done} tensors of {shards_done} finished shards")
+            old = np.memmap(partial, dtype=np.uint8, mode="r")
+            offset = data_start
+            for k in range(n_done):
+                gw.write_tensor_data(np.asarray(old[offset:offset + sizes[k]]))
+                offset += gguf.GGUFWriter.ggml_pad(sizes[k], gw.data_alignment)
+            del old
+            old = None
         scratch = quantizer.Scratch()
         label = f"{writer.type_name}"
-        for shard, items in plan:
+        index = n_done
+        for shard_no, (shard, items) in enumerate(plan):
+            if shard_no < shards_done:
+                continue
             for info, selected in items:
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
@@ -162,17 +228,43 @@ def _run_file(source, writer, plan, options, partial, progress):
                     gw.write_tensor_data(data)
                 rows.append(_row(info, shard, label if selected else f"copy {info.dtype}", q, err, norm,
                                  data.nbytes, time.perf_counter() - t0))
+                index += 1
                 if bar is not None:
                     bar.update(info.nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+            _publish(fresh, partial)
+            _write_json_atomic(_file_state(partial), dict(run=run_id, tensors=index, shards=shard_no + 1,
+                                                           bytes=out.tell(), rows=rows))
         if bar is not None:
             bar.close()
         gw.close()
+        _publish(fresh, partial)
     except BaseException:
         gw.close()
-        if os.path.exists(partial):
-            os.remove(partial)
+        if os.path.exists(fresh):
+            os.remove(fresh)  # what it finished is in ``partial`` (a second name of the same file)
         raise
-    return rows
+    os.remove(fresh)
+    os.remove(_file_state(partial))
+    return rows, shards_done
+
+
+def _publish(fresh, partial):
+    """Make ``partial`` a second name of the file being written (replacing an earlier
+    run's, whose finished tensors it now holds too)."""
+    if os.path.exists(partial):
+        if os.path.samefile(partial, fresh):
+            return
+        os.remove(partial)
+    os.link(fresh, partial)
+
+
+def _write_json_atomic(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 
 def _shard_done(folder, name):

@@ -130,3 +130,49 @@ def test_tokenizer_json_becomes_gguf_tokenizer(tmp_path):
     loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     text = "the lazy fox"
     assert loaded(text, add_special_tokens=False).input_ids == tok.encode(text).ids
+
+
+def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_path, monkeypatch, capsys):
+    """A single GGUF file still resumes by shard: the tensors of the source shards that
+    were finished are copied from the partial file, the rest quantized; settings that
+    differ start over. Either way the file equals an uninterrupted run's."""
+    import json
+
+    from nbwoq.formats import quantizer
+
+    out = str(tmp_path / "out.gguf")
+    real = quantizer.quantize
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(a[3])
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(quantizer, "quantize", counting)
+    assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--quiet"]) == 130
+    assert not os.path.exists(out) and os.path.isfile(out + ".partial")
+    state = json.load(open(out + ".partial.run.json"))
+    assert 1 <= state["shards"] and state["tensors"] >= 1
+    capsys.readouterr()
+
+    # other settings cannot resume it, and leave it as it was
+    before = open(out + ".partial", "rb").read()
+    monkeypatch.setattr(quantizer, "quantize", real)
+    assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--bits", "8", "--quiet", "--resume"]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+    assert open(out + ".partial", "rb").read() == before
+
+    # the same settings: finished shards kept, the rest quantized
+    quantized = []
+    monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: quantized.append(a[3]) or real(*a, **k))
+    report = str(tmp_path / "r.json")
+    assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--quiet", "--resume", "--report", report]) == 0
+    summary = json.load(open(report))["summary"]
+    assert summary["resumed_shards"] == state["shards"] and summary["quantized"] == 14
+    assert len(quantized) < 14
+    assert not os.path.exists(out + ".partial") and not os.path.exists(out + ".partial.run.json")
+    fresh = str(tmp_path / "fresh.gguf")
+    assert main(["quantize", tiny_sharded, fresh, "--format", "gguf", "--quiet"]) == 0
+    assert open(out, "rb").read() == open(fresh, "rb").read()

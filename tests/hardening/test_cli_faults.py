@@ -2,12 +2,14 @@
 
 Nothing may look finished afterwards: ``OUT`` appears only by the final rename, shards
 inside ``OUT.partial`` only by their own rename once complete, so a half-written file is
-always named ``*.tmp`` (or is the ``.partial`` file of a GGUF run). ``--resume`` then
+always named ``*.tmp`` (or is the ``.partial`` file of a GGUF run, whose finished shards
+``OUT.partial.run.json`` records). ``--resume`` then
 completes to files byte-identical to an uninterrupted run. A full disk is a size-capped
 tmpfs where one can be mounted (root), and always a writer raising ``OSError(ENOSPC)``.
 """
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +67,14 @@ def _contents(path):
 
 
 def _finished_shards(partial):
+    """Shards a resumed run will keep: files of a partial folder with their stats, or the
+    count recorded next to a partial GGUF file."""
+    if os.path.isfile(partial + ".run.json"):
+        try:
+            with open(partial + ".run.json") as f:
+                return list(range(json.load(f)["shards"]))
+        except ValueError:  # being replaced right now
+            return []
     return [f for f in os.listdir(partial) if f.endswith(".safetensors") and os.path.exists(
         os.path.join(partial, f + ".stats.json"))] if os.path.isdir(partial) else []
 
@@ -84,7 +94,7 @@ def _assert_nothing_looks_finished(out, fmt):
 @pytest.mark.parametrize("fmt, sig", [
     pytest.param("nbwoq", signal.SIGTERM, id="nbwoq-SIGTERM"),
     pytest.param("nbwoq", signal.SIGKILL, id="nbwoq-SIGKILL"),
-    pytest.param("gguf", signal.SIGKILL, id="gguf-SIGKILL"),  # one file: rewritten whole
+    pytest.param("gguf", signal.SIGKILL, id="gguf-SIGKILL"),  # one file: finished shards' tensors kept
 ])
 def test_killed_run_leaves_nothing_finished_and_resumes(sharded, uninterrupted, tmp_path, sig, fmt):
     out = str(tmp_path / ("out.gguf" if fmt == "gguf" else "out"))
@@ -94,10 +104,9 @@ def test_killed_run_leaves_nothing_finished_and_resumes(sharded, uninterrupted, 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial = out + PARTIAL
     deadline = time.monotonic() + 120
-    # kill once work is under way: a finished shard (folders) or a growing partial file
+    # kill once a shard is finished
     while time.monotonic() < deadline and proc.poll() is None:
-        if _finished_shards(partial) or (fmt == "gguf" and os.path.isfile(partial)
-                                         and os.path.getsize(partial) > 4096):
+        if _finished_shards(partial):
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be interrupted: " + proc.stderr.read().decode()[-2000:]
@@ -107,11 +116,12 @@ def test_killed_run_leaves_nothing_finished_and_resumes(sharded, uninterrupted, 
     _assert_nothing_looks_finished(out, fmt)
     kept = len(_finished_shards(partial))
 
-    assert main(["quantize", sharded, out, "--format", fmt, "--quiet", "--resume"]) == 0
+    report = str(tmp_path / "report.json")
+    assert main(["quantize", sharded, out, "--format", fmt, "--quiet", "--resume", "--report", report]) == 0
     assert _contents(out) == uninterrupted[fmt]
-    assert not os.path.exists(partial)
-    if fmt == "nbwoq":
-        assert kept >= 1
+    assert not os.path.exists(partial) and not os.path.exists(partial + ".run.json")
+    assert kept >= 1
+    assert json.load(open(report))["summary"]["resumed_shards"] >= kept
 
 
 class _FullDisk:
@@ -143,6 +153,38 @@ def test_enospc_writer_clear_error_no_corrupt_output(sharded, uninterrupted, tmp
     # with space again, --resume keeps what was finished and completes identically
     assert main(["quantize", sharded, out, "--quiet", "--resume"]) == 0
     assert _contents(out) == uninterrupted["nbwoq"]
+
+
+def test_enospc_gguf_writer_later_keeps_finished_shards_and_resumes(sharded, uninterrupted, tmp_path, monkeypatch,
+                                                                   capsys):
+    """A full disk after some shards: one error line, no OUT, and --resume completes the
+    GGUF file byte-identically without quantizing the finished shards again."""
+    gguf = pytest.importorskip("gguf")
+    out = str(tmp_path / "out.gguf")
+    calls = []
+    real = gguf.GGUFWriter.write_tensor_data
+
+    def write_tensor_data(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 30:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out + PARTIAL)
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(gguf.GGUFWriter, "write_tensor_data", write_tensor_data)
+        assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not os.path.exists(out) and not os.path.exists(out + PARTIAL + ".new")
+    kept = len(_finished_shards(out + PARTIAL))
+    assert kept >= 1
+    from nbwoq.formats import quantizer
+
+    quantized = []
+    real_quantize = quantizer.quantize
+    monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: quantized.append(a[3]) or real_quantize(*a, **k))
+    assert main(["quantize", sharded, out, "--format", "gguf", "--quiet", "--resume"]) == 0
+    assert _contents(out) == uninterrupted["gguf"]
+    assert len(quantized) < 28  # the finished shards' tensors were copied, not quantized again
 
 
 def test_enospc_gguf_writer_leaves_no_file(sharded, tmp_path, monkeypatch, capsys):
