@@ -105,7 +105,10 @@ def torch_order_sum(x, xp):
 def scale_mean(flat, xp):
     """The mean of the 1-D array ``flat`` as torch computes ``flat.mean()``: its sum over
     the element count, in ``flat``'s dtype (a 0-d array)."""
-    count = xp.asarray(flat.shape[0], dtype=flat.dtype, device=array_api_compat.device(flat))
+    device = array_api_compat.device(flat)
+    if flat.shape[0] == 0:  # torch gives NaN; 0 / 0 would also warn on NumPy
+        return xp.asarray(float("nan"), dtype=flat.dtype, device=device)
+    count = xp.asarray(flat.shape[0], dtype=flat.dtype, device=device)
     return torch_order_sum(flat, xp) / count
 
 
