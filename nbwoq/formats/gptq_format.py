@@ -33,6 +33,8 @@ class GptqWriter:
 
     name = "gptq"
     output_is_file = False
+    #: Tensors it does not quantize are stored with the source's dtype and bytes.
+    copies_verbatim = True
 
     def __init__(self, options, source):
         o = options

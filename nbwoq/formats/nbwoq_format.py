@@ -48,6 +48,8 @@ class NbwoqWriter:
 
     name = FORMAT_NAME
     output_is_file = False
+    #: Tensors it does not quantize are stored with the source's dtype and bytes.
+    copies_verbatim = True
 
     def __init__(self, options, source):
         self.options = options

@@ -308,6 +308,7 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
     label = options.label()
     work = quantizer.Scratch()  # the general path's float32 copy: never part of the outputs
     one_pass = hasattr(writer, "quantize_encode") and quantizer.one_pass(options)
+    verbatim = source.kind == "safetensors" and getattr(writer, "copies_verbatim", False)
     # Output buffers alternate between two sets: the writer thread writes one tensor's
     # while the next is computed into the other.
     out_scratch = (quantizer.Scratch(), quantizer.Scratch())
@@ -332,6 +333,14 @@ def _run_folder(source, writer, plan, options, partial, run_id, resume, progress
         try:
             for info, selected in items:
                 t0 = time.perf_counter()
+                if not selected and verbatim:
+                    # stored unchanged: the kernel copies the bytes file to file, never mapped here
+                    ticket = sw.copy_range(info.name, info.path, info.start, info.nbytes)
+                    shard_rows.append(_row(info, name, f"copy {info.dtype}", None, 0.0, 0.0, info.nbytes,
+                                           time.perf_counter() - t0))
+                    if bar is not None:
+                        bar.update(info.nbytes)
+                    continue
                 with source.open(info) as (array, dtype_name):
                     if selected:
                         parity ^= 1

@@ -114,3 +114,37 @@ def test_background_writer_error_reaches_the_caller(tmp_path, monkeypatch):
         w.wait(first)
     w.abort()
     assert w._file is None
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write fallback"])
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "background"])
+def test_copy_range_writes_the_source_bytes(tmp_path, monkeypatch, kernel_copy, background):
+    arrays = _arrays(2)
+    specs = [(n, d, a.shape) for n, d, a in arrays]
+    source = str(tmp_path / "src.safetensors")
+    st.save_file(source, arrays)
+    tensors, _ = st.read_header(source)
+    if not kernel_copy:
+        def refuse(*args):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        monkeypatch.setattr(st.os, "copy_file_range", refuse, raising=False)
+    w = st.StreamWriter(str(tmp_path / "out.safetensors"), specs, background=background)
+    for i, (n, _, a) in enumerate(arrays):
+        if i % 2:  # alternate with plain writes: both share the file position
+            info = tensors[n]
+            w.copy_range(n, info.path, info.start, info.nbytes)
+        else:
+            w.write(n, a)
+    w.close()
+    assert (tmp_path / "out.safetensors").read_bytes() == open(source, "rb").read()
+
+
+def test_copy_range_of_a_shrunken_source_is_an_error(tmp_path):
+    source = tmp_path / "src.bin"
+    source.write_bytes(bytes(range(10)))
+    w = st.StreamWriter(str(tmp_path / "out.safetensors"), [("a", "F32", (4,))])
+    with pytest.raises(st.FormatError, match="ended before byte"):
+        w.copy_range("a", str(source), 0, 16)
+    w.abort()
+    with pytest.raises(RuntimeError, match="expected tensor 'a'"):
+        st.StreamWriter(str(tmp_path / "o2.safetensors"), [("a", "F32", (4,))]).copy_range("a", str(source), 0, 8)
