@@ -72,7 +72,8 @@ def kernel_only(src, options, repeats):
 
 def io_floor(src, out_bytes, folder):
     """Seconds to map and touch every page of the source once, and to write ``out_bytes``
-    bytes (in 64 MiB writes) and fsync them: the bytes' own cost on this machine."""
+    bytes (in 64 MiB writes) and fsync them: the bytes' own cost on this machine.
+    Returns ``(read_s, write_s, path)``; the caller removes the file at ``path``."""
     source = Source(src)
     t0 = time.perf_counter()
     for _, info in source.tensors():
@@ -94,8 +95,7 @@ def io_floor(src, out_bytes, folder):
             offset += n
         os.fsync(f.fileno())
     write = time.perf_counter() - t0
-    os.remove(path)
-    return read, write
+    return read, write, path
 
 
 def main():
@@ -103,6 +103,7 @@ def main():
     parser.add_argument("--dir", default=os.environ.get("NBWOQ_BENCH_DIR", "/tmp/nbwoq-bench-1b"))
     parser.add_argument("--repeats", type=int, default=2, help="kernel timings per tensor (best kept)")
     parser.add_argument("--runs", type=int, default=3, help="command runs, each followed by the I/O floor (medians)")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds of quiet before each measurement")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -129,8 +130,14 @@ def main():
     # and the medians are compared.
     report_path = os.path.join(args.dir, "report.json")
     walls, inprocs, peaks, reads, writes = [], [], [], [], []
+    def settle():
+        # Each measurement starts with nothing queued for the disk: the virtual disk here
+        # absorbs a burst of writes, then slows down while it drains them.
+        os.sync()
+        time.sleep(args.settle)
+
     for _ in range(args.runs):
-        os.sync()  # each measurement starts with nothing queued for the disk
+        settle()
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nbwoq", "quantize", src, out, "--quiet", "--report", report_path],
                        check=True, stdout=subprocess.DEVNULL)
@@ -138,9 +145,12 @@ def main():
         summary = json.load(open(report_path))["summary"]
         inprocs.append(summary["seconds"])
         peaks.append(summary["peak_rss_bytes"])  # the command's own VmHWM (ru_maxrss would include this parent)
+        # The floor is measured before the output is deleted: this disk is mounted with
+        # online discard, and writes right after freeing 700 MiB wait for it.
+        settle()
+        read, write, floor_file = io_floor(src, summary["bytes_out"], args.dir)
         shutil.rmtree(out)
-        os.sync()
-        read, write = io_floor(src, summary["bytes_out"], args.dir)
+        os.remove(floor_file)
         reads.append(read)
         writes.append(write)
     e2e, inproc = statistics.median(walls), statistics.median(inprocs)
