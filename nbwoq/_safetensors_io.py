@@ -304,6 +304,8 @@ class StreamWriter:
                         n = copy(src.fileno(), fd, left, offset)
                     except OSError:  # not across these file systems: read and write instead
                         copy = None
+                    if n == 0:  # some file systems copy nothing rather than fail
+                        copy = None
                 if copy is None:
                     n = os.write(fd, os.pread(src.fileno(), min(left, 1 << 26), offset))
                 if n == 0:
@@ -336,6 +338,10 @@ class StreamWriter:
                 missing = [name for name, _ in self._plan[self._next:]]
                 raise RuntimeError(f"{self.path}: closed before tensors {missing[:3]} were written")
             os.fsync(self._file.fileno())
+        except BaseException:
+            for future in self._pending:  # a failed write: the ones queued behind it are moot
+                future.cancel()
+            raise
         finally:
             self._shutdown()
 

@@ -46,6 +46,8 @@ class QuantOptions:
         if clip_grid is not None and clip == "none":
             raise InputError("--clip-grid needs --clip tensor or --clip group")
         self.clip_grid = clip_grid
+        if clip_weighting not in (None, "magnitude"):
+            raise InputError(f"--clip-weighting must be 'magnitude' or none, got {clip_weighting!r}")
         self.clip_weighting = clip_weighting
         self.include = tuple(include or ())
         self.exclude = tuple(exclude or ())

@@ -132,16 +132,13 @@ def _file_state(partial):
     return partial + ".run.json"
 
 
-def _gguf_out(gw):
-    fout = gw.fout
-    return fout[0] if isinstance(fout, list) else fout
-
-
 def _resumable(partial, run_id, header):
-    """The finished part of an earlier single-file run, or None: ``(n_tensors, n_shards, rows)``.
+    """The finished part of an earlier single-file run, or None:
+    ``(n_tensors, n_shards, rows, n_bytes)``.
 
     It is kept only when that run had the same settings and source, its file starts with
     the very header this run writes, and holds every byte of the tensors it recorded.
+    Other settings or another source raise ``InputError``, as for a folder.
     """
     try:
         with open(_file_state(partial)) as f:
@@ -156,60 +153,72 @@ def _resumable(partial, run_id, header):
                          "(run without --resume to start over)")
     if not same_header or size < state.get("bytes", float("inf")):
         return None
-    return state["tensors"], state["shards"], state["rows"]
+    return state["tensors"], state["shards"], state["rows"], state["bytes"]
 
 
-def _run_file(source, writer, plan, options, partial, run_id, resume, progress, log):
-    """A single-file (GGUF) run. The header goes first; tensor data follows in plan order.
-
-    After each source shard the file is flushed and fsynced and ``OUT.partial.run.json``
-    records how many tensors it holds, with their report rows. ``resume`` then copies
-    those tensors' bytes from the earlier partial file instead of quantizing them again.
-    Returns ``(rows, resumed_shards)``.
-    """
+def _gguf_header(writer, plan, path):
+    """The GGUF header (key/values and tensor infos) gguf-py writes for this plan, padded
+    to the data alignment, and that alignment. ``path`` is a scratch file."""
     import gguf
 
-    if os.path.isdir(partial):
-        shutil.rmtree(partial)
-    fresh = partial + ".new"
-    if os.path.exists(fresh):  # left by a killed run: a second name of ``partial``, never to be truncated
-        os.remove(fresh)
-    gw = gguf.GGUFWriter(fresh, writer.arch)
-    old = None
+    gw = gguf.GGUFWriter(path, writer.arch)
     try:
         for _, items in plan:
             for info, selected in items:
                 writer.tensor_info(gw, info, selected)
-        sizes = [ti.nbytes for ti in gw.tensors[0].values()]
         writer.metadata(gw)
         gw.write_header_to_file()
         gw.write_kv_data_to_file()
         gw.write_ti_data_to_file()
-        out = _gguf_out(gw)
-        out.flush()
-        header_end = out.tell()
-        with open(fresh, "rb") as f:
-            header = f.read(header_end)
-        data_start = gguf.GGUFWriter.ggml_pad(header_end, gw.data_alignment)
-        done = _resumable(partial, run_id, header) if resume and os.path.exists(partial) else None
-        if resume and os.path.exists(partial) and done is None and log:
-            log(f"resume: {os.path.basename(partial)} does not hold what its record says; starting it over")
-        n_done, shards_done, rows = done if done is not None else (0, 0, [])
-        if done is None and os.path.exists(_file_state(partial)):
-            os.remove(_file_state(partial))
-        total = sum(info.nbytes for _, items in plan for info, _ in items)
-        skipped = sum(info.nbytes for _, items in plan[:shards_done] for info, _ in items)
-        bar = _progress(total, progress, initial=skipped)
-        if n_done:
-            if log:
-                log(f"resume: keeping the {n_done} tensors of {shards_done} finished shards")
-            old = np.memmap(partial, dtype=np.uint8, mode="r")
-            offset = data_start
-            for k in range(n_done):
-                gw.write_tensor_data(np.asarray(old[offset:offset + sizes[k]]))
-                offset += gguf.GGUFWriter.ggml_pad(sizes[k], gw.data_alignment)
-            del old
-            old = None
+        alignment = gw.data_alignment
+    finally:
+        gw.close()
+    with open(path, "rb") as f:
+        header = f.read()
+    os.remove(path)
+    return header + bytes(-len(header) % alignment), alignment
+
+
+def _write_tensor(f, data, alignment):
+    """One tensor's bytes and the zeros that pad them to ``alignment``; returns its size."""
+    raw = np.ascontiguousarray(data)
+    f.write(memoryview(raw.reshape(-1)).cast("B"))
+    f.write(bytes(-raw.nbytes % alignment))
+    return raw.nbytes
+
+
+def _run_file(source, writer, plan, options, partial, run_id, resume, progress, log):
+    """A single-file (GGUF) run, written in place as ``OUT.partial``.
+
+    gguf-py writes the header (``_gguf_header``); the tensor data follows in plan order,
+    each tensor padded to the alignment as gguf-py pads it. After each source shard the
+    file is fsynced and ``OUT.partial.run.json`` records how many tensors and bytes it
+    holds, with their report rows. ``resume`` cuts the file back to those bytes and
+    carries on from the next shard: nothing is copied or quantized twice.
+    Returns ``(rows, resumed_shards)``.
+    """
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)
+    header, alignment = _gguf_header(writer, plan, partial + ".header")
+    done = _resumable(partial, run_id, header) if resume and os.path.exists(partial) else None
+    if resume and os.path.exists(partial) and done is None and log:
+        log(f"resume: {os.path.basename(partial)} does not hold what its record says; starting it over")
+    if done is None and os.path.exists(_file_state(partial)):
+        os.remove(_file_state(partial))
+    n_done, shards_done, rows, kept = done if done is not None else (0, 0, [], 0)
+    total = sum(info.nbytes for _, items in plan for info, _ in items)
+    skipped = sum(info.nbytes for _, items in plan[:shards_done] for info, _ in items)
+    if n_done and log:
+        log(f"resume: keeping the {n_done} tensors of {shards_done} finished shards")
+    if done is not None:
+        f = open(partial, "r+b")
+        f.truncate(kept)  # whatever follows belongs to a shard that did not finish
+        f.seek(kept)
+    else:
+        f = open(partial, "wb")
+        f.write(header)
+    bar = _progress(total, progress, initial=skipped)
+    try:
         scratch = quantizer.Scratch()
         label = f"{writer.type_name}"
         index = n_done
@@ -225,39 +234,27 @@ def _run_file(source, writer, plan, options, partial, run_id, resume, progress, 
                     else:
                         q, err, norm = None, 0.0, 0.0
                         data = writer.copy(info, array, dtype_name)
-                    gw.write_tensor_data(data)
+                    nbytes = _write_tensor(f, data, alignment)
                 rows.append(_row(info, shard, label if selected else f"copy {info.dtype}", q, err, norm,
-                                 data.nbytes, time.perf_counter() - t0))
+                                 nbytes, time.perf_counter() - t0))
                 index += 1
                 if bar is not None:
                     bar.update(info.nbytes)
-            out.flush()
-            os.fsync(out.fileno())
-            _publish(fresh, partial)
+            f.flush()
+            os.fsync(f.fileno())
             _write_json_atomic(_file_state(partial), dict(run=run_id, tensors=index, shards=shard_no + 1,
-                                                           bytes=out.tell(), rows=rows))
+                                                           bytes=f.tell(), rows=rows))
+        f.close()
+    except BaseException:
+        f.close()
+        if not os.path.exists(_file_state(partial)):
+            os.remove(partial)  # no shard finished: nothing to resume from
+        raise
+    finally:
         if bar is not None:
             bar.close()
-        gw.close()
-        _publish(fresh, partial)
-    except BaseException:
-        gw.close()
-        if os.path.exists(fresh):
-            os.remove(fresh)  # what it finished is in ``partial`` (a second name of the same file)
-        raise
-    os.remove(fresh)
     os.remove(_file_state(partial))
     return rows, shards_done
-
-
-def _publish(fresh, partial):
-    """Make ``partial`` a second name of the file being written (replacing an earlier
-    run's, whose finished tensors it now holds too)."""
-    if os.path.exists(partial):
-        if os.path.samefile(partial, fresh):
-            return
-        os.remove(partial)
-    os.link(fresh, partial)
 
 
 def _write_json_atomic(path, value):

@@ -258,6 +258,14 @@ def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid, weighting):
     assert np.sum(factor * (w - expected) ** 2.0) <= np.sum(factor * (w - rtn) ** 2.0) * (1 + 1e-6)
 
 
+def test_unknown_clip_weighting_is_refused_up_front():
+    from nbwoq.formats.quantizer import QuantOptions
+    from nbwoq.formats.source import InputError
+
+    with pytest.raises(InputError, match="--clip-weighting must be"):
+        QuantOptions(4, 32, "asym", clip="group", clip_weighting="Magnitude")
+
+
 def test_clip_grid_without_clip_is_refused(tiny_bf16, tmp_path, capsys):
     assert main(["quantize", tiny_bf16, str(tmp_path / "o"), "--clip-grid", "20"]) == 1
     assert "--clip-grid needs --clip" in _err(capsys)

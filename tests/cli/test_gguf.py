@@ -176,3 +176,16 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
     fresh = str(tmp_path / "fresh.gguf")
     assert main(["quantize", tiny_sharded, fresh, "--format", "gguf", "--quiet"]) == 0
     assert open(out, "rb").read() == open(fresh, "rb").read()
+
+
+def test_partial_gguf_without_a_record_is_started_over(tiny_sharded, tmp_path, capsys):
+    """A run killed before its first shard leaves ``OUT.partial`` and no record: --resume
+    has nothing to keep, says so, and writes the whole file."""
+    out = str(tmp_path / "out.gguf")
+    with open(out + ".partial", "wb") as f:
+        f.write(b"GGUF torn")
+    assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--resume"]) == 0  # not --quiet: it logs
+    assert "starting it over" in capsys.readouterr().err
+    fresh = str(tmp_path / "fresh.gguf")
+    assert main(["quantize", tiny_sharded, fresh, "--format", "gguf", "--quiet"]) == 0
+    assert open(out, "rb").read() == open(fresh, "rb").read()

@@ -22,6 +22,7 @@ import pytest
 from nbwoq import _safetensors_io as st
 from nbwoq.checkpoint import write_checkpoint
 from nbwoq.cli import main
+from nbwoq.formats import run
 from nbwoq.formats.run import PARTIAL
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -159,22 +160,22 @@ def test_enospc_gguf_writer_later_keeps_finished_shards_and_resumes(sharded, uni
                                                                    capsys):
     """A full disk after some shards: one error line, no OUT, and --resume completes the
     GGUF file byte-identically without quantizing the finished shards again."""
-    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("gguf")
     out = str(tmp_path / "out.gguf")
     calls = []
-    real = gguf.GGUFWriter.write_tensor_data
+    real = run._write_tensor
 
-    def write_tensor_data(self, *args, **kwargs):
+    def write_tensor(*args):
         calls.append(1)
         if len(calls) >= 30:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out + PARTIAL)
-        return real(self, *args, **kwargs)
+        return real(*args)
 
     with monkeypatch.context() as m:
-        m.setattr(gguf.GGUFWriter, "write_tensor_data", write_tensor_data)
+        m.setattr(run, "_write_tensor", write_tensor)
         assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
     assert "No space left on device" in capsys.readouterr().err
-    assert not os.path.exists(out) and not os.path.exists(out + PARTIAL + ".new")
+    assert not os.path.exists(out)
     kept = len(_finished_shards(out + PARTIAL))
     assert kept >= 1
     from nbwoq.formats import quantizer
@@ -188,21 +189,23 @@ def test_enospc_gguf_writer_later_keeps_finished_shards_and_resumes(sharded, uni
 
 
 def test_enospc_gguf_writer_leaves_no_file(sharded, tmp_path, monkeypatch, capsys):
-    gguf = pytest.importorskip("gguf")
+    """A full disk before any shard is finished: nothing to resume from, nothing left."""
+    pytest.importorskip("gguf")
     out = str(tmp_path / "out.gguf")
     calls = []
-    real = gguf.GGUFWriter.write_tensor_data
+    real = run._write_tensor
 
-    def write_tensor_data(self, *args, **kwargs):
+    def write_tensor(*args):
         calls.append(1)
         if len(calls) >= 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out + PARTIAL)
-        return real(self, *args, **kwargs)
+        return real(*args)
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", write_tensor_data)
+    monkeypatch.setattr(run, "_write_tensor", write_tensor)
     assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert not os.path.exists(out) and not os.path.exists(out + PARTIAL)
+    assert not os.path.exists(out + PARTIAL + ".run.json") and not os.path.exists(out + PARTIAL + ".header")
 
 
 @pytest.fixture
