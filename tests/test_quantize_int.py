@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -77,12 +77,20 @@ def test_matches_naive_loops(p):
 
 @SETTINGS
 @given(problems(dtypes=(np.float32, np.float64)))
+@example(p=dict(w=np.array([[1e-45]], np.float32), bits=2, group_size=-1, scheme="asym", quantile=1.0,
+                full_range=False))  # found by hypothesis: a scale that underflows to 0
 def test_codes_in_range_and_whole(p):
     w = p["w"].copy()
     out, scale, zp = nbwoq.quant_tensor(w, return_int=True, **_kwargs(p))
     lo, hi = code_range(p["bits"], p["scheme"])
-    assert np.all(out == np.rint(out))
-    assert out.min() >= lo and out.max() <= hi
+    # A group so tiny that its scale underflows to 0 (e.g. one 1e-45) has NaN codes, as
+    # in the reference (README, "Limits"); every other code is whole and in range.
+    size = out.shape[1] if scale.shape[1] == 1 else p["group_size"]
+    underflow = np.repeat(scale == 0, size, axis=1)[:, :out.shape[1]]
+    assert np.all(np.isnan(out[underflow]))
+    kept = out[~underflow]
+    assert np.all(kept == np.rint(kept))
+    assert kept.size == 0 or (kept.min() >= lo and kept.max() <= hi)
     assert scale.shape == (w.shape[0], -(-w.shape[1] // (w.shape[1] if p["group_size"] == -1 or p["group_size"] > w.shape[1] else p["group_size"])))
 
 
