@@ -29,7 +29,9 @@ CONFIGS = {
     "int4-asym-g128": dict(bits=4, group_size=128, scheme="asym", dtype="int"),
     "nf4-g64": dict(bits=4, group_size=64, scheme="asym", dtype="nf4"),
 }
-MODES = {"per-tensor": False, "per-group": True}
+#: mode name -> search_clip keyword arguments beyond the config's.
+MODES = {"per-tensor": dict(per_group=False), "per-group": dict(per_group=True),
+         "per-group-magnitude": dict(per_group=True, weighting="magnitude")}
 
 
 def _torch_fake_quant(x, ratio, bits, dtype, torch):
@@ -52,17 +54,23 @@ def _torch_fake_quant(x, ratio, bits, dtype, torch):
     return levels[torch.bucketize(x.div_(scale), mids)].mul_(scale)
 
 
-def torch_search_clip(w, bits, group_size, scheme, dtype, per_group=False):
-    """The 40-pass search in plain torch (float32 ``w``, dividing group size, asym/nf4)."""
+def torch_search_clip(w, bits, group_size, scheme, dtype, per_group=False, weighting=None):
+    """The 40-pass search in plain torch (float32 ``w``, dividing group size, asym/nf4);
+    ``weighting="magnitude"`` weights each squared error by the group's RMS plus ``|x|``."""
     torch = common.torch_or_none()
     assert scheme == "asym" or dtype != "int"
     g = w.reshape(-1, group_size)
+    weight = None
+    if weighting == "magnitude":
+        weight = g.double().pow(2).mean(1, keepdim=True).sqrt().float() + g.abs()
     best_loss, best_ratio = float("inf"), None
     group_best = torch.full((g.shape[0],), float("inf"), dtype=torch.float64)
     group_ratio = torch.ones(g.shape[0], dtype=w.dtype)
     for ratio in RATIOS:
         q = _torch_fake_quant(g.clone(), ratio, bits, dtype, torch)
         err = (g - q).pow_(2)
+        if weight is not None:
+            err.mul_(weight)
         if per_group:
             loss = err.sum(1, dtype=torch.float64)
             better = loss < group_best
@@ -84,14 +92,12 @@ def speedup_vs_torch(w, shape, config, mode):
     """``(nbwoq s, torch s, ratio)``: medians, nbwoq timed three times after every torch
     run so that both sample the same stretch of machine load. The torch search takes
     seconds to tens of seconds: fewer rounds on the big shape."""
-    kw, per_group = CONFIGS[config], MODES[mode]
+    kw = dict(CONFIGS[config], **MODES[mode])
     t_nb, t_torch = [], []
     for _ in range(3 if shape == "4096x4096" else 1):
-        t_torch.append(common.median_time(lambda x: torch_search_clip(x, per_group=per_group, **kw),
-                                          lambda: _torch_weight(shape), 1))
+        t_torch.append(common.median_time(lambda x: torch_search_clip(x, **kw), lambda: _torch_weight(shape), 1))
         for _ in range(3):
-            t_nb.append(common.median_time(lambda _: nbwoq.search_clip(w, per_group=per_group, **kw),
-                                           lambda: None, 1))
+            t_nb.append(common.median_time(lambda _: nbwoq.search_clip(w, **kw), lambda: None, 1))
     a, b = float(np.median(t_nb)), float(np.median(t_torch))
     return a, b, b / a
 
@@ -106,11 +112,11 @@ class SearchClip:
         self.w = common.weight(shape, "float32")  # read-only: the search never writes
 
     def time_search_clip(self, shape, config, mode):
-        nbwoq.search_clip(self.w, per_group=MODES[mode], **CONFIGS[config])
+        nbwoq.search_clip(self.w, **MODES[mode], **CONFIGS[config])
 
     def _time_nbwoq(self, shape, config, mode, repeat=5):
         w = self.w
-        return common.median_time(lambda _: nbwoq.search_clip(w, per_group=MODES[mode], **CONFIGS[config]),
+        return common.median_time(lambda _: nbwoq.search_clip(w, **MODES[mode], **CONFIGS[config]),
                                   lambda: None, repeat)
 
     def track_speedup_vs_torch_40_pass(self, shape, config, mode):
@@ -176,7 +182,7 @@ class SearchClipMemory:
     timeout = 300
 
     def track_extra_peak_percent_4096x4096(self, config, mode):
-        return extra_peak_percent([4096, 4096], per_group=MODES[mode], **CONFIGS[config])
+        return extra_peak_percent([4096, 4096], **MODES[mode], **CONFIGS[config])
 
     track_extra_peak_percent_4096x4096.unit = "% of weight"
 
@@ -184,7 +190,7 @@ class SearchClipMemory:
 if __name__ == "__main__":
     common.warm_up_clip()
     shape = sys.argv[1] if len(sys.argv) > 1 else "4096x4096"
-    print(f"{'shape':>11} {'config':>15} {'mode':>10} {'nbwoq ms':>9} {'torch ms':>9} {'x faster':>9} "
+    print(f"{'shape':>11} {'config':>15} {'mode':>19} {'nbwoq ms':>9} {'torch ms':>9} {'x faster':>9} "
           f"{'floor ms':>9} {'x floor':>8} {'peak %':>7}")
     for config in CONFIGS:
         per_mode = {}
@@ -193,9 +199,9 @@ if __name__ == "__main__":
             bench.setup(shape, config, mode)
             t_nb, t_torch, _ = speedup_vs_torch(bench.w, shape, config, mode)
             t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, "float32"), 5)
-            peak = extra_peak_percent(list(common.SHAPES[shape]), per_group=MODES[mode], **CONFIGS[config])
+            peak = extra_peak_percent(list(common.SHAPES[shape]), **MODES[mode], **CONFIGS[config])
             per_mode[mode] = t_nb
-            print(f"{shape:>11} {config:>15} {mode:>10} {t_nb*1e3:9.1f} {t_torch*1e3:9.0f} {t_torch/t_nb:9.1f} "
+            print(f"{shape:>11} {config:>15} {mode:>19} {t_nb*1e3:9.1f} {t_torch*1e3:9.0f} {t_torch/t_nb:9.1f} "
                   f"{t_floor*1e3:9.2f} {t_nb/t_floor:8.1f} {peak:7.2f}")
         cost = SearchClipPerGroupCost()
         cost.setup(shape, config)

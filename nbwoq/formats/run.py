@@ -171,11 +171,13 @@ def _gguf_header(writer, plan, path):
         gw.write_kv_data_to_file()
         gw.write_ti_data_to_file()
         alignment = gw.data_alignment
+        gw.close()
+        with open(path, "rb") as f:
+            header = f.read()
     finally:
         gw.close()
-    with open(path, "rb") as f:
-        header = f.read()
-    os.remove(path)
+        if os.path.exists(path):
+            os.remove(path)
     return header + bytes(-len(header) % alignment), alignment
 
 

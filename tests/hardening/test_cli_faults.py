@@ -156,18 +156,21 @@ def test_enospc_writer_clear_error_no_corrupt_output(sharded, uninterrupted, tmp
     assert _contents(out) == uninterrupted["nbwoq"]
 
 
-def test_enospc_gguf_writer_later_keeps_finished_shards_and_resumes(sharded, uninterrupted, tmp_path, monkeypatch,
-                                                                   capsys):
-    """A full disk after some shards: one error line, no OUT, and --resume completes the
-    GGUF file byte-identically without quantizing the finished shards again."""
+@pytest.mark.parametrize("after", [3, 30], ids=["before-any-shard", "after-some-shards"])
+def test_enospc_gguf_writer(sharded, uninterrupted, tmp_path, monkeypatch, capsys, after):
+    """A full disk: one error line and no OUT. Before any shard is finished nothing is
+    left; after some, ``OUT.partial`` keeps them and --resume completes the GGUF file
+    byte-identically without quantizing them again."""
     pytest.importorskip("gguf")
+    from nbwoq.formats import quantizer
+
     out = str(tmp_path / "out.gguf")
     calls = []
     real = run._write_tensor
 
     def write_tensor(*args):
         calls.append(1)
-        if len(calls) >= 30:
+        if len(calls) >= after:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out + PARTIAL)
         return real(*args)
 
@@ -175,37 +178,18 @@ def test_enospc_gguf_writer_later_keeps_finished_shards_and_resumes(sharded, uni
         m.setattr(run, "_write_tensor", write_tensor)
         assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
     assert "No space left on device" in capsys.readouterr().err
-    assert not os.path.exists(out)
+    assert not os.path.exists(out) and not os.path.exists(out + PARTIAL + ".header")
     kept = len(_finished_shards(out + PARTIAL))
+    if after == 3:
+        assert not os.path.exists(out + PARTIAL) and not os.path.exists(out + PARTIAL + ".run.json")
+        return
     assert kept >= 1
-    from nbwoq.formats import quantizer
-
     quantized = []
     real_quantize = quantizer.quantize
     monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: quantized.append(a[3]) or real_quantize(*a, **k))
     assert main(["quantize", sharded, out, "--format", "gguf", "--quiet", "--resume"]) == 0
     assert _contents(out) == uninterrupted["gguf"]
-    assert len(quantized) < 28  # the finished shards' tensors were copied, not quantized again
-
-
-def test_enospc_gguf_writer_leaves_no_file(sharded, tmp_path, monkeypatch, capsys):
-    """A full disk before any shard is finished: nothing to resume from, nothing left."""
-    pytest.importorskip("gguf")
-    out = str(tmp_path / "out.gguf")
-    calls = []
-    real = run._write_tensor
-
-    def write_tensor(*args):
-        calls.append(1)
-        if len(calls) >= 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out + PARTIAL)
-        return real(*args)
-
-    monkeypatch.setattr(run, "_write_tensor", write_tensor)
-    assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
-    assert "No space left on device" in capsys.readouterr().err
-    assert not os.path.exists(out) and not os.path.exists(out + PARTIAL)
-    assert not os.path.exists(out + PARTIAL + ".run.json") and not os.path.exists(out + PARTIAL + ".header")
+    assert len(quantized) < 28  # the finished shards' tensors were kept in the file, not quantized again
 
 
 @pytest.fixture
