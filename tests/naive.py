@@ -8,7 +8,15 @@ import numpy as np
 
 
 def quant_tensor_int(w, bits, group_size, scheme, quantile=1.0, full_range=False):
-    """Codes, scales and zero points of ``w`` (float32, 2-D); ``w`` is not modified."""
+    """Codes, scales and zero points of ``w`` (float32, 2-D); ``w`` is not modified.
+
+    A group whose scale underflows to 0 gets NaN codes and zero point, as in the
+    reference (no warning: it is the documented result)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _quant_tensor_int(w, bits, group_size, scheme, quantile, full_range)
+
+
+def _quant_tensor_int(w, bits, group_size, scheme, quantile, full_range):
     f = np.float32
     rows, cols = w.shape
     g = cols if group_size == -1 or group_size > cols else group_size
