@@ -26,7 +26,7 @@ from nbwoq.quantize import (
     quant_weight_w_scale,
     quantize_4bit,
 )
-from nbwoq.load import QuantizedTensor, dequantize, load
+from nbwoq.formats.nbwoq_io import QuantizedTensor, dequantize, load
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from nbwoq.cli import main
+from nbwoq.command.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

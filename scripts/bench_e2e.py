@@ -34,8 +34,8 @@ import time
 import numpy as np
 
 import nbwoq
-from nbwoq import _safetensors_io as st
-from nbwoq.checkpoint import ONE_B, write_checkpoint
+from nbwoq.formats import safetensors_io as st
+from nbwoq.command.demo_model import ONE_B, write_checkpoint
 from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize_packed, working_copy
 from nbwoq.formats.source import Source
 

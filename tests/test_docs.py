@@ -213,7 +213,7 @@ def _runnable(command):
 
 _RUNNER = """
 import contextlib, io, json, sys
-from nbwoq.cli import main
+from nbwoq.command.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
     out = io.StringIO()

@@ -55,7 +55,7 @@ def test_docstring_examples_run(name):
 
 
 def test_the_scan_finds_the_public_modules():
-    for name in ("nbwoq.quantize", "nbwoq.clip", "nbwoq.load", "nbwoq_torch.quantize", "nbwoq_torch._modules"):
+    for name in ("nbwoq.quantize", "nbwoq.clip", "nbwoq.formats.nbwoq_io", "nbwoq_torch.quantize", "nbwoq_torch._modules"):
         assert name in MODULES
 
 

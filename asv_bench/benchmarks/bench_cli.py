@@ -18,9 +18,9 @@ import tempfile
 import time
 
 import nbwoq
-from nbwoq.checkpoint import write_checkpoint
+from nbwoq.command.demo_model import write_checkpoint
 from nbwoq.formats.quantizer import QuantOptions, working_copy
-from nbwoq.formats.run import quantize_checkpoint
+from nbwoq.command.run import quantize_checkpoint
 from nbwoq.formats.source import Source
 
 SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,

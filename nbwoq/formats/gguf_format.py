@@ -28,11 +28,11 @@ import os
 import numpy as np
 
 import nbwoq
-from nbwoq import _packing
+from nbwoq.formats import packing
 from nbwoq.formats.quantizer import requantizer, working_copy
 from nbwoq.formats.source import InputError
 
-_KINDS = {"Q4_0": _packing.Q4_0, "Q4_1": _packing.Q4_1, "Q8_0": _packing.Q8_0}
+_KINDS = {"Q4_0": packing.Q4_0, "Q4_1": packing.Q4_1, "Q8_0": packing.Q8_0}
 _FILE_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # llama_ftype MOSTLY_*
 
 
@@ -123,7 +123,7 @@ class GgufWriter:
         gguf = self.gguf
         if selected:
             rows, cols = info.shape
-            _, bsize = _packing.GGUF_BLOCK[self.kind]
+            _, bsize = packing.GGUF_BLOCK[self.kind]
             byte_shape = (rows, cols // 32 * bsize)
             writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
             return
@@ -232,18 +232,18 @@ class GgufWriter:
         if self.requantize is not None:
             # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
             work = working_copy(array, dtype_name, out=q.codes)
-            zp = q.zp if self.kind == _packing.Q4_1 else None
+            zp = q.zp if self.kind == packing.Q4_1 else None
             self.requantize(work, scale16.astype(np.float32), zp, group_size=32, bits=self.options.bits)
-        if self.kind == _packing.Q4_1:
+        if self.kind == packing.Q4_1:
             m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
         else:
             m16 = np.zeros((1, 1), dtype=np.float16)
             m16 = np.broadcast_to(m16, scale16.shape)
-        _, bsize = _packing.GGUF_BLOCK[self.kind]
+        _, bsize = packing.GGUF_BLOCK[self.kind]
         out = np.empty((rows, cols // 32 * bsize), dtype=np.uint8)
         err = np.empty(rows, dtype=np.float64)
         norm = np.empty(rows, dtype=np.float64)
-        _packing.pack_gguf_rows(q.codes, _packing.storage_view(array, dtype_name), scale16.view(np.uint16),
+        packing.pack_gguf_rows(q.codes, packing.storage_view(array, dtype_name), scale16.view(np.uint16),
                                 np.ascontiguousarray(m16).view(np.uint16), self.kind, out, err, norm)
         perm = self.permutation(info)
         if perm is not None:

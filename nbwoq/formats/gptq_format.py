@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 import nbwoq
-from nbwoq import _packing
+from nbwoq.formats import packing
 from nbwoq._layout import group_layout
 from nbwoq.formats.quantizer import requantizer, working_copy
 from nbwoq.formats.source import InputError
@@ -92,16 +92,16 @@ class GptqWriter:
         err = np.empty(out_f, dtype=np.float64)
         norm = np.empty(out_f, dtype=np.float64)
         no_pack = np.empty((out_f, 0), dtype=np.uint8)
-        _packing.pack_rows(q.codes, _packing.storage_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
+        packing.pack_rows(q.codes, packing.storage_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
                            o.slot, np.zeros(1, np.float32), False, False, no_pack, err, norm)
         packed_t = np.empty((out_f, in_f // self.per), dtype=np.uint32)
-        _packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, packed_t)
+        packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, packed_t)
         qweight = np.ascontiguousarray(packed_t.T).view(np.int32)
         # Unsigned zero point: asym codes are already unsigned; sym codes were shifted by -qmin.
         zero_u = (zp - np.float32(o.qmin)).astype(np.int64)
         if self.checkpoint_format == "gptq":
             zero_u = zero_u - 1  # v1 stores zero - 1
-        qzeros = _packing.pack_columns_u32(np.ascontiguousarray(zero_u.T) & ((1 << o.bits) - 1), o.bits)
+        qzeros = packing.pack_columns_u32(np.ascontiguousarray(zero_u.T) & ((1 << o.bits) - 1), o.bits)
         g_idx = (np.arange(in_f, dtype=np.int32) // np.int32(size)).astype(np.int32)
         p = info.name[: -len(".weight")]
         outputs = [(p + ".qweight", qweight), (p + ".qzeros", qzeros),

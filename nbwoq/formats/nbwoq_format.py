@@ -3,7 +3,7 @@
 For a quantized tensor ``W`` (rows, cols) the file holds
 
 ``W.codes``  uint8 (rows, bytes per row)
-    unsigned codes ``code - qmin`` packed along the row (``_packing`` describes it);
+    unsigned codes ``code - qmin`` packed along the row (``packing`` describes it);
 ``W.scales`` float32 (rows, n_groups)
     the core's scales, unrounded, so decoding gives back the fake-quant exactly;
 ``W.zeros``  uint8 or uint16 (rows, n_groups)
@@ -19,8 +19,8 @@ import json
 
 import numpy as np
 
-from nbwoq import _packing
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import packing
+from nbwoq.formats import safetensors_io as st
 from nbwoq._layout import group_layout
 from nbwoq.formats import quantizer
 
@@ -64,7 +64,7 @@ class NbwoqWriter:
             return [(info.name, _copy_dtype(info), info.shape)]
         rows, cols = info.shape
         _, n_groups = group_layout(cols, self.options.group_size)
-        out = [(info.name + ".codes", "U8", (rows, _packing.packed_cols(cols, self.options.slot))),
+        out = [(info.name + ".codes", "U8", (rows, packing.packed_cols(cols, self.options.slot))),
                (info.name + ".scales", "F32", (rows, n_groups))]
         if has_zeros(self.options):
             out.append((info.name + ".zeros", _zeros_dtype(self.options), (rows, n_groups)))
@@ -95,13 +95,13 @@ class NbwoqWriter:
         o = self.options
         rows, cols = info.shape
         size, n_groups = group_layout(cols, o.group_size)
-        shape = (rows, _packing.packed_cols(cols, o.slot))
+        shape = (rows, packing.packed_cols(cols, o.slot))
         scratch = getattr(self, "scratch", None)
         packed = np.empty(shape, dtype=np.uint8) if scratch is None else scratch.get("packed", shape, np.uint8)
         zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
         err = np.empty(rows, dtype=np.float64)
         norm = np.empty(rows, dtype=np.float64)
-        _packing.pack_rows(q.codes, _packing.storage_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
+        packing.pack_rows(q.codes, packing.storage_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
                            o.slot, self.lut, o.codebook, True, packed, err, norm)
         outputs = [(info.name + ".codes", packed), (info.name + ".scales", q.scale)]
         if has_zeros(o):

@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 import nbwoq
-from nbwoq import _arrays, _kernels_finite, _packing, _validate
+from nbwoq import _arrays, _kernels_finite, _validate
+from nbwoq.formats import packing
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING
@@ -58,7 +59,7 @@ class QuantOptions:
             self.slot = 4
         else:
             self.qmin, self.qmax, _ = int_range(self.bits, self.scheme == "sym", self.full_range)
-            self.slot = _packing.slot_bits(max(self.qmax - self.qmin, 1).bit_length())
+            self.slot = packing.slot_bits(max(self.qmax - self.qmin, 1).bit_length())
         self._probe()
 
     def _probe(self):
@@ -110,7 +111,7 @@ class QuantOptions:
     def codebook_lut(self):
         if not self.codebook:
             return np.zeros(1, dtype=np.float32)
-        return _packing.codebook_lut(FLOAT_MAPPING[self.dtype], INT_MAPPING[self.dtype], self.qmin, self.slot)
+        return packing.codebook_lut(FLOAT_MAPPING[self.dtype], INT_MAPPING[self.dtype], self.qmin, self.slot)
 
     def selects(self, name, shape, dtype_name):
         """True when tensor ``name`` is quantized (else it is copied unchanged)."""
@@ -190,7 +191,7 @@ def working_copy(array, dtype_name, out=None):
     if dtype_name == "F32" and array.dtype == np.float32:
         np.copyto(out, array)
     else:
-        _packing.decode_rows(_packing.storage_view(array, dtype_name), out)
+        packing.decode_rows(packing.storage_view(array, dtype_name), out)
     return out
 
 
@@ -246,7 +247,7 @@ def one_pass(options):
 def quantize_packed(array, dtype_name, options, name, scratch, zeros_dtype):
     """Integer round-to-nearest straight from the source into nbwoq's packed codes.
 
-    The one-pass kernel ``_packing.quant_pack_int`` reads the stored values (bfloat16
+    The one-pass kernel ``packing.quant_pack_int`` reads the stored values (bfloat16
     and float16 through their bit patterns, no float32 copy) and makes the same codes,
     scales and zero points as ``nbwoq.quant_tensor`` on the float32 copy (tests hold
     them equal), packing and measuring each row while it is in cache.
@@ -259,14 +260,14 @@ def quantize_packed(array, dtype_name, options, name, scratch, zeros_dtype):
     rows, cols = array.shape
     size, n_groups = group_layout(cols, options.group_size)
     keep_zp = options.scheme == "asym"
-    packed = scratch.get("packed", (rows, _packing.packed_cols(cols, options.slot)), np.uint8)
+    packed = scratch.get("packed", (rows, packing.packed_cols(cols, options.slot)), np.uint8)
     scale = scratch.get("scale", (rows, n_groups), np.float32)
     zeros = scratch.get("zeros", (rows, n_groups) if keep_zp else (1, 1), zeros_dtype)
     err = scratch.get("err", (rows,), np.float64)
     norm = scratch.get("norm", (rows,), np.float64)
     bad = scratch.get("bad", (rows,), np.bool_)
     _, _, divisor = int_range(options.bits, options.scheme == "sym", options.full_range)
-    _packing.quant_pack_int(_packing.storage_view(array, dtype_name), size, n_groups, _ONE_QUANTILE,
+    packing.quant_pack_int(packing.storage_view(array, dtype_name), size, n_groups, _ONE_QUANTILE,
                             np.float32(options.qmin), np.float32(options.qmax), np.float32(divisor),
                             options.scheme == "sym", options.full_range, options.slot,
                             scale, zeros, keep_zp, packed, err, norm, bad)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import safetensors_io as st
 
 
 class InputError(ValueError):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import safetensors_io as st
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=128)

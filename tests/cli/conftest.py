@@ -2,7 +2,7 @@
 
 import pytest
 
-from nbwoq.checkpoint import write_checkpoint
+from nbwoq.command.demo_model import write_checkpoint
 
 from cli_helpers import TINY
 

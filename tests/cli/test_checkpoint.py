@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from nbwoq.checkpoint import generate_tensor, write_checkpoint
+from nbwoq.command.demo_model import generate_tensor, write_checkpoint
 
 from cli_helpers import TINY
 

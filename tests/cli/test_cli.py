@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import nbwoq
-from nbwoq import _safetensors_io as st
-from nbwoq.cli import main
-from nbwoq.formats import quantizer, run
+from nbwoq.formats import safetensors_io as st
+from nbwoq.command.cli import main
+from nbwoq.command import run
+from nbwoq.formats import quantizer
 
 from cli_helpers import read_tensor
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nbwoq
-from nbwoq.cli import main
+from nbwoq.command.cli import main
 from nbwoq.formats.quantizer import requantizer
 
 torch = pytest.importorskip("torch")
@@ -86,7 +86,7 @@ def test_q4_1_all_positive_weight(tiny_f32, tmp_path):
     """Groups with no negative weight (zero point 0) decode right: m = 0, not -16 * d."""
     import shutil
 
-    from nbwoq import _safetensors_io as st
+    from nbwoq.formats import safetensors_io as st
 
     src = tmp_path / "src"
     shutil.copytree(tiny_f32, src)
@@ -110,7 +110,7 @@ def test_q4_1_all_positive_weight(tiny_f32, tmp_path):
 def test_tokenizer_json_becomes_gguf_tokenizer(tmp_path):
     """A byte-level BPE tokenizer.json is written into the GGUF; transformers reads it back."""
     from cli_helpers import TINY
-    from nbwoq.checkpoint import write_checkpoint
+    from nbwoq.command.demo_model import write_checkpoint
 
     tokenizers = pytest.importorskip("tokenizers")
     src = tmp_path / "src"

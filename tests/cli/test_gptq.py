@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import nbwoq
-from nbwoq import _safetensors_io as st
-from nbwoq.cli import main
+from nbwoq.formats import safetensors_io as st
+from nbwoq.command.cli import main
 from nbwoq.formats.quantizer import requantizer
 
 from cli_helpers import read_tensor

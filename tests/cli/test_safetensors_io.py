@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import safetensors_io as st
 
 
 def _write(path, header, data=b""):

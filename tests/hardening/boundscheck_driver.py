@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import fuzzing  # noqa: E402
 import nbwoq  # noqa: E402
-from nbwoq import _packing  # noqa: E402
+from nbwoq.formats import packing  # noqa: E402
 
 # Each array layout Numba types differently is its own compiled code, and indexing is
 # what bounds checks guard: contiguous (C) and strided (A: positive and negative
@@ -36,7 +36,7 @@ def bounds_checking_is_on():
     """An index one past a row inside a parallel kernel must raise (IndexError, which
     Numba's parallel regions surface as SystemError)."""
     try:
-        _packing.unpack_rows(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.float32), np.zeros((2, 1), np.float32),
+        packing.unpack_rows(np.zeros((2, 1), np.uint8), np.ones((2, 1), np.float32), np.zeros((2, 1), np.float32),
                              64, np.float32(0), 4, np.zeros(1, np.float32), False, np.empty((2, 64), np.float32))
     except (IndexError, SystemError):
         return True
@@ -75,8 +75,8 @@ def fuzz(examples):
 
 def cli_round_trips():
     """Every packer and unpacker: the CLI on a tiny checkpoint in each format, read back."""
-    from nbwoq.checkpoint import write_checkpoint
-    from nbwoq.cli import main
+    from nbwoq.command.demo_model import write_checkpoint
+    from nbwoq.command.cli import main
 
     failures = []
     tmp = tempfile.mkdtemp(prefix="nbwoq-bc-")

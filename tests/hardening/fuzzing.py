@@ -1310,7 +1310,7 @@ _load_files = {}
 def _load_base(name):
     """A small nbwoq-format file of configuration ``name`` (made once per process)."""
     if name not in _load_files:
-        from nbwoq.formats.run import quantize_arrays
+        from nbwoq.command.run import quantize_arrays
 
         folder = tempfile.mkdtemp(prefix="nbwoq-fuzz-load-")
         w = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
@@ -1684,7 +1684,7 @@ _cli_source = {}
 def cli_source():
     """A tiny generated checkpoint (made once per process)."""
     if "path" not in _cli_source:
-        from nbwoq.checkpoint import write_checkpoint
+        from nbwoq.command.demo_model import write_checkpoint
 
         _cli_source["path"] = write_checkpoint(
             tempfile.mkdtemp(prefix="nbwoq-fuzz-cli-"), hidden_size=64, intermediate_size=96, num_hidden_layers=1,
@@ -1723,7 +1723,7 @@ def check_cli(argv):
     import io
     import shutil
 
-    from nbwoq.cli import main
+    from nbwoq.command.cli import main
 
     folder = tempfile.mkdtemp(prefix="nbwoq-fuzz-cli-out-")
     fmt = argv[argv.index("--format") + 1] if "--format" in argv else "nbwoq"

@@ -19,11 +19,11 @@ import time
 
 import pytest
 
-from nbwoq import _safetensors_io as st
-from nbwoq.checkpoint import write_checkpoint
-from nbwoq.cli import main
-from nbwoq.formats import run
-from nbwoq.formats.run import PARTIAL
+from nbwoq.formats import safetensors_io as st
+from nbwoq.command.demo_model import write_checkpoint
+from nbwoq.command.cli import main
+from nbwoq.command import run
+from nbwoq.command.run import PARTIAL
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=128)
@@ -39,7 +39,7 @@ SLOW_CLI = """
         return real(*args, **kwargs)
 
     quantizer.quantize = slow
-    from nbwoq.cli import main
+    from nbwoq.command.cli import main
     sys.exit(main(sys.argv[1:]))
 """
 

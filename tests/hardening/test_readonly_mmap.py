@@ -122,8 +122,8 @@ def test_in_place_on_a_writable_memmap_writes_the_file_without_a_copy(tmp_path, 
 
 RSS_PROBE = """
     import json, os, sys
-    from nbwoq.checkpoint import write_checkpoint
-    from nbwoq.cli import main
+    from nbwoq.command.demo_model import write_checkpoint
+    from nbwoq.command.cli import main
 
     src, tiny, out = sys.argv[1:4]
 
@@ -147,7 +147,7 @@ def test_cli_streams_a_large_readonly_source(tmp_path):
     the largest tensor and its working copy, not by the checkpoint."""
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux /proc to reset the peak resident size")
-    from nbwoq.checkpoint import write_checkpoint
+    from nbwoq.command.demo_model import write_checkpoint
 
     shape = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=8, vocab_size=1024)

@@ -44,8 +44,8 @@ def _nbwoq_file(tmp_path, meta_edit):
     """A one-tensor nbwoq-format file whose tensor metadata went through ``meta_edit``."""
     import json
 
-    from nbwoq import _safetensors_io as st
-    from nbwoq.formats.run import quantize_arrays
+    from nbwoq.formats import safetensors_io as st
+    from nbwoq.command.run import quantize_arrays
 
     w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     good = str(tmp_path / "good.safetensors")

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import safetensors_io as st
 
 #: The default: small enough to generate and quantize in seconds, shaped like Llama.
 DEFAULT = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
@@ -119,7 +119,7 @@ def write_checkpoint(folder, seed=0, dtype="bfloat16", shard_bytes=2 * 1024**3, 
     Examples
     --------
     >>> import tempfile, os
-    >>> from nbwoq.checkpoint import write_checkpoint
+    >>> from nbwoq.command.demo_model import write_checkpoint
     >>> d = write_checkpoint(tempfile.mkdtemp(), hidden_size=64, intermediate_size=128,
     ...                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
     >>> sorted(os.listdir(d))

@@ -2,7 +2,7 @@
 
 ``nbwoq quantize SRC OUT`` reads a Hugging Face folder, one ``.safetensors`` file or a
 GGUF file one tensor at a time and writes OUT in the chosen format. Without SRC it runs
-on a generated Llama-shaped checkpoint (``nbwoq.checkpoint``), so ``python -m nbwoq``
+on a generated Llama-shaped checkpoint (``nbwoq.command.demo_model``), so ``python -m nbwoq``
 works on a fresh machine. ``nbwoq generate OUT`` writes such a checkpoint.
 
 Exit status: 0 done, 1 bad input (one ``nbwoq: error:`` line), 2 bad usage,
@@ -122,7 +122,7 @@ def format_table(report, top=15, rows=True):
 
 def _quantize(args):
     from nbwoq.formats.quantizer import QuantOptions, parse_grid
-    from nbwoq.formats.run import quantize_checkpoint
+    from nbwoq.command.run import quantize_checkpoint
 
     if args.format == "gguf":
         group_size = 32 if args.group_size is None else args.group_size
@@ -143,7 +143,7 @@ def _quantize(args):
     try:
         src, out = args.src, args.out
         if src is None:
-            from nbwoq.checkpoint import write_checkpoint
+            from nbwoq.command.demo_model import write_checkpoint
 
             tmp = tempfile.mkdtemp(prefix="nbwoq-demo-")
             cleanup.append(tmp)
@@ -171,7 +171,7 @@ def _quantize(args):
 
 
 def _generate(args):
-    from nbwoq.checkpoint import ONE_B, write_checkpoint
+    from nbwoq.command.demo_model import ONE_B, write_checkpoint
 
     if os.path.exists(args.out) and os.listdir(args.out):
         raise ValueError(f"output {args.out!r} exists and is not empty")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import nbwoq
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import safetensors_io as st
 from nbwoq.formats import quantizer
 from nbwoq.formats.gguf_format import GgufWriter
 from nbwoq.formats.gptq_format import GptqWriter

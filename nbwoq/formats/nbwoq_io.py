@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from nbwoq import _packing
-from nbwoq import _safetensors_io as st
+from nbwoq.formats import packing
+from nbwoq.formats import safetensors_io as st
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq._tables import DTYPES, FLOAT_MAPPING, INT_MAPPING, SCHEMES
@@ -60,11 +60,11 @@ def _check(tensor):
         want_qmin, want_slot = -8, 4
     else:
         want_qmin, qmax, _ = int_range(bits, scheme == "sym", full_range)
-        want_slot = _packing.slot_bits(max(qmax - want_qmin, 1).bit_length())
+        want_slot = packing.slot_bits(max(qmax - want_qmin, 1).bit_length())
     if (qmin, slot) != (want_qmin, want_slot):
         raise ValueError(f"metadata gives qmin={qmin}, slot={slot}; {m!r} needs qmin={want_qmin}, slot={want_slot}")
     n_groups = group_layout(cols, group_size)[1]
-    parts = [("codes", codes, (rows, _packing.packed_cols(cols, slot)), ("uint8",)),
+    parts = [("codes", codes, (rows, packing.packed_cols(cols, slot)), ("uint8",)),
              ("scales", scales, (rows, n_groups), ("float32",))]
     if codebook == "int" and scheme == "asym":
         parts.append(("zeros", zeros, (rows, n_groups), ("uint8", "uint16")))
@@ -112,7 +112,7 @@ def load(path):
     Examples
     --------
     >>> import numpy as np, tempfile, os, nbwoq
-    >>> from nbwoq.formats.run import quantize_arrays
+    >>> from nbwoq.command.run import quantize_arrays
     >>> w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
     >>> quantize_arrays({"layers.0.fc.weight": w}, path, bits=4, group_size=16)
@@ -193,10 +193,10 @@ def dequantize(tensor, dtype=np.float32):
     out = np.empty((rows, cols), dtype=np.float32)
     codebook = m["codebook"] != "int"
     if codebook:
-        lut = _packing.codebook_lut(FLOAT_MAPPING[m["codebook"]], INT_MAPPING[m["codebook"]], m["qmin"], m["slot"])
+        lut = packing.codebook_lut(FLOAT_MAPPING[m["codebook"]], INT_MAPPING[m["codebook"]], m["qmin"], m["slot"])
     else:
         lut = np.zeros(1, dtype=np.float32)
     zeros = tensor.zeros.astype(np.float32) if tensor.zeros is not None else np.zeros((rows, max(n_groups, 1)), np.float32)
     if rows and cols:
-        _packing.unpack_rows(tensor.codes, tensor.scales, zeros, size, np.float32(m["qmin"]), m["slot"], lut, codebook, out)
+        packing.unpack_rows(tensor.codes, tensor.scales, zeros, size, np.float32(m["qmin"]), m["slot"], lut, codebook, out)
     return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
