@@ -26,9 +26,8 @@ from nbwoq.quantize import (
     quant_weight_w_scale,
     quantize_4bit,
 )
-from nbwoq.formats.nbwoq_io import QuantizedTensor, dequantize, load
-
-__version__ = "0.1.0"
+from nbwoq.formats.nbwoq_io import QuantizedTensor, dequantize, load, save
+from nbwoq._version import __version__
 
 __all__ = [
     "FLOAT_MAPPING",
@@ -49,6 +48,7 @@ __all__ = [
     "quant_tensor",
     "quant_weight_w_scale",
     "quantize_4bit",
+    "save",
     "search_clip",
     "set_num_threads",
 ]

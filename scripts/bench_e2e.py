@@ -36,7 +36,9 @@ import numpy as np
 import nbwoq
 from nbwoq.formats import safetensors_io as st
 from nbwoq.command.demo_model import ONE_B, write_checkpoint
-from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize_packed, working_copy
+from nbwoq.formats.options import QuantOptions
+from nbwoq.formats.quantizer import Scratch, quantize_packed
+from nbwoq.formats.storage import widen
 from nbwoq.formats.source import Source
 
 MiB = 1024 * 1024
@@ -53,7 +55,7 @@ def kernel_only(src, options, repeats):
             continue
         with source.open(info) as (array, dtype_name):
             held = np.array(array)
-            work = working_copy(array, dtype_name)
+            work = widen(array, dtype_name)
         quantize_packed(held, dtype_name, options, info.name, scratch, np.uint8)  # sizes the buffers
         best_core = best_pass = float("inf")
         for _ in range(repeats):

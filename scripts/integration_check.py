@@ -43,7 +43,6 @@ def prepare(work):
     from smollm2_perplexity import eval_tokens, save_hf_folder, smollm2_gguf
 
     import nbwoq
-    from nbwoq.formats.quantizer import requantizer
 
     src = smollm2_gguf()
     tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(src), gguf_file=os.path.basename(src))
@@ -67,8 +66,8 @@ def prepare(work):
                     codes, scale, zp = nbwoq.quant_tensor(w.copy(), bits=4, group_size=64,
                                                           scheme="sym" if sym else "asym", return_int=True)
                     s16 = scale.astype(np.float16)
-                    if requantizer() is not None:  # the export decides codes with its float16 scales
-                        codes = requantizer()(w.copy(), s16.astype(np.float32), zp, group_size=64, bits=4)
+                    # the export decides codes with its float16 scales
+                    codes = nbwoq.quant_weight_w_scale(w.copy(), s16.astype(np.float32), zp, group_size=64, bits=4)
                     z = np.zeros_like(scale) if zp is None else zp
                     gi = np.arange(w.shape[1]) // 64
                     deq = ((codes.astype(np.float16) - z[:, gi].astype(np.float16)) * s16[:, gi])

@@ -19,7 +19,8 @@ import time
 
 import nbwoq
 from nbwoq.command.demo_model import write_checkpoint
-from nbwoq.formats.quantizer import QuantOptions, working_copy
+from nbwoq.formats.options import QuantOptions
+from nbwoq.formats.storage import widen
 from nbwoq.command.run import quantize_checkpoint
 from nbwoq.formats.source import Source
 
@@ -33,7 +34,7 @@ def _kernel_seconds(src, options):
     for _, info in source.tensors():
         if options.selects(info.name, info.shape, info.dtype):
             with source.open(info) as (array, dtype_name):
-                work = working_copy(array, dtype_name)
+                work = widen(array, dtype_name)
             t0 = time.perf_counter()
             nbwoq.quant_tensor(work, bits=4, group_size=128, scheme="asym", return_int=True)
             total += time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 ``nbwoq quantize SRC OUT`` reads a Hugging Face folder, one ``.safetensors`` file or a
 GGUF file one tensor at a time and writes OUT in the chosen format. Without SRC it runs
-on a generated Llama-shaped checkpoint (``nbwoq.command.demo_model``), so ``python -m nbwoq``
+on a generated Llama-shaped model (``nbwoq.command.demo_model``), so ``python -m nbwoq``
 works on a fresh machine. ``nbwoq generate OUT`` writes such a checkpoint.
 
 Exit status: 0 done, 1 bad input (one ``nbwoq: error:`` line), 2 bad usage,
@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from nbwoq._tables import DTYPES
+from nbwoq.formats.errors import InputError
 
 _SUBCOMMANDS = ("quantize", "generate")
 
@@ -77,52 +78,20 @@ def _error(message):
     return 1
 
 
-def _fmt_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-
-
-def _clip_text(clip):
-    if clip is None:
-        return "-"
-    if isinstance(clip, dict):
-        return f"{clip['min']:.3f}/{clip['mean']:.3f}/{clip['max']:.3f}"
-    return f"{clip:.3f}"
-
-
-def format_table(report, top=15, rows=True):
-    """The per-tensor table (worst error first, ``top`` rows, 0 for all) and the summary, as text."""
-    rows = [r for r in report["tensors"] if r["rel_mse"] is not None] if rows else []
-    shown = rows if top == 0 else rows[:top]
-    lines = []
-    if shown:
-        width = max(len(r["name"]) for r in shown)
-        lines.append(f"{'tensor':<{width}}  {'shape':>13}  {'format':<18}  {'clip min/mean/max':>17}  {'rel MSE':>9}  {'ms':>7}")
-        for r in shown:
-            shape = "x".join(str(d) for d in r["shape"])
-            lines.append(f"{r['name']:<{width}}  {shape:>13}  {r['format']:<18}  {_clip_text(r['clip']):>17}  "
-                         f"{r['rel_mse']:9.3e}  {r['seconds'] * 1e3:7.1f}")
-        if len(rows) > len(shown):
-            lines.append(f"... {len(rows) - len(shown)} more quantized tensors (all of them in --report)")
-    s = report["summary"]
-    lines.append("")
-    lines.append(f"{s['quantized']} tensors quantized ({s['label']}, format {s['format']}), {s['copied']} copied; "
-                 f"{_fmt_bytes(s['bytes_in'])} -> {_fmt_bytes(s['bytes_out'])}")
-    if s["mean_rel_mse"] is not None:
-        lines.append(f"relative MSE: mean {s['mean_rel_mse']:.3e}, worst {s['max_rel_mse']:.3e}")
-    lines.append(f"{s['seconds']:.2f} s, {_fmt_bytes(s['throughput_bytes_per_s'])}/s, "
-                 f"{s['quantized_params_per_s'] / 1e6:.1f} M quantized params/s, peak RSS {_fmt_bytes(s['peak_rss_bytes'])}")
-    if s["resumed_shards"]:
-        lines.append(f"resumed: {s['resumed_shards']} finished shard(s) kept")
-    lines.append(f"output: {s['output']}")
-    return "\n".join(lines)
+def parse_grid(text):
+    """``--clip-grid``: a candidate count (``80``) or explicit ratios (``1,0.99,0.98``)."""
+    try:
+        if "," not in text and "." not in text:
+            return int(text)
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--clip-grid must be a count or comma-separated ratios, got {text!r}") from None
 
 
 def _quantize(args):
-    from nbwoq.formats.quantizer import QuantOptions, parse_grid
+    from nbwoq.command.report import format_table
     from nbwoq.command.run import quantize_checkpoint
+    from nbwoq.formats.options import QuantOptions
 
     if args.format == "gguf":
         group_size = 32 if args.group_size is None else args.group_size
@@ -188,12 +157,10 @@ def main(argv=None):
         argv.insert(0, "quantize")
     args = _parser().parse_args(argv)
     if args.version:
-        from nbwoq import __version__
+        from nbwoq._version import __version__
 
         print(f"nbwoq {__version__}")
         return 0
-    from nbwoq.formats.source import InputError
-
     try:
         if args.command == "generate":
             return _generate(args)

@@ -12,9 +12,9 @@ Q4_1   int4 asym                  ``d = scale``, ``m = -zp * d``, ``q = code``
 Q8_0   int8 sym                   ``d = scale``, ``q = code``
 =====  =========================  ==========================================
 
-Scales are rounded to float16 and the codes are decided with the rounded scale when the
-core offers ``quant_weight_w_scale`` (so the file decodes to its own fake-quant);
-otherwise with the float32 scale, and the report's error is that of the file either way.
+Scales are rounded to float16 and the codes are decided again with the rounded scale
+(``quant_weight_w_scale``), so the file decodes to its own fake-quant; the report's error
+is that of the file.
 
 From a GGUF source the metadata (tokenizer included) is copied and tensors keep their
 names. From a Hugging Face Llama folder the names are mapped to GGUF's, the query and
@@ -27,10 +27,11 @@ import os
 
 import numpy as np
 
-import nbwoq
-from nbwoq.formats import packing
-from nbwoq.formats.quantizer import requantizer, working_copy
-from nbwoq.formats.source import InputError
+from nbwoq._version import __version__
+from nbwoq.formats import packing, storage
+from nbwoq.formats.errors import InputError
+from nbwoq.formats.writer import FileWriter
+from nbwoq.quantize import quant_weight_w_scale
 
 _KINDS = {"Q4_0": packing.Q4_0, "Q4_1": packing.Q4_1, "Q8_0": packing.Q8_0}
 _FILE_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # llama_ftype MOSTLY_*
@@ -58,24 +59,19 @@ def _llama_permutation(rows, n_head):
     return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
 
 
-class GgufWriter:
+class GgufWriter(FileWriter):
     """Plans and writes one GGUF file."""
 
-    name = "gguf"
-    output_is_file = True
-
     def __init__(self, options, source):
+        super().__init__(options, source)
         try:
             import gguf
         except ImportError:  # pragma: no cover
             raise InputError("--format gguf needs the 'gguf' package (pip install gguf)") from None
         self.gguf = gguf
-        self.options = options
-        self.source = source
         self.type_name = gguf_type(options)
         self.kind = _KINDS[self.type_name]
         self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
-        self.requantize = requantizer()
         if source.kind == "gguf":
             self.arch = str(self._field("general.architecture"))
             self.name_map = None
@@ -117,7 +113,7 @@ class GgufWriter:
             return _llama_permutation(info.shape[0], cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
         return None
 
-    def tensor_info(self, writer, info, selected):
+    def tensor_info(self, gguf_writer, info, selected):
         """Register tensor ``info`` with the gguf-py writer (shape and type, no data)."""
         name = self.out_name(info)
         gguf = self.gguf
@@ -125,31 +121,31 @@ class GgufWriter:
             rows, cols = info.shape
             _, bsize = packing.GGUF_BLOCK[self.kind]
             byte_shape = (rows, cols // 32 * bsize)
-            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
+            gguf_writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
             return
         if self.source.kind == "gguf":
             data, qtype = self.source.gguf_raw(info)
             data = np.asarray(data)
             if qtype.name in ("F32", "F16"):
-                writer.add_tensor_info(name, info.shape, data.dtype, data.nbytes)
+                gguf_writer.add_tensor_info(name, info.shape, data.dtype, data.nbytes)
             else:  # block types and BF16 are copied as their raw bytes
-                writer.add_tensor_info(name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=qtype)
+                gguf_writer.add_tensor_info(name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=qtype)
             return
         itemsize = 2 if info.dtype in ("F16", "BF16") else 4
         nbytes = info.size * itemsize
         if len(info.shape) == 1 and info.dtype in ("F16", "BF16"):
             # llama.cpp keeps norms and biases in float32 (its converter widens them too).
-            writer.add_tensor_info(name, info.shape, np.dtype(np.float32), info.size * 4)
+            gguf_writer.add_tensor_info(name, info.shape, np.dtype(np.float32), info.size * 4)
         elif info.dtype == "F32":
-            writer.add_tensor_info(name, info.shape, np.dtype(np.float32), nbytes)
+            gguf_writer.add_tensor_info(name, info.shape, np.dtype(np.float32), nbytes)
         elif info.dtype == "F16":
-            writer.add_tensor_info(name, info.shape, np.dtype(np.float16), nbytes)
+            gguf_writer.add_tensor_info(name, info.shape, np.dtype(np.float16), nbytes)
         elif info.dtype == "BF16":
-            writer.add_tensor_info(name, info.shape, np.dtype(np.uint16), nbytes, raw_dtype=gguf.GGMLQuantizationType.BF16)
+            gguf_writer.add_tensor_info(name, info.shape, np.dtype(np.uint16), nbytes, raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
             raise InputError(f"--format gguf cannot store tensor {info.name!r} of dtype {info.dtype}")
 
-    def metadata(self, writer):
+    def metadata(self, gguf_writer):
         """Key/values: copied from a GGUF source, or written from config.json (+ tokenizer)."""
         gguf = self.gguf
         if self.source.kind == "gguf":
@@ -159,30 +155,30 @@ class GgufWriter:
                     continue
                 vtype = field.types[0]
                 sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-                writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+                gguf_writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
         else:
-            self._llama_metadata(writer)
-        writer.add_file_type(_FILE_TYPE[self.type_name])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_string("general.quantized_by", f"nbwoq {nbwoq.__version__} ({self.options.label()})")
+            self._llama_metadata(gguf_writer)
+        gguf_writer.add_file_type(_FILE_TYPE[self.type_name])
+        gguf_writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        gguf_writer.add_string("general.quantized_by", f"nbwoq {__version__} ({self.options.label()})")
 
-    def _llama_metadata(self, writer):
+    def _llama_metadata(self, gguf_writer):
         cfg = self.source.config
         heads = cfg["num_attention_heads"]
-        writer.add_name(os.path.basename(os.path.abspath(self.source.path)))
-        writer.add_context_length(cfg.get("max_position_embeddings", 2048))
-        writer.add_embedding_length(cfg["hidden_size"])
-        writer.add_block_count(cfg["num_hidden_layers"])
-        writer.add_feed_forward_length(cfg["intermediate_size"])
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(cfg.get("num_key_value_heads", heads))
-        writer.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
-        writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
-        writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-        writer.add_vocab_size(cfg["vocab_size"])
-        self._tokenizer(writer, cfg)
+        gguf_writer.add_name(os.path.basename(os.path.abspath(self.source.path)))
+        gguf_writer.add_context_length(cfg.get("max_position_embeddings", 2048))
+        gguf_writer.add_embedding_length(cfg["hidden_size"])
+        gguf_writer.add_block_count(cfg["num_hidden_layers"])
+        gguf_writer.add_feed_forward_length(cfg["intermediate_size"])
+        gguf_writer.add_head_count(heads)
+        gguf_writer.add_head_count_kv(cfg.get("num_key_value_heads", heads))
+        gguf_writer.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+        gguf_writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
+        gguf_writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        gguf_writer.add_vocab_size(cfg["vocab_size"])
+        self._tokenizer(gguf_writer, cfg)
 
-    def _tokenizer(self, writer, cfg):
+    def _tokenizer(self, gguf_writer, cfg):
         """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine."""
         path = os.path.join(self.source.folder, "tokenizer.json")
         if not os.path.exists(path):
@@ -206,34 +202,55 @@ class GgufWriter:
             if not t:
                 tokens[i] = f"[PAD{i}]"
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        for key, setter in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id)):
+        gguf_writer.add_tokenizer_model("gpt2")
+        gguf_writer.add_tokenizer_pre("default")
+        gguf_writer.add_token_list(tokens)
+        gguf_writer.add_token_types(types)
+        gguf_writer.add_token_merges(merges)
+        for key, setter in (("bos_token_id", gguf_writer.add_bos_token_id), ("eos_token_id", gguf_writer.add_eos_token_id)):
             if isinstance(cfg.get(key), int):
                 setter(cfg[key])
 
+    def header(self, plan, scratch_path):
+        """The header gguf-py writes for ``plan`` (key/values and tensor infos), padded to
+        the data alignment, and that alignment. gguf-py writes it to ``scratch_path``."""
+        gw = self.gguf.GGUFWriter(scratch_path, self.arch)
+        try:
+            for info, selected in plan:
+                self.tensor_info(gw, info, selected)
+            self.metadata(gw)
+            gw.write_header_to_file()
+            gw.write_kv_data_to_file()
+            gw.write_ti_data_to_file()
+            alignment = gw.data_alignment
+            gw.close()
+            with open(scratch_path, "rb") as f:
+                header = f.read()
+        finally:
+            gw.close()
+            if os.path.exists(scratch_path):
+                os.remove(scratch_path)
+        return header + bytes(-len(header) % alignment), alignment
+
     # -- encoding -----------------------------------------------------------------
     def copy(self, info, array, dtype_name):
-        perm = self.permutation(info)
+        name = self.out_name(info)
         if self.source.kind == "gguf":
-            data, qtype = self.source.gguf_raw(info)
-            return np.asarray(data)
+            data, _ = self.source.gguf_raw(info)
+            return [(name, np.asarray(data))]
         if array.ndim == 1 and dtype_name in ("F16", "BF16"):
-            return working_copy(array.reshape(1, -1), dtype_name).reshape(-1)
+            return [(name, storage.widen(array, dtype_name))]
         out = np.ascontiguousarray(array)
-        return out[perm] if perm is not None else out
+        perm = self.permutation(info)
+        return [(name, out[perm] if perm is not None else out)]
 
-    def encode(self, info, array, dtype_name, q):
+    def encode(self, info, array, dtype_name, q, scratch):
         rows, cols = info.shape
         scale16 = q.scale.astype(np.float16)
-        if self.requantize is not None:
-            # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
-            work = working_copy(array, dtype_name, out=q.codes)
-            zp = q.zp if self.kind == packing.Q4_1 else None
-            self.requantize(work, scale16.astype(np.float32), zp, group_size=32, bits=self.options.bits)
+        # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
+        work = storage.widen(array, dtype_name, out=q.codes)
+        zp = q.zp if self.kind == packing.Q4_1 else None
+        quant_weight_w_scale(work, scale16.astype(np.float32), zp, group_size=32, bits=self.options.bits)
         if self.kind == packing.Q4_1:
             m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
         else:
@@ -243,9 +260,9 @@ class GgufWriter:
         out = np.empty((rows, cols // 32 * bsize), dtype=np.uint8)
         err = np.empty(rows, dtype=np.float64)
         norm = np.empty(rows, dtype=np.float64)
-        packing.pack_gguf_rows(q.codes, packing.storage_view(array, dtype_name), scale16.view(np.uint16),
+        packing.pack_gguf_rows(q.codes, storage.kernel_view(array, dtype_name), scale16.view(np.uint16),
                                 np.ascontiguousarray(m16).view(np.uint16), self.kind, out, err, norm)
         perm = self.permutation(info)
         if perm is not None:
             out = out[perm]
-        return out, float(err.sum()), float(norm.sum())
+        return [(self.out_name(info), out)], float(err.sum()), float(norm.sum())

@@ -21,22 +21,21 @@ import json
 
 import numpy as np
 
-import nbwoq
-from nbwoq.formats import packing
 from nbwoq._layout import group_layout
-from nbwoq.formats.quantizer import requantizer, working_copy
-from nbwoq.formats.source import InputError
+from nbwoq._version import __version__
+from nbwoq.formats import packing, storage
+from nbwoq.formats.errors import InputError
+from nbwoq.formats.writer import FolderWriter
+from nbwoq.quantize import quant_weight_w_scale
 
 
-class GptqWriter:
+class GptqWriter(FolderWriter):
     """Plans and encodes the tensors of one GPTQ output shard."""
 
-    name = "gptq"
-    output_is_file = False
-    #: Tensors it does not quantize are stored with the source's dtype and bytes.
     copies_verbatim = True
 
     def __init__(self, options, source):
+        super().__init__(options, source)
         o = options
         if source.kind != "safetensors" or not source.config:
             raise InputError("--format gptq needs a Hugging Face folder source (config.json and safetensors)")
@@ -44,12 +43,9 @@ class GptqWriter:
             raise InputError(f"--format gptq stores integer codes: use --dtype int (got {o.dtype})")
         if o.bits not in (2, 4, 8):
             raise InputError(f"--format gptq packs 2, 4 or 8 bits into int32 here (got --bits {o.bits})")
-        self.options = options
-        self.source = source
         self.per = 32 // o.bits
         self.sym = o.scheme == "sym"
         self.checkpoint_format = "gptq" if self.sym else "gptq_v2"
-        self.requantize = requantizer()
 
     def check_tensor(self, info, selected):
         if not selected:
@@ -73,26 +69,25 @@ class GptqWriter:
                 (p + ".g_idx", "I32", (in_f,))]
 
     def metadata(self, selected_infos):
-        return {"format": "pt", "quantized_by": f"nbwoq {nbwoq.__version__}"}
+        return {"format": "pt", "quantized_by": f"nbwoq {__version__}"}
 
     def copy(self, info, array, dtype_name):
         return [(info.name, array)]
 
-    def encode(self, info, array, dtype_name, q):
+    def encode(self, info, array, dtype_name, q, scratch):
         o = self.options
         out_f, in_f = info.shape
         size, n_groups = group_layout(in_f, o.group_size)
         scale16 = q.scale.astype(np.float16)
         scale32 = scale16.astype(np.float32)
         zp = q.zp if q.zp is not None else np.zeros((out_f, n_groups), dtype=np.float32)
-        if self.requantize is not None:
-            # Decide the codes with the float16 scale the file stores (its own fake-quant).
-            work = working_copy(array, dtype_name, out=q.codes)
-            self.requantize(work, scale32, q.zp, group_size=o.group_size, bits=o.bits)
+        # Decide the codes with the float16 scale the file stores (its own fake-quant).
+        work = storage.widen(array, dtype_name, out=q.codes)
+        quant_weight_w_scale(work, scale32, q.zp, group_size=o.group_size, bits=o.bits)
         err = np.empty(out_f, dtype=np.float64)
         norm = np.empty(out_f, dtype=np.float64)
         no_pack = np.empty((out_f, 0), dtype=np.uint8)
-        packing.pack_rows(q.codes, packing.storage_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
+        packing.pack_rows(q.codes, storage.kernel_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
                            o.slot, np.zeros(1, np.float32), False, False, no_pack, err, norm)
         packed_t = np.empty((out_f, in_f // self.per), dtype=np.uint32)
         packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, packed_t)
@@ -122,7 +117,7 @@ class GptqWriter:
             "static_groups": False,
             "damp_percent": 0.01,
             "lm_head": False,
-            "meta": {"quantizer": [f"nbwoq:{nbwoq.__version__}"]},
+            "meta": {"quantizer": [f"nbwoq:{__version__}"]},
         }
         config["torch_dtype"] = config["dtype"] = "float16"
         return config

@@ -19,10 +19,9 @@ import json
 
 import numpy as np
 
-from nbwoq.formats import packing
-from nbwoq.formats import safetensors_io as st
 from nbwoq._layout import group_layout
-from nbwoq.formats import quantizer
+from nbwoq.formats import packing, quantizer, storage
+from nbwoq.formats.writer import FolderWriter
 
 FORMAT_NAME = "nbwoq"
 VERSION = "1"
@@ -35,29 +34,24 @@ def tensor_meta(info, options):
                 full_range=options.full_range, qmin=options.qmin)
 
 
-def _zeros_dtype(options):
-    return "U8" if options.qmax <= 255 else "U16"
+def zeros_dtype(qmax):
+    """Stored dtype name of integer zero points up to ``qmax``."""
+    return "U8" if qmax <= 255 else "U16"
 
 
 def has_zeros(options):
     return not options.codebook and options.scheme == "asym"
 
 
-class NbwoqWriter:
-    """Plans and encodes the tensors of one output shard."""
+class NbwoqWriter(FolderWriter):
+    """Plans and encodes the tensors of one output shard. Every core setting has a
+    layout here, so no tensor is refused."""
 
-    name = FORMAT_NAME
-    output_is_file = False
-    #: Tensors it does not quantize are stored with the source's dtype and bytes.
     copies_verbatim = True
 
     def __init__(self, options, source):
-        self.options = options
-        self.source = source
+        super().__init__(options, source)
         self.lut = options.codebook_lut()
-
-    def check(self, selected):
-        """Nothing to refuse: every core setting has a layout here."""
 
     def specs(self, info, selected):
         if not selected:
@@ -67,7 +61,7 @@ class NbwoqWriter:
         out = [(info.name + ".codes", "U8", (rows, packing.packed_cols(cols, self.options.slot))),
                (info.name + ".scales", "F32", (rows, n_groups))]
         if has_zeros(self.options):
-            out.append((info.name + ".zeros", _zeros_dtype(self.options), (rows, n_groups)))
+            out.append((info.name + ".zeros", zeros_dtype(self.options.qmax), (rows, n_groups)))
         return out
 
     def metadata(self, selected_infos):
@@ -77,38 +71,35 @@ class NbwoqWriter:
     def copy(self, info, array, dtype_name):
         return [(info.name, array)]
 
-    def quantize_encode(self, info, array, dtype_name, scratch):
-        """Integer RTN in one pass from the source (``quantizer.one_pass`` settings).
+    def one_pass(self):
+        return quantizer.one_pass(self.options)
 
-        Returns ``(outputs, err_sum, norm_sum, seconds)``, the outputs being ``scratch``
-        buffers valid until the next call.
-        """
-        packed, scale, zeros, err, norm, seconds = quantizer.quantize_packed(
-            array, dtype_name, self.options, info.name, scratch, st.DTYPES[_zeros_dtype(self.options)])
+    def quantize_encode(self, info, array, dtype_name, scratch):
+        """Integer RTN in one pass from the source (``quantizer.one_pass`` settings); the
+        outputs are ``scratch`` buffers valid until its next use."""
+        packed, scale, zeros, err, norm = quantizer.quantize_packed(
+            array, dtype_name, self.options, info.name, scratch, storage.DTYPES[zeros_dtype(self.options.qmax)])
         outputs = [(info.name + ".codes", packed), (info.name + ".scales", scale)]
         if zeros is not None:
             outputs.append((info.name + ".zeros", zeros))
-        return outputs, err, norm, seconds
+        return outputs, err, norm
 
-    def encode(self, info, array, dtype_name, q):
-        """Pack ``q`` (from ``quantizer.quantize``); returns (outputs, err_sum, norm_sum)."""
+    def encode(self, info, array, dtype_name, q, scratch):
         o = self.options
         rows, cols = info.shape
         size, n_groups = group_layout(cols, o.group_size)
-        shape = (rows, packing.packed_cols(cols, o.slot))
-        scratch = getattr(self, "scratch", None)
-        packed = np.empty(shape, dtype=np.uint8) if scratch is None else scratch.get("packed", shape, np.uint8)
+        packed = scratch.get("packed", (rows, packing.packed_cols(cols, o.slot)), np.uint8)
         zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
         err = np.empty(rows, dtype=np.float64)
         norm = np.empty(rows, dtype=np.float64)
-        packing.pack_rows(q.codes, packing.storage_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
+        packing.pack_rows(q.codes, storage.kernel_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
                            o.slot, self.lut, o.codebook, True, packed, err, norm)
         outputs = [(info.name + ".codes", packed), (info.name + ".scales", q.scale)]
         if has_zeros(o):
-            outputs.append((info.name + ".zeros", q.zp.astype(st.DTYPES[_zeros_dtype(o)])))  # whole numbers in [0, qmax]; -0.0 -> 0
+            outputs.append((info.name + ".zeros", q.zp.astype(storage.DTYPES[zeros_dtype(o.qmax)])))  # whole numbers in [0, qmax]; -0.0 -> 0
         return outputs, float(err.sum()), float(norm.sum())
 
 
 def _copy_dtype(info):
     # GGUF block types have no safetensors dtype: they are copied decoded, as float32.
-    return info.dtype if info.dtype in st.DTYPES else "F32"
+    return info.dtype if info.dtype in storage.DTYPES else "F32"

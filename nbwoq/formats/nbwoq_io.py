@@ -1,16 +1,19 @@
-"""Reading nbwoq's own format back, without torch: ``load`` and ``dequantize``."""
+"""nbwoq's own format from Python, without torch: ``save``, ``load`` and ``dequantize``."""
 
+import fnmatch
 import json
 import os
+import tempfile
 
 import numpy as np
 
-from nbwoq.formats import packing
-from nbwoq.formats import safetensors_io as st
-from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq._tables import DTYPES, FLOAT_MAPPING, INT_MAPPING, SCHEMES
-from nbwoq.formats.nbwoq_format import FORMAT_NAME, VERSION
+from nbwoq.formats import packing, quantizer, storage
+from nbwoq.formats import safetensors_io as st
+from nbwoq.formats.nbwoq_format import FORMAT_NAME, VERSION, NbwoqWriter, tensor_meta
+from nbwoq.formats.options import QuantOptions
+from nbwoq.formats.writer import encode_tensor
 
 
 class QuantizedTensor:
@@ -56,11 +59,7 @@ def _check(tensor):
             or codebook not in DTYPES or scheme not in SCHEMES or not isinstance(full_range, bool) \
             or not 1 <= bits <= 16 or not (group_size == -1 or group_size > 0):
         raise ValueError(f"invalid metadata {m!r}")
-    if codebook != "int":
-        want_qmin, want_slot = -8, 4
-    else:
-        want_qmin, qmax, _ = int_range(bits, scheme == "sym", full_range)
-        want_slot = packing.slot_bits(max(qmax - want_qmin, 1).bit_length())
+    want_qmin, _, want_slot = packing.code_layout(bits, scheme, full_range, codebook != "int")
     if (qmin, slot) != (want_qmin, want_slot):
         raise ValueError(f"metadata gives qmin={qmin}, slot={slot}; {m!r} needs qmin={want_qmin}, slot={want_slot}")
     n_groups = group_layout(cols, group_size)[1]
@@ -112,10 +111,9 @@ def load(path):
     Examples
     --------
     >>> import numpy as np, tempfile, os, nbwoq
-    >>> from nbwoq.command.run import quantize_arrays
     >>> w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
-    >>> quantize_arrays({"layers.0.fc.weight": w}, path, bits=4, group_size=16)
+    >>> nbwoq.save({"layers.0.fc.weight": w}, path, bits=4, group_size=16)
     >>> qt = nbwoq.load(path)["layers.0.fc.weight"]
     >>> qt
     QuantizedTensor(shape=(2, 32), int4 asym, group_size=16)
@@ -152,9 +150,7 @@ def load(path):
             if name in parts:
                 continue
             array = _read(info)
-            if info.dtype == "BF16":
-                array = (array.astype(np.uint32) << np.uint32(16)).view(np.float32)
-            result[name] = array
+            result[name] = storage.widen(array, "BF16") if info.dtype == "BF16" else array
     return result
 
 
@@ -200,3 +196,110 @@ def dequantize(tensor, dtype=np.float32):
     if rows and cols:
         packing.unpack_rows(tensor.codes, tensor.scales, zeros, size, np.float32(m["qmin"]), m["slot"], lut, codebook, out)
     return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
+
+
+def save(tensors, path, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, quantize=None):
+    """Quantize arrays into one nbwoq-format ``.safetensors`` file (read it with ``load``).
+
+    The codes, scales and zero points are those of ``quant_tensor(..., return_int=True)``
+    for the same settings, so ``dequantize(load(path)[name])`` equals ``quant_tensor`` of
+    a float32 copy of the array.
+
+    Parameters
+    ----------
+    tensors : dict of str -> numpy.ndarray or QuantizedTensor
+        2-D float32, float16 or bfloat16 (ml_dtypes) arrays are quantized (see
+        ``quantize``); other arrays are stored unchanged, and ``QuantizedTensor`` values
+        (from ``load``) are stored as they are.
+    path : str or os.PathLike
+        The file; written to a fresh temporary beside it and renamed into place when
+        complete, so a failure leaves no partial file (and an existing file untouched).
+    bits, group_size, scheme, dtype, full_range
+        As for ``quant_tensor``.
+    quantize : iterable of str, optional
+        Names or glob patterns of the arrays to quantize (default: every 2-D float array).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad settings, a non-finite weight (naming the tensor), or an array that cannot be
+        quantized or stored; raised before anything is written.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os, nbwoq
+    >>> w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> nbwoq.save({"fc.weight": w, "fc.bias": np.zeros(2, np.float32)}, path, bits=4, group_size=32)
+    >>> sorted(nbwoq.load(path))
+    ['fc.bias', 'fc.weight']
+    """
+    if not isinstance(tensors, dict):
+        raise TypeError(f"tensors must be a dict of name -> array, got {type(tensors).__name__}")
+    patterns = None if quantize is None else [quantize] if isinstance(quantize, str) else list(quantize)
+    options = QuantOptions(bits, group_size, scheme, dtype, full_range, python_names=True)
+    writer = NbwoqWriter(options, None)
+    plan, quantized_meta = [], {}
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {name!r}")
+        if isinstance(value, QuantizedTensor):
+            _check(value)
+            plan.append((name, value, None))
+            quantized_meta[name] = dict(value.meta, shape=list(value.shape))
+            continue
+        array = np.asarray(value)
+        dtype_name = storage.from_numpy(array.dtype)
+        wanted = array.ndim == 2 and storage.BY_NAME[dtype_name].quantizable and array.size > 0
+        if patterns is not None:
+            wanted = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+            if wanted and not (array.ndim == 2 and storage.BY_NAME[dtype_name].quantizable):
+                raise ValueError(f"tensor {name!r} ({array.dtype}, shape {array.shape}) cannot be quantized: "
+                                 "2-D float32, float16 or bfloat16 expected")
+        stored = np.ascontiguousarray(storage.stored_bytes(array))
+        info = st.TensorInfo(name, None, dtype_name, array.shape, 0, stored.nbytes)
+        plan.append((name, stored, (info, wanted)))
+        if wanted:
+            quantized_meta[name] = tensor_meta(info, options)
+    specs = []
+    for name, value, item in plan:
+        specs += _parts_specs(name, value) if item is None else writer.specs(*item)
+    metadata = {"format": FORMAT_NAME, "nbwoq.version": VERSION, "nbwoq.tensors": json.dumps(quantized_meta)}
+    # Encode everything before the file exists: a bad tensor raises with nothing written.
+    outputs = []
+    work = quantizer.Scratch()
+    for name, value, item in plan:
+        if item is None:
+            outputs += _parts(name, value)
+        else:
+            info, wanted = item
+            outputs += encode_tensor(writer, info, value, info.dtype, wanted, work, quantizer.Scratch()).outputs
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        sw = st.StreamWriter(tmp, specs, metadata)
+        try:
+            for oname, array in outputs:
+                sw.write(oname, array)
+            sw.close()
+        except BaseException:
+            sw.abort()
+            raise
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _parts(name, tensor):
+    out = [(name + ".codes", tensor.codes), (name + ".scales", tensor.scales)]
+    if tensor.zeros is not None:
+        out.append((name + ".zeros", tensor.zeros))
+    return out
+
+
+def _parts_specs(name, tensor):
+    return [(oname, storage.from_numpy(array.dtype), array.shape) for oname, array in _parts(name, tensor)]

@@ -28,24 +28,14 @@ from numba import prange
 from numba.extending import register_jitable
 
 from nbwoq._codecs import decode
-from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 from nbwoq._config import PARALLEL, REDUCTION, njit_kernel
+from nbwoq._integer import int_range
+from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 from nbwoq._llvm import half_bits_to_float
 
 Q4_0, Q4_1, Q8_0 = 0, 1, 2
 #: GGUF block kinds -> (values per block, bytes per block).
 GGUF_BLOCK = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34)}
-
-
-def storage_view(array, dtype_name):
-    """The view the kernels decode: float32 as is, float16 as uint16, bfloat16 as int16."""
-    if dtype_name == "F32":
-        return array
-    if dtype_name == "F16":
-        return array.view(np.uint16)
-    if dtype_name == "BF16":
-        return array.view(np.int16)
-    raise TypeError(f"cannot decode dtype {dtype_name}")
 
 
 @njit_kernel
@@ -65,6 +55,18 @@ def slot_bits(bits):
         if bits <= slot:
             return slot
     raise ValueError(f"bits must be at most 16, got {bits}")
+
+
+def code_layout(bits, scheme, full_range, codebook):
+    """``(qmin, qmax, slot)`` of stored codes: the one rule every writer and reader uses.
+
+    Integer codes keep the core's range (``int_range``); codebook codes are the signed
+    ``INT_MAPPING`` codes -8..7 in 4-bit slots. Codes are stored as ``code - qmin``.
+    """
+    if codebook:
+        return -8, 7, 4
+    qmin, qmax, _ = int_range(bits, scheme == "sym", full_range)
+    return qmin, qmax, slot_bits(max(qmax - qmin, 1).bit_length())
 
 
 def packed_cols(cols, slot):

@@ -18,26 +18,10 @@ import struct
 
 import numpy as np
 
-#: Safetensors dtype name -> (NumPy storage dtype, itemsize). bfloat16 is stored and
-#: handed out as its uint16 bit pattern; ``FLOAT_DTYPES`` marks what can be quantized.
-DTYPES = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-    "F8_E4M3": np.dtype("u1"),
-    "F8_E5M2": np.dtype("u1"),
-}
-FLOAT_DTYPES = ("F32", "F16", "BF16")
+from nbwoq.formats import storage
+
+#: Safetensors dtype name -> NumPy dtype its bytes are read as (``storage`` holds the table).
+DTYPES = storage.DTYPES
 
 # A header larger than this is not a real checkpoint (the safetensors library caps it
 # at 100 MB too); refusing it early keeps a corrupt length from allocating gigabytes.
@@ -372,12 +356,3 @@ def save_file(path, tensors, metadata=None):
     except BaseException:
         writer.abort()
         raise
-
-
-def numpy_dtype_name(dtype):
-    """Safetensors dtype name of a NumPy dtype (bfloat16 is written by name, not here)."""
-    dtype = np.dtype(dtype)
-    for name, candidate in DTYPES.items():
-        if candidate == dtype and name not in ("BF16", "F8_E4M3", "F8_E5M2"):
-            return name
-    raise TypeError(f"no safetensors dtype for NumPy dtype {dtype}")

@@ -13,10 +13,7 @@ import os
 import numpy as np
 
 from nbwoq.formats import safetensors_io as st
-
-
-class InputError(ValueError):
-    """The source (or an argument about it) cannot be used; the message says why."""
+from nbwoq.formats.errors import InputError
 
 
 INDEX_NAME = "model.safetensors.index.json"

@@ -219,10 +219,10 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
     assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
 
 
-def test_quantize_arrays_helper(tmp_path):
+def test_save_roundtrip(tmp_path):
     w = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
     path = str(tmp_path / "m.safetensors")
-    run.quantize_arrays({"w": w}, path, bits=4, group_size=32, scheme="sym")
+    nbwoq.save({"w": w}, path, bits=4, group_size=32, scheme="sym")
     np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(path)["w"]),
                                   nbwoq.quant_tensor(w.copy(), bits=4, group_size=32, scheme="sym"))
 
@@ -260,8 +260,8 @@ def test_clip_uses_the_cores_search(tiny_f32, tmp_path, clip, grid, weighting):
 
 
 def test_unknown_clip_weighting_is_refused_up_front():
-    from nbwoq.formats.quantizer import QuantOptions
-    from nbwoq.formats.source import InputError
+    from nbwoq.formats.errors import InputError
+    from nbwoq.formats.options import QuantOptions
 
     with pytest.raises(InputError, match="--clip-weighting must be"):
         QuantOptions(4, 32, "asym", clip="group", clip_weighting="Magnitude")

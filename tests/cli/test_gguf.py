@@ -12,7 +12,6 @@ import pytest
 
 import nbwoq
 from nbwoq.command.cli import main
-from nbwoq.formats.quantizer import requantizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,9 +24,7 @@ def _expected(w, kind, full_range=False):
     codes, scale, zp = nbwoq.quant_tensor(w.copy(), bits=bits, group_size=32, scheme=scheme, return_int=True,
                                           full_range=full_range)
     d = scale.astype(np.float16).astype(np.float32)
-    fn = requantizer()
-    if fn is not None:  # codes decided with the stored scale
-        codes = fn(w.copy(), d, zp, group_size=32, bits=bits)
+    codes = nbwoq.quant_weight_w_scale(w.copy(), d, zp, group_size=32, bits=bits)  # decided with the stored scale
     q = codes.reshape(codes.shape[0], -1, 32)
     if kind == "Q4_1":
         m = (-zp * d).astype(np.float16).astype(np.float32)

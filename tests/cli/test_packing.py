@@ -66,7 +66,8 @@ def test_one_pass_equals_core_then_pack(bits, scheme, full_range, rows, cols, gr
     """The one-pass writer path gives byte-identical outputs to the core call on the float32
     copy followed by ``pack_rows``: the core is its oracle."""
     from nbwoq.formats.nbwoq_format import NbwoqWriter
-    from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize
+    from nbwoq.formats.options import QuantOptions
+    from nbwoq.formats.quantizer import Scratch, quantize
     from nbwoq.formats.safetensors_io import TensorInfo
 
     full_range = full_range and scheme == "sym" and bits >= 2  # the only full-range settings there are
@@ -77,8 +78,8 @@ def test_one_pass_equals_core_then_pack(bits, scheme, full_range, rows, cols, gr
     stored = _STORAGE[dtype](w)
     info = TensorInfo("w", "-", dtype, (rows, cols), 0, stored.nbytes)
     writer = NbwoqWriter(options, None)
-    general, err_a, norm_a = writer.encode(info, stored, dtype, quantize(stored, dtype, options, "w"))
-    one, err_b, norm_b, _ = writer.quantize_encode(info, stored, dtype, Scratch())
+    general, err_a, norm_a = writer.encode(info, stored, dtype, quantize(stored, dtype, options, "w"), Scratch())
+    one, err_b, norm_b = writer.quantize_encode(info, stored, dtype, Scratch())
     assert [n for n, _ in general] == [n for n, _ in one]
     for (name, a), (_, b) in zip(general, one):
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -90,8 +91,9 @@ def test_one_pass_equals_core_then_pack(bits, scheme, full_range, rows, cols, gr
 @pytest.mark.parametrize("dtype", sorted(_STORAGE))
 def test_one_pass_refuses_non_finite_naming_the_row(bad, dtype):
     from nbwoq.formats.nbwoq_format import NbwoqWriter
-    from nbwoq.formats.quantizer import QuantOptions, Scratch, quantize
-    from nbwoq.formats.source import InputError
+    from nbwoq.formats.errors import InputError
+    from nbwoq.formats.options import QuantOptions
+    from nbwoq.formats.quantizer import Scratch, quantize
     from nbwoq.formats.safetensors_io import TensorInfo
 
     w = np.ones((6, 40), np.float32)

@@ -1310,12 +1310,10 @@ _load_files = {}
 def _load_base(name):
     """A small nbwoq-format file of configuration ``name`` (made once per process)."""
     if name not in _load_files:
-        from nbwoq.command.run import quantize_arrays
-
         folder = tempfile.mkdtemp(prefix="nbwoq-fuzz-load-")
         w = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
         path = f"{folder}/{name}.safetensors"
-        quantize_arrays({"layers.0.fc.weight": w, "layers.0.g.weight": w[:3, :33].copy()}, path,
+        nbwoq.save({"layers.0.fc.weight": w, "layers.0.g.weight": w[:3, :33].copy()}, path,
                         **LOAD_CONFIGS[name])
         with open(path, "rb") as f:
             _load_files[name] = f.read()

@@ -166,7 +166,7 @@ def test_enospc_gguf_writer(sharded, uninterrupted, tmp_path, monkeypatch, capsy
 
     out = str(tmp_path / "out.gguf")
     calls = []
-    real = run._write_tensor
+    real = run._write_padded
 
     def write_tensor(*args):
         calls.append(1)
@@ -175,7 +175,7 @@ def test_enospc_gguf_writer(sharded, uninterrupted, tmp_path, monkeypatch, capsy
         return real(*args)
 
     with monkeypatch.context() as m:
-        m.setattr(run, "_write_tensor", write_tensor)
+        m.setattr(run, "_write_padded", write_tensor)
         assert main(["quantize", sharded, out, "--format", "gguf", "--quiet"]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert not os.path.exists(out) and not os.path.exists(out + PARTIAL + ".header")

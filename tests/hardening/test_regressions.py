@@ -45,11 +45,10 @@ def _nbwoq_file(tmp_path, meta_edit):
     import json
 
     from nbwoq.formats import safetensors_io as st
-    from nbwoq.command.run import quantize_arrays
 
     w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     good = str(tmp_path / "good.safetensors")
-    quantize_arrays({"a.weight": w}, good, bits=4, group_size=16)
+    nbwoq.save({"a.weight": w}, good, bits=4, group_size=16)
     tensors, metadata = st.read_header(good)
     meta = json.loads(metadata["nbwoq.tensors"])
     meta_edit(meta["a.weight"])

@@ -1,0 +1,112 @@
+"""The writer contract: what a file format implements, and the one per-tensor step.
+
+A format is one module with one class deriving from ``FolderWriter`` (safetensors
+shards in a folder: nbwoq, GPTQ) or ``FileWriter`` (one file: GGUF). The base classes
+name every method the run calls; a format overrides what it needs and nothing is probed
+with ``hasattr``. Buffers a writer may reuse (``Scratch``) are passed to it, never set
+on it from outside.
+
+``encode_tensor`` is the per-tensor step every output shape shares: quantize and
+encode a selected tensor (in one pass where the writer can), else copy it.
+"""
+
+from typing import NamedTuple
+
+from nbwoq.formats import quantizer
+
+
+class Encoded(NamedTuple):
+    """What one tensor became: ``outputs`` ``[(name, array), ...]`` in write order, its
+    clip (``None``, a ratio, or per-group min/mean/max), and the squared error and
+    squared norm sums of what is stored (``0.0`` for a copied tensor)."""
+
+    outputs: list
+    quantized: bool
+    clip: object
+    err: float
+    norm: float
+
+
+class Writer:
+    """What every format implements. ``options`` are the run's ``QuantOptions``;
+    ``source`` the opened ``Source`` (its ``kind``, ``config`` and ``folder``)."""
+
+    #: One file (``FileWriter``) or a folder of safetensors shards (``FolderWriter``).
+    output_is_file = False
+
+    def __init__(self, options, source):
+        self.options = options
+        self.source = source
+
+    def check_tensor(self, info, selected):
+        """Raise ``InputError`` when tensor ``info`` cannot be stored as planned. Called for
+        every tensor before anything is written."""
+
+    def one_pass(self):
+        """True when ``quantize_encode`` is used for selected tensors instead of
+        ``quantizer.quantize`` followed by ``encode``."""
+        return False
+
+    def quantize_encode(self, info, array, dtype_name, scratch):
+        """Quantize and encode in one pass; returns ``(outputs, err_sum, norm_sum)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no one-pass path")
+
+    def encode(self, info, array, dtype_name, q, scratch):
+        """Lay out the codes ``q`` (a ``quantizer.Quantized``) of source values ``array``;
+        returns ``(outputs, err_sum, norm_sum)``: the error of what the file stores.
+        Outputs may live in ``scratch`` (valid until its next use)."""
+        raise NotImplementedError
+
+    def copy(self, info, array, dtype_name):
+        """``[(name, array)]`` storing an unselected tensor."""
+        raise NotImplementedError
+
+
+class FolderWriter(Writer):
+    """A folder of safetensors shards, one per source shard."""
+
+    #: Unselected tensors are stored with the source's dtype and bytes, so a
+    #: safetensors source's bytes may be copied file to file without being mapped.
+    copies_verbatim = False
+
+    def specs(self, info, selected):
+        """``[(name, dtype_name, shape), ...]`` that tensor ``info`` is stored as."""
+        raise NotImplementedError
+
+    def metadata(self, selected_infos):
+        """The shard header's ``__metadata__`` (str -> str) for its selected tensors."""
+        return {}
+
+    def config(self, config):
+        """``config.json`` of the output, from the source's."""
+        return config
+
+
+class FileWriter(Writer):
+    """One file: a header, then every tensor's data in plan order, each padded to the
+    header's alignment."""
+
+    output_is_file = True
+    #: Label of the stored type, for the report.
+    type_name = ""
+
+    def header(self, plan, scratch_path):
+        """``(header_bytes, alignment)`` for ``plan`` = ``[(info, selected), ...]``, padded
+        to the alignment. ``scratch_path`` is a file name the writer may use and remove."""
+        raise NotImplementedError
+
+
+def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
+    """The per-tensor step: quantize and encode tensor ``info`` when ``selected``, else
+    copy it. ``work`` holds the float32 working copy, ``scratch`` the outputs.
+
+    Returns an ``Encoded``. Non-finite weights raise ``InputError`` naming the tensor.
+    """
+    if not selected:
+        return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
+    if writer.one_pass():
+        outputs, err, norm = writer.quantize_encode(info, array, dtype_name, scratch)
+        return Encoded(outputs, True, None, err, norm)
+    q = quantizer.quantize(array, dtype_name, writer.options, info.name, work)
+    outputs, err, norm = writer.encode(info, array, dtype_name, q, scratch)
+    return Encoded(outputs, True, q.clip, err, norm)
