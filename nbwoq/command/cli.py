@@ -126,10 +126,8 @@ def _quantize(args):
             out = os.path.join(tmp, "out.gguf" if args.format == "gguf" else "out")
         log = None if args.quiet else (lambda m: print(m, file=sys.stderr))
         report = quantize_checkpoint(src, out, options, args.format, overwrite=args.overwrite, resume=args.resume,
+                                     report_path=args.report,
                                      progress=not args.quiet, threads=args.threads, log=log)
-        if args.report:
-            with open(args.report, "w") as f:
-                json.dump(report, f, indent=1)
         if args.src is None and args.out is None:
             report["summary"]["output"] += " (temporary, removed; give SRC and OUT to keep a result)"
         print(format_table(report, args.top, rows=not args.quiet))

@@ -74,17 +74,22 @@ def _clip_text(clip):
     return f"{clip:.3f}"
 
 
+def _shown(name):
+    """A tensor name as the terminal may show it: control characters escaped."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def format_table(report, top=15, rows=True):
     """The per-tensor table (worst error first, ``top`` rows, 0 for all) and the summary, as text."""
     rows = [r for r in report["tensors"] if r["rel_mse"] is not None] if rows else []
     shown = rows if top == 0 else rows[:top]
     lines = []
     if shown:
-        width = max(len(r["name"]) for r in shown)
+        width = max(len(_shown(r["name"])) for r in shown)
         lines.append(f"{'tensor':<{width}}  {'shape':>13}  {'format':<18}  {'clip min/mean/max':>17}  {'rel MSE':>9}  {'ms':>7}")
         for r in shown:
             shape = "x".join(str(d) for d in r["shape"])
-            lines.append(f"{r['name']:<{width}}  {shape:>13}  {r['format']:<18}  {_clip_text(r['clip']):>17}  "
+            lines.append(f"{_shown(r['name']):<{width}}  {shape:>13}  {r['format']:<18}  {_clip_text(r['clip']):>17}  "
                          f"{r['rel_mse']:9.3e}  {r['seconds'] * 1e3:7.1f}")
         if len(rows) > len(shown):
             lines.append(f"... {len(rows) - len(shown)} more quantized tensors (all of them in --report)")
@@ -98,5 +103,5 @@ def format_table(report, top=15, rows=True):
                  f"{s['quantized_params_per_s'] / 1e6:.1f} M quantized params/s, peak RSS {format_bytes(s['peak_rss_bytes'])}")
     if s["resumed_shards"]:
         lines.append(f"resumed: {s['resumed_shards']} finished shard(s) kept")
-    lines.append(f"output: {s['output']}")
+    lines.append(f"output: {_shown(s['output'])}")
     return "\n".join(lines)

@@ -9,16 +9,17 @@ the settings and the source are the same) and redoes only the rest (``resume``).
 
 import json
 import os
-import shutil
 import time
+import zlib
 
 from nbwoq._threads import set_num_threads
 from nbwoq._version import __version__
+from nbwoq.command import paths
 from nbwoq.command import resume as records
 from nbwoq.command.report import summarize, tensor_row
 from nbwoq.formats import quantizer
 from nbwoq.formats import safetensors_io as st
-from nbwoq.formats.errors import InputError
+from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_format import GgufWriter
 from nbwoq.formats.gptq_format import GptqWriter
 from nbwoq.formats.nbwoq_format import NbwoqWriter
@@ -49,11 +50,12 @@ def _out_shard_name(source, shard):
 
 
 def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=False, progress=False,
-                        threads=None, log=None):
+                        threads=None, log=None, report_path=None):
     """Quantize checkpoint ``src`` into ``out`` in format ``fmt``; returns the report dict.
 
     Raises ``InputError`` for anything wrong with the arguments or the source, before
-    any output is written.
+    any output is written. ``report_path`` receives the report as JSON before OUT is put
+    in place, so nothing can fail once OUT exists.
     """
     t_start = time.perf_counter()
     if fmt not in FORMATS:
@@ -67,13 +69,14 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     source = Source(src)
     writer = FORMATS[fmt](options, source)
     out = os.path.abspath(os.fspath(out))
-    src_abs = os.path.abspath(source.path)
-    if out == src_abs or src_abs.startswith(out + os.sep):
-        raise InputError(f"output {out!r} would overwrite the source")
-    if os.path.exists(out) and not overwrite:
-        raise InputError(f"output {out!r} already exists; pass --overwrite to replace it")
+    paths.check_out_vs_source(out, source.path)
+    paths.check_out_vs_source(out + PARTIAL, source.path)
+    if os.path.lexists(out) and not overwrite:
+        raise InputError(f"output {printable(out)} already exists; pass --overwrite to replace it")
     if writer.output_is_file and os.path.isdir(out):
-        raise InputError(f"--format {fmt} writes one file, but {out!r} is a folder")
+        raise InputError(f"--format {fmt} writes one file, but {printable(out)} is a folder")
+    if report_path is not None:
+        report_path = _check_report_path(report_path, source.path, out)
 
     plan = []  # (shard, [(info, selected)])
     for shard, infos in source.shards:
@@ -89,21 +92,47 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     partial = out + PARTIAL
     run_id = dict(nbwoq=__version__, format=fmt, options=options.as_dict(), source=source.fingerprint())
     run = _run_file if writer.output_is_file else _run_folder
-    rows, resumed = run(source, writer, plan, partial, run_id, resume, progress, log)
-    _finish(partial, out, overwrite)
-    label = f"{writer.type_name}: {options.label()}" if writer.output_is_file else options.label()
-    return summarize(rows, time.perf_counter() - t_start, fmt, options, source, out, resumed, label)
+    with paths.RunLock(out):
+        rows, resumed = run(source, writer, plan, partial, run_id, resume, progress, log)
+        label = f"{writer.type_name}: {options.label()}" if writer.output_is_file else options.label()
+        report = summarize(rows, time.perf_counter() - t_start, fmt, options, source, out, resumed, label)
+        if report_path is not None:
+            with paths.create_new(report_path + ".tmp", "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(report_path + ".tmp", report_path)
+        _finish(partial, out, overwrite)
+    return report
 
 
-def _write_padded(f, outputs, alignment):
-    """Each output's bytes and the zeros that pad them to ``alignment``; returns their size."""
+def _check_report_path(path, src, out):
+    """The report's absolute path: its folder exists, and it is neither inside the source
+    nor inside the output (where it would be lost or clobber a weight)."""
+    path = paths.real_out(path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise InputError(f"--report {printable(path)}: its folder does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"--report {printable(path)} is a folder")
+    src_real = os.path.realpath(src)
+    for folder, what in ((src_real, "the source"), (paths.real_out(out), "the output"),
+                         (paths.real_out(out) + PARTIAL, "the output")):
+        if paths.inside(path, folder):
+            raise InputError(f"--report {printable(path)} lies inside {what}")
+    return path
+
+
+def _write_padded(f, outputs, alignment, crc):
+    """Each output's bytes and the zeros that pad them to ``alignment``; returns their size
+    and the CRC-32 ``crc`` continued over what was written."""
     n = 0
     for _, data in outputs:
         raw = data if data.flags.c_contiguous else data.copy()
-        f.write(memoryview(raw.reshape(-1)).cast("B"))
-        f.write(bytes(-raw.nbytes % alignment))
+        view = memoryview(raw.reshape(-1)).cast("B")
+        pad = bytes(-raw.nbytes % alignment)
+        f.write(view)
+        f.write(pad)
+        crc = zlib.crc32(pad, zlib.crc32(view, crc))
         n += raw.nbytes
-    return n
+    return n, crc
 
 
 def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
@@ -111,31 +140,35 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
 
     The writer's header comes first; the tensor data follows in plan order, each tensor
     padded to the alignment. After each source shard the file is fsynced and its record
-    (``resume.file_state_path``) says how many tensors and bytes it holds, with their
-    report rows. ``resume`` cuts the file back to those bytes and carries on from the next
-    shard: nothing is copied or quantized twice. Returns ``(rows, resumed_shards)``.
+    (``resume.file_state_path``) says how many tensors and bytes it holds, their CRC-32
+    and report rows. ``resume`` checks all of it, cuts the file back to those bytes and
+    carries on from the next shard: nothing is copied or quantized twice.
+    Returns ``(rows, resumed_shards)``.
     """
-    if os.path.isdir(partial):
-        shutil.rmtree(partial)
+    if os.path.isdir(partial) and not os.path.islink(partial):
+        paths.remove_entry(partial)
     state_path = records.file_state_path(partial)
-    header, alignment = writer.header([item for _, items in plan for item in items], partial + ".header")
-    done = records.finished_file_part(partial, run_id, header) if resume and os.path.exists(partial) else None
-    if resume and os.path.exists(partial) and done is None and log:
-        log(f"resume: {os.path.basename(partial)} does not hold what its record says; starting it over")
-    if done is None and os.path.exists(state_path):
-        os.remove(state_path)
-    n_done, shards_done, rows, kept = done if done is not None else (0, 0, [], 0)
+    header, alignment = _file_header(writer, plan, partial)
+    done = None
+    if resume and os.path.lexists(partial):
+        done = records.finished_file_part(partial, run_id, header, plan)
+        if done is None and log:
+            log(f"resume: {os.path.basename(partial)} does not hold what its record says; starting it over")
+    if done is None:
+        paths.remove_entry(state_path)
+    n_done, shards_done, rows, kept, crc = done if done is not None else (0, 0, [], 0, 0)
     total = sum(info.nbytes for _, items in plan for info, _ in items)
     skipped = sum(info.nbytes for _, items in plan[:shards_done] for info, _ in items)
     if n_done and log:
         log(f"resume: keeping the {n_done} tensors of {shards_done} finished shards")
     if done is not None:
-        f = open(partial, "r+b")
+        f = paths.open_existing(partial)
         f.truncate(kept)  # whatever follows belongs to a shard that did not finish
         f.seek(kept)
     else:
-        f = open(partial, "wb")
+        f = paths.create_new(partial)
         f.write(header)
+        crc = zlib.crc32(header)
     bar = _progress(total, progress, initial=skipped)
     label = writer.type_name
     work, scratch = quantizer.Scratch(), quantizer.Scratch()
@@ -148,7 +181,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
                 t0 = time.perf_counter()
                 with source.open(info) as (array, dtype_name):
                     encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
-                    nbytes = _write_padded(f, encoded.outputs, alignment)
+                    nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
                 rows.append(tensor_row(info, shard, label, encoded, nbytes, time.perf_counter() - t0))
                 index += 1
                 if bar is not None:
@@ -156,7 +189,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
             f.flush()
             os.fsync(f.fileno())
             records.write_json_atomic(state_path, dict(run=run_id, tensors=index, shards=shard_no + 1,
-                                                       bytes=f.tell(), rows=rows))
+                                                       bytes=f.tell(), crc=crc, rows=rows))
         f.close()
     except BaseException:
         f.close()
@@ -170,19 +203,36 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     return rows, shards_done
 
 
+def _file_header(writer, plan, partial):
+    """The writer's header, with its scratch file in a fresh private folder beside OUT (no
+    name there can be planted in advance)."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=os.path.basename(partial) + ".", dir=os.path.dirname(partial))
+    try:
+        return writer.header([item for _, items in plan for item in items], os.path.join(scratch, "header"))
+    finally:
+        paths.remove_entry(scratch)
+
+
 def _run_folder(source, writer, plan, partial, run_id, resume, progress, log):
     """A folder run: one safetensors shard per source shard, each written as ``NAME.tmp``
     and renamed when complete. Returns ``(rows, resumed_shards)``."""
-    if os.path.isdir(partial) and resume:
+    if resume and os.path.lexists(partial):
+        paths.make_folder(partial)  # a planted symlink or file is refused, never followed
         records.check_folder_run(partial, run_id)
-    elif os.path.exists(partial):
-        shutil.rmtree(partial) if os.path.isdir(partial) else os.remove(partial)
-    os.makedirs(partial, exist_ok=True)
-    with open(os.path.join(partial, records.RUN_FILE), "w") as f:
+    else:
+        paths.remove_entry(partial)
+    paths.make_folder(partial)
+    with paths.create_new(os.path.join(partial, records.RUN_FILE), "w") as f:
         json.dump(run_id, f, indent=1)
 
     names = {shard: _out_shard_name(source, shard) for shard, _ in plan}
-    done = {shard: records.finished_shard_rows(partial, names[shard]) if resume else None for shard, _ in plan}
+    done = {}
+    for shard, items in plan:
+        done[shard] = records.finished_shard_rows(partial, names[shard], [i for i, _ in items]) if resume else None
+        if resume and done[shard] is None and os.path.lexists(os.path.join(partial, names[shard])) and log:
+            log(f"resume: {names[shard]} does not match its record; writing it again")
     total = sum(info.nbytes for _, items in plan for info, _ in items)
     skipped = sum(info.nbytes for shard, items in plan if done[shard] is not None for info, _ in items)
     bar = _progress(total, progress, initial=skipped)
@@ -202,15 +252,16 @@ def _run_folder(source, writer, plan, partial, run_id, resume, progress, log):
                     log(f"resume: keeping finished shard {name}")
                 continue
             path = os.path.join(partial, name)
-            shard_rows = stream.write(path + ".tmp", name, items, bar)
-            with open(path + records.STATS_SUFFIX, "w") as f:
-                json.dump(shard_rows, f)
+            paths.remove_entry(path)  # a shard without a valid record: not finished
+            shard_rows, crc, nbytes = stream.write(path + ".tmp", name, items, bar)
+            with paths.create_new(path + records.STATS_SUFFIX, "w") as f:
+                json.dump(dict(rows=shard_rows, crc=crc, bytes=nbytes), f)
             os.replace(path + ".tmp", path)
             rows += shard_rows
     finally:
         if bar is not None:
             bar.close()
-    _write_aux(source, writer, partial, weight_map, len(plan))
+    _write_aux(source, writer, partial, weight_map, len(plan), log)
     return rows, resumed
 
 
@@ -232,8 +283,9 @@ class _ShardStream:
         self.parity = 0
 
     def write(self, tmp_path, name, items, bar):
-        """Write shard ``items`` to ``tmp_path``; returns its report rows. On any error the
-        torn file is removed (a killed run's ``.tmp`` is rewritten by ``--resume``)."""
+        """Write shard ``items`` to ``tmp_path``; returns its report rows, CRC-32 and size.
+        On any error the torn file is removed (a killed run's ``.tmp`` is rewritten by
+        ``--resume``)."""
         writer = self.writer
         specs = [s for info, sel in items for s in writer.specs(info, sel)]
         sw = st.StreamWriter(tmp_path, specs, writer.metadata([i for i, s in items if s]), background=True)
@@ -254,7 +306,7 @@ class _ShardStream:
             sw.abort()
             os.remove(tmp_path)
             raise
-        return shard_rows
+        return shard_rows, sw.crc, os.path.getsize(tmp_path)
 
     def _tensor(self, sw, info, selected, name, last_use, t0):
         with self.source.open(info) as (array, dtype_name):
@@ -273,22 +325,56 @@ class _ShardStream:
         return tensor_row(info, name, self.label, encoded, nbytes, time.perf_counter() - t0)
 
 
-def _write_aux(source, writer, folder, weight_map, n_shards):
+def _write_aux(source, writer, folder, weight_map, n_shards, log):
     if source.folder:
-        for fname in sorted(os.listdir(source.folder)):
-            full = os.path.join(source.folder, fname)
-            if os.path.isfile(full) and not fname.endswith(_AUX_SKIP) and fname != "config.json":
-                shutil.copyfile(full, os.path.join(folder, fname))
+        _copy_side_files(source.folder, folder, _side_file_roots(source.folder), log, top=True)
     if source.config is not None:
-        with open(os.path.join(folder, "config.json"), "w") as f:
+        with paths.create_new(os.path.join(folder, "config.json"), "w") as f:
             json.dump(writer.config(source.config), f, indent=2)
     if n_shards > 1:
         total = 0
         for fname in set(weight_map.values()):
             tensors, _ = st.read_header(os.path.join(folder, fname))
             total += sum(t.nbytes for t in tensors.values())
-        with open(os.path.join(folder, INDEX_NAME), "w") as f:
+        with paths.create_new(os.path.join(folder, INDEX_NAME), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def _side_file_roots(folder):
+    """Where a side file's symlink may point: inside the source folder, or, for a Hugging
+    Face cache snapshot (``models--x/snapshots/REV``), inside that model's cache folder
+    (its ``blobs/``)."""
+    folder = os.path.abspath(folder)
+    roots = [os.path.realpath(folder)]
+    if os.path.basename(os.path.dirname(folder)) == "snapshots":
+        roots.append(os.path.realpath(os.path.dirname(os.path.dirname(folder))))
+    return roots
+
+
+_MAX_SIDE_DEPTH = 8
+
+
+def _copy_side_files(src_dir, dst_dir, roots, log, top=False, depth=0):
+    """Copy the files that are not weights (tokenizer, generation config, subfolders such
+    as a sentence-transformers ``1_Pooling/``) into the output. Symlinks pointing outside
+    the source (``roots``), FIFOs, devices and hidden entries are skipped."""
+    for fname in sorted(os.listdir(src_dir)):
+        full = os.path.join(src_dir, fname)
+        if fname.startswith(".") or (top and (fname.endswith(_AUX_SKIP) or fname == "config.json")):
+            continue
+        if os.path.islink(full) and not any(paths.inside(os.path.realpath(full), r) for r in roots):
+            if log:
+                log(f"skipping {printable(full)}: a symlink pointing outside the source")
+            continue
+        if os.path.isdir(full):
+            if depth < _MAX_SIDE_DEPTH:
+                sub = os.path.join(dst_dir, fname)
+                paths.make_folder(sub)
+                _copy_side_files(full, sub, roots, log, depth=depth + 1)
+        elif os.path.isfile(full):
+            with open(full, "rb") as src, paths.create_new(os.path.join(dst_dir, fname)) as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
 
 
 def _finish(partial, out, overwrite):
@@ -296,11 +382,12 @@ def _finish(partial, out, overwrite):
     if os.path.isdir(partial):
         records.drop_records(partial)
     old = None
-    if os.path.exists(out):
+    if os.path.lexists(out):
         if not overwrite:  # appeared while we ran
-            raise InputError(f"output {out!r} appeared while quantizing; the result is left in {partial!r}")
+            raise InputError(f"output {printable(out)} appeared while quantizing; the result is left in "
+                             f"{printable(partial)}")
         old = out + f".old-{os.getpid()}"
         os.replace(out, old)
     os.replace(partial, out)
     if old is not None:
-        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+        paths.remove_entry(old)

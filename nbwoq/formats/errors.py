@@ -7,3 +7,12 @@ class InputError(ValueError):
     The command prints it as one ``nbwoq: error:`` line. It is raised before anything is
     written wherever the problem can be known in advance.
     """
+
+
+def printable(name):
+    """``name`` quoted for a message, with every control or non-printable character
+    escaped (a name read from a file never reaches a terminal raw). Bytes that are not
+    UTF-8 show as ``\\x..`` escapes."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return repr(str(name))

@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -201,6 +202,31 @@ def _writeback_starter():
 _START_WRITEBACK = _writeback_starter()
 
 
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_file(path):
+    """A new file at ``path``, unbuffered: what stood there is unlinked first (a planted
+    symlink goes, its target is never written) and the file is created exclusively."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    return os.fdopen(os.open(path, _CREATE, 0o644), "r+b", buffering=0)
+
+
+def file_crc32(fd, start, nbytes, crc=0):
+    """CRC-32 of ``nbytes`` bytes of open file ``fd`` from ``start``, continuing ``crc``."""
+    while nbytes > 0:
+        chunk = os.pread(fd, min(nbytes, 1 << 24), start)
+        if not chunk:
+            raise FormatError(f"file ended {nbytes} bytes early")
+        crc = zlib.crc32(chunk, crc)
+        start += len(chunk)
+        nbytes -= len(chunk)
+    return crc
+
+
 class StreamWriter:
     """Write a safetensors file whose tensors arrive one at a time, in plan order.
 
@@ -220,8 +246,10 @@ class StreamWriter:
         self._plan = [(name, stop - start) for name, start, stop in offsets]
         self._next = 0
         self.path = os.fspath(path)
-        self._file = open(self.path, "wb", buffering=0)
+        self._file = create_file(self.path)
         self._offset = 0
+        #: CRC-32 of every byte written so far (of the whole file after ``close``).
+        self.crc = 0
         self._pool = None
         self._pending = []  # futures of background writes, oldest first
         self._done = 0  # tickets known to be finished
@@ -234,6 +262,7 @@ class StreamWriter:
     def _write_all(self, view):
         fd = self._file.fileno()
         start = self._offset
+        self.crc = zlib.crc32(view, self.crc)
         while view.nbytes:
             n = os.write(fd, view)
             view = view[n:]
@@ -297,6 +326,7 @@ class StreamWriter:
                 offset += n
                 left -= n
                 self._offset += n
+        self.crc = file_crc32(fd, first, self._offset - first, self.crc)  # the bytes as they landed
         if _START_WRITEBACK is not None:
             _START_WRITEBACK(fd, first, self._offset - first)
 

@@ -13,10 +13,41 @@ import os
 import numpy as np
 
 from nbwoq.formats import safetensors_io as st
-from nbwoq.formats.errors import InputError
+from nbwoq.formats.errors import InputError, printable
 
 
 INDEX_NAME = "model.safetensors.index.json"
+
+
+#: JSON side files larger than this are not real configs or indexes.
+_MAX_JSON = 64 * 1024 * 1024
+
+
+def plain_name(name, what):
+    """``name`` when it is a plain file name (no directory part, not ``.``/``..``, no
+    control character), else ``InputError``: a name read from a file never leads a
+    read or a write outside its folder."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise InputError(f"{what} names {printable(name)}, which is not a plain file name inside the folder")
+    return name
+
+
+def _is_file(folder, name):
+    """A regular file (or a symlink to one): FIFOs and devices are never opened."""
+    return os.path.isfile(os.path.join(folder, name))
+
+
+def _read_json(path, what):
+    """A JSON side file of the source: bounded in size and nesting, one clear error."""
+    try:
+        if os.path.getsize(path) > _MAX_JSON:
+            raise InputError(f"{path}: too large for a {what} ({os.path.getsize(path)} bytes)")
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise InputError(f"{path}: not a valid {what} ({reason})") from None
 
 
 class Source:
@@ -46,6 +77,8 @@ class Source:
         self.gguf = None
         if not os.path.exists(self.path):
             raise InputError(f"source {self.path!r} does not exist")
+        if not (os.path.isdir(self.path) or os.path.isfile(self.path)):
+            raise InputError(f"source {self.path!r} is neither a folder nor a regular file")
         if os.path.isdir(self.path):
             self.kind = "safetensors"
             self.folder = self.path
@@ -64,45 +97,47 @@ class Source:
     # -- opening ------------------------------------------------------------------
     def _open_folder(self):
         config_path = os.path.join(self.path, "config.json")
-        if os.path.exists(config_path):
-            try:
-                with open(config_path) as f:
-                    self.config = json.load(f)
-            except (OSError, json.JSONDecodeError) as exc:
-                raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+        if _is_file(self.path, "config.json"):
+            self.config = _read_json(config_path, "config.json")
+            if not isinstance(self.config, dict):
+                raise InputError(f"{config_path}: expected a JSON object, got {type(self.config).__name__}")
         index_path = os.path.join(self.path, INDEX_NAME)
-        if os.path.exists(index_path):
-            try:
-                with open(index_path) as f:
-                    self.index = json.load(f)
-                weight_map = self.index["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{index_path}: not a safetensors index ({exc})") from None
+        weight_map = None
+        if _is_file(self.path, INDEX_NAME):
+            self.index = _read_json(index_path, "safetensors index")
+            weight_map = self.index.get("weight_map") if isinstance(self.index, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise InputError(f"{index_path}: not a safetensors index (its weight_map must be an object "
+                                 "of tensor name -> shard file name)")
             files = sorted(set(weight_map.values()))
         else:
-            files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors"))
-            weight_map = None
+            files = sorted(f for f in os.listdir(self.path) if f.endswith(".safetensors") and _is_file(self.path, f))
         if not files:
             raise InputError(f"source folder {self.path!r} holds no *.safetensors file")
         self.shards = []
         seen = {}
         for name in files:
+            plain_name(name, index_path)
             file_path = os.path.join(self.path, name)
             if not os.path.exists(file_path):
-                raise InputError(f"{index_path}: lists shard {name!r}, which is missing")
+                raise InputError(f"{index_path}: lists shard {printable(name)}, which is missing")
+            if not os.path.isfile(file_path):
+                raise InputError(f"{printable(file_path)} is not a regular file")
             try:
                 tensors, _ = st.read_header(file_path)
             except st.FormatError as exc:
                 raise InputError(str(exc)) from None
             for tname in tensors:
                 if tname in seen:
-                    raise InputError(f"tensor {tname!r} is in both {seen[tname]!r} and {name!r}")
+                    raise InputError(f"tensor {printable(tname)} is in both {printable(seen[tname])} and {printable(name)}")
                 seen[tname] = name
             self.shards.append((name, list(tensors.values())))
         if weight_map is not None:
             for tname, shard in weight_map.items():
                 if seen.get(tname) != shard:
-                    raise InputError(f"{index_path}: maps {tname!r} to {shard!r}, but that shard does not hold it")
+                    raise InputError(f"{index_path}: maps {printable(tname)} to {printable(shard)}, "
+                                     "but that shard does not hold it")
 
     def _open_gguf(self):
         try:
