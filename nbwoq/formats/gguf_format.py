@@ -29,7 +29,9 @@ import numpy as np
 
 from nbwoq._version import __version__
 from nbwoq.formats import packing, storage
-from nbwoq.formats.errors import InputError
+from nbwoq.formats.errors import InputError, printable
+from nbwoq.formats.hf_config import llama_shape
+from nbwoq.formats.source import read_json
 from nbwoq.formats.writer import FileWriter
 from nbwoq.quantize import quant_weight_w_scale
 
@@ -52,6 +54,10 @@ def gguf_type(options):
         return "Q8_0"
     raise InputError(f"--format gguf writes int4 sym (Q4_0), int4 asym (Q4_1) or int8 sym (Q8_0); "
                      f"got int{o.bits} {o.scheme}")
+
+
+def _is_index(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 31)
 
 
 def _llama_permutation(rows, n_head):
@@ -83,10 +89,13 @@ class GgufWriter(FileWriter):
                 raise InputError(f"--format gguf from safetensors supports Llama models; config.json has "
                                  f"model_type={cfg.get('model_type')!r} (convert it with llama.cpp, then quantize the GGUF)")
             self.arch = "llama"
-            self.name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
+            self.shape = llama_shape(cfg)
+            self.name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, self.shape["layers"])
 
     def _field(self, key):
-        field = self.source.gguf.fields[key]
+        field = self.source.gguf.fields.get(key)
+        if field is None:
+            raise InputError(f"{self.source.path}: the GGUF file has no {key!r}")
         return field.contents()
 
     # -- planning -----------------------------------------------------------------
@@ -106,11 +115,16 @@ class GgufWriter(FileWriter):
     def permutation(self, info):
         if self.name_map is None:
             return None
-        cfg = self.source.config
+        heads = None
         if info.name.endswith("q_proj.weight"):
-            return _llama_permutation(info.shape[0], cfg["num_attention_heads"])
-        if info.name.endswith("k_proj.weight"):
-            return _llama_permutation(info.shape[0], cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+            heads = self.shape["heads"]
+        elif info.name.endswith("k_proj.weight"):
+            heads = self.shape["kv_heads"]
+        if heads is not None:
+            if info.shape[0] % (2 * heads):
+                raise InputError(f"tensor {printable(info.name)} has {info.shape[0]} rows, not a whole number of "
+                                 f"rotary halves for {heads} heads (config.json)")
+            return _llama_permutation(info.shape[0], heads)
         return None
 
     def tensor_info(self, gguf_writer, info, selected):
@@ -163,52 +177,60 @@ class GgufWriter(FileWriter):
         gguf_writer.add_string("general.quantized_by", f"nbwoq {__version__} ({self.options.label()})")
 
     def _llama_metadata(self, gguf_writer):
-        cfg = self.source.config
-        heads = cfg["num_attention_heads"]
+        cfg, shape = self.source.config, self.shape
         gguf_writer.add_name(os.path.basename(os.path.abspath(self.source.path)))
-        gguf_writer.add_context_length(cfg.get("max_position_embeddings", 2048))
-        gguf_writer.add_embedding_length(cfg["hidden_size"])
-        gguf_writer.add_block_count(cfg["num_hidden_layers"])
-        gguf_writer.add_feed_forward_length(cfg["intermediate_size"])
-        gguf_writer.add_head_count(heads)
-        gguf_writer.add_head_count_kv(cfg.get("num_key_value_heads", heads))
-        gguf_writer.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
-        gguf_writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
-        gguf_writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-        gguf_writer.add_vocab_size(cfg["vocab_size"])
+        gguf_writer.add_context_length(shape["context"])
+        gguf_writer.add_embedding_length(shape["hidden"])
+        gguf_writer.add_block_count(shape["layers"])
+        gguf_writer.add_feed_forward_length(shape["ffn"])
+        gguf_writer.add_head_count(shape["heads"])
+        gguf_writer.add_head_count_kv(shape["kv_heads"])
+        gguf_writer.add_rope_freq_base(shape["rope_theta"])
+        gguf_writer.add_layer_norm_rms_eps(shape["rms_eps"])
+        gguf_writer.add_rope_dimension_count(shape["head_dim"])
+        gguf_writer.add_vocab_size(shape["vocab"])
         self._tokenizer(gguf_writer, cfg)
 
     def _tokenizer(self, gguf_writer, cfg):
-        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine."""
+        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine.
+        Every entry is checked: a malformed tokenizer is one ``InputError``."""
         path = os.path.join(self.source.folder, "tokenizer.json")
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             return
-        with open(path) as f:
-            tok = json.load(f)
-        model = tok.get("model", {})
-        if model.get("type") != "BPE":
+        tok = read_json(path, "tokenizer.json")
+        model = tok.get("model") if isinstance(tok, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE":
             return
-        vocab = model["vocab"]
-        tokens = [""] * cfg["vocab_size"]
-        types = [self.gguf.TokenType.UNUSED] * cfg["vocab_size"]
+        vocab, added_tokens, merges = model.get("vocab"), tok.get("added_tokens", []), model.get("merges", [])
+        n = self.shape["vocab"]
+        if not (isinstance(vocab, dict) and all(isinstance(t, str) and _is_index(i) for t, i in vocab.items())
+                and isinstance(added_tokens, list)
+                and all(isinstance(a, dict) and _is_index(a.get("id")) and isinstance(a.get("content"), str)
+                        for a in added_tokens)
+                and isinstance(merges, list)
+                and all(isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m))
+                        for m in merges)):
+            raise InputError(f"{path}: not a BPE tokenizer this converter understands (malformed vocab, "
+                             "added_tokens or merges)")
+        tokens = [""] * n
+        types = [self.gguf.TokenType.UNUSED] * n
         for text, idx in vocab.items():
-            if idx < len(tokens):
+            if idx < n:
                 tokens[idx], types[idx] = text, self.gguf.TokenType.NORMAL
-        for added in tok.get("added_tokens", []):
-            if added["id"] < len(tokens):
+        for added in added_tokens:
+            if added["id"] < n:
                 tokens[added["id"]] = added["content"]
                 types[added["id"]] = self.gguf.TokenType.CONTROL if added.get("special") else self.gguf.TokenType.USER_DEFINED
         for i, t in enumerate(tokens):
             if not t:
                 tokens[i] = f"[PAD{i}]"
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         gguf_writer.add_tokenizer_model("gpt2")
         gguf_writer.add_tokenizer_pre("default")
         gguf_writer.add_token_list(tokens)
         gguf_writer.add_token_types(types)
-        gguf_writer.add_token_merges(merges)
+        gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
         for key, setter in (("bos_token_id", gguf_writer.add_bos_token_id), ("eos_token_id", gguf_writer.add_eos_token_id)):
-            if isinstance(cfg.get(key), int):
+            if _is_index(cfg.get(key)) and cfg[key] < n:
                 setter(cfg[key])
 
     def header(self, plan, scratch_path):

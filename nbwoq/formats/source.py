@@ -38,7 +38,7 @@ def _is_file(folder, name):
     return os.path.isfile(os.path.join(folder, name))
 
 
-def _read_json(path, what):
+def read_json(path, what):
     """A JSON side file of the source: bounded in size and nesting, one clear error."""
     try:
         if os.path.getsize(path) > _MAX_JSON:
@@ -98,13 +98,13 @@ class Source:
     def _open_folder(self):
         config_path = os.path.join(self.path, "config.json")
         if _is_file(self.path, "config.json"):
-            self.config = _read_json(config_path, "config.json")
+            self.config = read_json(config_path, "config.json")
             if not isinstance(self.config, dict):
                 raise InputError(f"{config_path}: expected a JSON object, got {type(self.config).__name__}")
         index_path = os.path.join(self.path, INDEX_NAME)
         weight_map = None
         if _is_file(self.path, INDEX_NAME):
-            self.index = _read_json(index_path, "safetensors index")
+            self.index = read_json(index_path, "safetensors index")
             weight_map = self.index.get("weight_map") if isinstance(self.index, dict) else None
             if not isinstance(weight_map, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
