@@ -52,7 +52,8 @@ def _parser():
                    help="how the clip search weighs each error: magnitude (rms + |x| of the group, the "
                         "default: keeps the large weights a model needs) or none (plain squared error, "
                         "the reference's criterion)")
-    q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default="nbwoq", help="output format")
+    q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default=None,
+                   help="output format (default: gguf when OUT ends in .gguf, else nbwoq)")
     q.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize tensors whose name matches this glob (repeatable; default: the 2-D "
                         "weights of the linear layers inside the blocks)")
@@ -65,11 +66,16 @@ def _parser():
     q.add_argument("--top", type=int, default=15, help="rows of the error table to print (default 15, 0 for all)")
     q.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
 
-    g = sub.add_parser("generate", help="write the generated Llama-shaped checkpoint")
-    g.add_argument("out", help="output folder")
-    g.add_argument("--size", choices=("default", "1b"), default="default")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    g = sub.add_parser("generate", help="write the generated Llama-shaped demo model",
+                       description="Write the generated Llama-shaped demo model (random weights with "
+                                   "outliers, a config.json) to OUT.")
+    g.add_argument("out", help="output folder (new, or empty)")
+    g.add_argument("--size", choices=("default", "1b"), default="default",
+                   help="default: 4 layers, hidden 512 (about 10 M parameters); 1b: TinyLlama's shape, "
+                        "about 1.1 B parameters (default: default)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes (default 0)")
+    g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="stored dtype (default bfloat16)")
     return parser
 
 
@@ -88,11 +94,23 @@ def parse_grid(text):
         raise InputError(f"--clip-grid must be a count or comma-separated ratios, got {text!r}") from None
 
 
+def _output_format(fmt, out):
+    """``--format``, or what OUT's name implies: a ``.gguf`` OUT is a GGUF file."""
+    is_gguf = out is not None and out.lower().endswith(".gguf")
+    if fmt is None:
+        return "gguf" if is_gguf else "nbwoq"
+    if is_gguf and fmt != "gguf":
+        raise InputError(f"OUT {out!r} ends in .gguf, but --format {fmt} writes a folder; "
+                         "drop --format (or use --format gguf), or name OUT without .gguf")
+    return fmt
+
+
 def _quantize(args):
     from nbwoq.command.report import format_table
     from nbwoq.command.run import quantize_checkpoint
     from nbwoq.formats.options import QuantOptions
 
+    args.format = _output_format(args.format, args.out)
     if args.format == "gguf":
         group_size = 32 if args.group_size is None else args.group_size
         scheme = args.scheme or "sym"
@@ -126,8 +144,9 @@ def _quantize(args):
             out = os.path.join(tmp, "out.gguf" if args.format == "gguf" else "out")
         log = None if args.quiet else (lambda m: print(m, file=sys.stderr))
         report = quantize_checkpoint(src, out, options, args.format, overwrite=args.overwrite, resume=args.resume,
-                                     report_path=args.report,
-                                     progress=not args.quiet, threads=args.threads, log=log)
+                                     report_path=args.report, progress=not args.quiet and sys.stderr.isatty(),
+                                     threads=args.threads, log=log)
+        args.finished = True  # OUT is complete: an interrupt from here on loses nothing
         if args.src is None and args.out is None:
             report["summary"]["output"] += " (temporary, removed; give SRC and OUT to keep a result)"
         print(format_table(report, args.top, rows=not args.quiet))
@@ -154,6 +173,7 @@ def main(argv=None):
     if not argv or (argv[0] not in _SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "quantize")
     args = _parser().parse_args(argv)
+    args.finished = False
     if args.version:
         from nbwoq._version import __version__
 
@@ -166,5 +186,10 @@ def main(argv=None):
     except (InputError, ValueError, TypeError, OSError) as exc:
         return _error(str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     except KeyboardInterrupt:
-        print("nbwoq: interrupted; run again with --resume to keep finished shards", file=sys.stderr)
+        if args.finished:
+            return 0
+        if args.command == "quantize":
+            print("nbwoq: interrupted; run again with --resume to keep finished shards", file=sys.stderr)
+        else:
+            print("nbwoq: interrupted", file=sys.stderr)
         return 130

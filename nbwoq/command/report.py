@@ -26,9 +26,23 @@ def peak_rss_bytes():
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def tensor_row(info, shard, label, encoded, bytes_out, seconds):
+class FirstOfKind:
+    """Marks the first tensor of each kind (quantized or copied, per source dtype): its time
+    includes compiling the kernels, or loading them from Numba's cache."""
+
+    def __init__(self):
+        self._seen = set()
+
+    def __call__(self, encoded, dtype):
+        key = (encoded is not None and encoded.quantized, dtype)
+        first = key not in self._seen
+        self._seen.add(key)
+        return first
+
+
+def tensor_row(info, shard, label, encoded, bytes_out, seconds, includes_jit=False):
     """The report row of tensor ``info``; ``encoded`` is its ``writer.Encoded`` (None for
-    a tensor copied file to file)."""
+    a tensor copied file to file). ``includes_jit``: its time includes kernel compilation."""
     quantized = encoded is not None and encoded.quantized
     rel_mse = None
     if quantized:
@@ -36,7 +50,8 @@ def tensor_row(info, shard, label, encoded, bytes_out, seconds):
     return dict(name=info.name, shape=list(info.shape), dtype=info.dtype,
                 format=label if quantized else f"copy {info.dtype}",
                 clip=encoded.clip if quantized else None, rel_mse=rel_mse,
-                seconds=seconds, bytes_in=info.nbytes, bytes_out=bytes_out, shard=shard)
+                seconds=seconds, includes_jit=includes_jit, bytes_in=info.nbytes, bytes_out=bytes_out,
+                shard=shard)
 
 
 def summarize(rows, wall, fmt, options, source, out, resumed, label):
@@ -45,12 +60,16 @@ def summarize(rows, wall, fmt, options, source, out, resumed, label):
     bytes_in = sum(r["bytes_in"] for r in rows)
     params_q = sum(int(np.prod(r["shape"])) for r in quantized)
     errors = [r["rel_mse"] for r in quantized]
+    # Throughput counts the work this run did: rows kept from an interrupted run took no time.
+    worked = [r for r in rows if not r.get("resumed")]
+    bytes_done = sum(r["bytes_in"] for r in worked)
+    params_done = sum(int(np.prod(r["shape"])) for r in worked if r["rel_mse"] is not None)
     summary = dict(
         source=source.path, output=out, format=fmt, settings=options.as_dict(), label=label,
         tensors=len(rows), quantized=len(quantized), copied=len(rows) - len(quantized),
         quantized_params=params_q, bytes_in=bytes_in, bytes_out=sum(r["bytes_out"] for r in rows),
-        seconds=wall, throughput_bytes_per_s=bytes_in / wall if wall > 0 else None,
-        quantized_params_per_s=params_q / wall if wall > 0 else None,
+        seconds=wall, throughput_bytes_per_s=bytes_done / wall if wall > 0 else None,
+        quantized_params_per_s=params_done / wall if wall > 0 else None,
         mean_rel_mse=float(np.mean(errors)) if errors else None,
         max_rel_mse=float(np.max(errors)) if errors else None,
         peak_rss_bytes=peak_rss_bytes(), resumed_shards=resumed,
@@ -89,10 +108,14 @@ def format_table(report, top=15, rows=True):
         lines.append(f"{'tensor':<{width}}  {'shape':>13}  {'format':<18}  {'clip min/mean/max':>17}  {'rel MSE':>9}  {'ms':>7}")
         for r in shown:
             shape = "x".join(str(d) for d in r["shape"])
+            mark = "*" if r.get("includes_jit") else " "
             lines.append(f"{_shown(r['name']):<{width}}  {shape:>13}  {r['format']:<18}  {_clip_text(r['clip']):>17}  "
-                         f"{r['rel_mse']:9.3e}  {r['seconds'] * 1e3:7.1f}")
+                         f"{r['rel_mse']:9.3e}  {r['seconds'] * 1e3:7.1f}{mark}")
         if len(rows) > len(shown):
             lines.append(f"... {len(rows) - len(shown)} more quantized tensors (all of them in --report)")
+        if any(r.get("includes_jit") for r in shown):
+            lines.append("* the first tensor of its kind: its time includes compiling the kernels (or loading "
+                         "them from the cache)")
     s = report["summary"]
     lines.append("")
     lines.append(f"{s['quantized']} tensors quantized ({s['label']}, format {s['format']}), {s['copied']} copied; "

@@ -16,8 +16,8 @@ from nbwoq._threads import set_num_threads
 from nbwoq._version import __version__
 from nbwoq.command import paths
 from nbwoq.command import resume as records
-from nbwoq.command.report import summarize, tensor_row
-from nbwoq.formats import quantizer
+from nbwoq.command.report import FirstOfKind, summarize, tensor_row
+from nbwoq.formats import quantizer, storage
 from nbwoq.formats import safetensors_io as st
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_format import GgufWriter
@@ -88,6 +88,10 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
         plan.append((shard, items))
     if not any(sel for _, items in plan for _, sel in items):
         raise InputError("no tensor selected for quantization (check --include/--exclude)")
+    requantized = sorted({info.dtype for _, items in plan for info, sel in items if sel and info.dtype not in storage.DTYPES})
+    if requantized and log:
+        log(f"warning: the source is already quantized ({', '.join(requantized)}); its tensors are decoded and "
+            "quantized again, which adds the new error to the old")
 
     partial = out + PARTIAL
     run_id = dict(nbwoq=__version__, format=fmt, options=options.as_dict(), source=source.fingerprint())
@@ -157,6 +161,8 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     if done is None:
         paths.remove_entry(state_path)
     n_done, shards_done, rows, kept, crc = done if done is not None else (0, 0, [], 0, 0)
+    for row in rows:
+        row["resumed"] = True
     total = sum(info.nbytes for _, items in plan for info, _ in items)
     skipped = sum(info.nbytes for _, items in plan[:shards_done] for info, _ in items)
     if n_done and log:
@@ -172,6 +178,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     bar = _progress(total, progress, initial=skipped)
     label = writer.type_name
     work, scratch = quantizer.Scratch(), quantizer.Scratch()
+    first = FirstOfKind()
     try:
         index = n_done
         for shard_no, (shard, items) in enumerate(plan):
@@ -182,7 +189,8 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
                 with source.open(info) as (array, dtype_name):
                     encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
                     nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
-                rows.append(tensor_row(info, shard, label, encoded, nbytes, time.perf_counter() - t0))
+                rows.append(tensor_row(info, shard, label, encoded, nbytes, time.perf_counter() - t0,
+                                       first(encoded, info.dtype)))
                 index += 1
                 if bar is not None:
                     bar.update(info.nbytes)
@@ -246,7 +254,7 @@ def _run_folder(source, writer, plan, partial, run_id, resume, progress, log):
                 for oname, _, _ in writer.specs(info, sel):
                     weight_map[oname] = name
             if done[shard] is not None:
-                rows += done[shard]
+                rows += [dict(row, resumed=True) for row in done[shard]]
                 resumed += 1
                 if log:
                     log(f"resume: keeping finished shard {name}")
@@ -281,6 +289,7 @@ class _ShardStream:
         self.out_scratch = (quantizer.Scratch(), quantizer.Scratch())
         self.verbatim = source.kind == "safetensors" and writer.copies_verbatim
         self.parity = 0
+        self.first = FirstOfKind()
 
     def write(self, tmp_path, name, items, bar):
         """Write shard ``items`` to ``tmp_path``; returns its report rows, CRC-32 and size.
@@ -322,7 +331,8 @@ class _ShardStream:
                 nbytes += arr.nbytes
             if selected:
                 last_use[self.parity] = ticket
-        return tensor_row(info, name, self.label, encoded, nbytes, time.perf_counter() - t0)
+        return tensor_row(info, name, self.label, encoded, nbytes, time.perf_counter() - t0,
+                          self.first(encoded, info.dtype))
 
 
 def _write_aux(source, writer, folder, weight_map, n_shards, log):

@@ -38,7 +38,8 @@ class GptqWriter(FolderWriter):
         super().__init__(options, source)
         o = options
         if source.kind != "safetensors" or not source.config:
-            raise InputError("--format gptq needs a Hugging Face folder source (config.json and safetensors)")
+            raise InputError("--format gptq needs a Hugging Face folder source (config.json and safetensors); "
+                             "a GGUF source is written as GGUF (OUT.gguf)")
         if o.codebook:
             raise InputError(f"--format gptq stores integer codes: use --dtype int (got {o.dtype})")
         if o.bits not in (2, 4, 8):

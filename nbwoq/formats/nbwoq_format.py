@@ -21,6 +21,7 @@ import numpy as np
 
 from nbwoq._layout import group_layout
 from nbwoq.formats import packing, quantizer, storage
+from nbwoq.formats.errors import InputError
 from nbwoq.formats.writer import FolderWriter
 
 FORMAT_NAME = "nbwoq"
@@ -51,11 +52,15 @@ class NbwoqWriter(FolderWriter):
 
     def __init__(self, options, source):
         super().__init__(options, source)
+        if source is not None and source.kind == "gguf":
+            raise InputError("a GGUF source is written as GGUF: use OUT.gguf (or --format gguf); for an nbwoq "
+                             "folder, start from the model's Hugging Face folder (config.json, tokenizer and "
+                             "safetensors)")
         self.lut = options.codebook_lut()
 
     def specs(self, info, selected):
         if not selected:
-            return [(info.name, _copy_dtype(info), info.shape)]
+            return [(info.name, info.dtype, info.shape)]
         rows, cols = info.shape
         _, n_groups = group_layout(cols, self.options.group_size)
         out = [(info.name + ".codes", "U8", (rows, packing.packed_cols(cols, self.options.slot))),
@@ -99,7 +104,3 @@ class NbwoqWriter(FolderWriter):
             outputs.append((info.name + ".zeros", q.zp.astype(storage.DTYPES[zeros_dtype(o.qmax)])))  # whole numbers in [0, qmax]; -0.0 -> 0
         return outputs, float(err.sum()), float(norm.sum())
 
-
-def _copy_dtype(info):
-    # GGUF block types have no safetensors dtype: they are copied decoded, as float32.
-    return info.dtype if info.dtype in storage.DTYPES else "F32"

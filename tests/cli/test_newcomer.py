@@ -1,0 +1,119 @@
+"""The command as a newcomer meets it: outputs that make sense for the source, honest
+timings, clean interrupts, defaults stated in --help."""
+
+import json
+import os
+
+import pytest
+
+from nbwoq.command import run
+from nbwoq.command.cli import main
+
+
+def test_out_ending_in_gguf_is_a_gguf_file(tiny_bf16, tmp_path):
+    pytest.importorskip("gguf")
+    out = tmp_path / "m.gguf"
+    assert main(["quantize", tiny_bf16, str(out), "--quiet"]) == 0
+    assert out.is_file() and out.read_bytes()[:4] == b"GGUF"
+
+
+def test_out_ending_in_gguf_with_another_format_is_refused_with_a_hint(tiny_bf16, tmp_path, capsys):
+    assert main(["quantize", tiny_bf16, str(tmp_path / "m.gguf"), "--format", "nbwoq", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ends in .gguf" in err and "--format gguf" in err
+    assert not os.path.lexists(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("fmt", ["nbwoq", "gptq"])
+def test_gguf_source_into_a_folder_format_is_refused_clearly(tiny_bf16, tmp_path, capsys, fmt):
+    pytest.importorskip("gguf")
+    gguf_file = tmp_path / "m.gguf"
+    assert main(["quantize", tiny_bf16, str(gguf_file), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(gguf_file), str(tmp_path / "out"), "--format", fmt, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GGUF" in err
+    assert not os.path.lexists(tmp_path / "out")
+
+
+def test_requantizing_a_quantized_source_warns_once(tiny_bf16, tmp_path, capsys):
+    pytest.importorskip("gguf")
+    first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    assert main(["quantize", tiny_bf16, str(first), "--quiet"]) == 0
+    assert main(["quantize", str(first), str(second)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("already quantized") == 1 and "Q4_0" in err
+
+
+def test_first_tensor_of_a_kind_is_marked_as_including_compilation(tiny_bf16, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["quantize", tiny_bf16, str(tmp_path / "out"), "--report", str(report), "--top", "0"]) == 0
+    rows = json.loads(report.read_text())["tensors"]
+    marked = [r for r in rows if r["includes_jit"]]
+    kinds = {r["dtype"] for r in rows if r["rel_mse"] is not None}  # copies go file to file: no kernel
+    assert sorted(r["dtype"] for r in marked) == sorted(kinds) and all(r["rel_mse"] is not None for r in marked)
+    assert "includes compiling" in capsys.readouterr().out
+
+
+def test_throughput_after_resume_counts_only_the_work_done(tiny_sharded, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    real = run._ShardStream.write
+    calls = []
+
+    def fail_late(self, *args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(run._ShardStream, "write", fail_late)
+        assert main(["quantize", tiny_sharded, out, "--quiet"]) == 1
+    report = tmp_path / "r.json"
+    assert main(["quantize", tiny_sharded, out, "--resume", "--quiet", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    s, rows = data["summary"], data["tensors"]
+    kept = [r for r in rows if r.get("resumed")]
+    assert kept and s["resumed_shards"] == 2
+    done_bytes = sum(r["bytes_in"] for r in rows if not r.get("resumed"))
+    assert s["throughput_bytes_per_s"] == pytest.approx(done_bytes / s["seconds"])
+
+
+def test_ctrl_c_after_out_is_complete_exits_0(tiny_bf16, tmp_path, monkeypatch, capsys):
+    from nbwoq.command import report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "format_table", interrupted)
+    assert main(["quantize", tiny_bf16, str(tmp_path / "out"), "--quiet"]) == 0
+    assert os.path.isdir(tmp_path / "out") and "interrupted" not in capsys.readouterr().err
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(tiny_bf16, tmp_path, monkeypatch, capsys):
+    from nbwoq.formats import source
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(source.Source, "__init__", interrupted)
+    assert main(["quantize", tiny_bf16, str(tmp_path / "out"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nbwoq: interrupted; run again with --resume to keep finished shards"]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tiny_bf16, tmp_path, capsys):
+    assert main(["quantize", tiny_bf16, str(tmp_path / "out")]) == 0
+    assert "quantizing" not in capsys.readouterr().err  # pytest's capture is no terminal
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["generate", "--help"], ["(default bfloat16)", "(default 0)", "(default: default)"]),
+    (["quantize", "--help"], ["default: gguf when OUT ends in .gguf"]),
+])
+def test_help_states_the_defaults(capsys, argv, needles):
+    with pytest.raises(SystemExit):
+        main(argv)
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in needles:
+        assert needle in text
