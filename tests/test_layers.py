@@ -149,3 +149,26 @@ def test_import_nbwoq_loads_no_command_modules():
     code = ("import sys, nbwoq; bad = {'argparse', 'tqdm', 'gguf', 'torch'} & set(sys.modules); "
             "assert not bad, bad; assert not [m for m in sys.modules if m.startswith('nbwoq.command')]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_plain_test_run_prints_no_report_block(monkeypatch):
+    """The half-rounding statistics are information: shown under ``-v`` only."""
+    import conftest
+    import half_report
+
+    class Reporter:
+        def __init__(self, verbose):
+            self.config = type("C", (), {"option": type("O", (), {"verbose": verbose})()})()
+            self.lines = []
+
+        def section(self, *args, **kwargs):
+            self.lines.append(args[0])
+
+        def write_line(self, line):
+            self.lines.append(line)
+
+    monkeypatch.setitem(half_report.HALF_DIFFERENCES, "bf16-int4", (1, 10))
+    quiet, verbose = Reporter(0), Reporter(1)
+    conftest.pytest_terminal_summary(quiet)
+    conftest.pytest_terminal_summary(verbose)
+    assert quiet.lines == [] and any("bf16-int4" in line for line in verbose.lines)

@@ -104,9 +104,17 @@ class GptqWriter(FolderWriter):
                    (p + ".scales", np.ascontiguousarray(scale16.T)), (p + ".g_idx", g_idx)]
         return outputs, float(err.sum()), float(norm.sum())
 
+    def method(self):
+        """What decided the codes: ``rtn``, or ``rtn+clip-<mode>`` with a clip search."""
+        clip = self.options.clip
+        return "rtn" if clip == "none" else f"rtn+clip-{clip}"
+
     def config(self, config):
         o = self.options
         config = json.loads(json.dumps(config))
+        # The layout's fields only: these weights are round-to-nearest (with an optional clip
+        # search), not GPTQ's Hessian-based solve, so no GPTQ-only setting (damping, true
+        # sequential, static groups) is claimed; "meta" says what made them.
         config["quantization_config"] = {
             "quant_method": "gptq",
             "bits": o.bits,
@@ -114,11 +122,8 @@ class GptqWriter(FolderWriter):
             "desc_act": False,
             "sym": self.sym,
             "checkpoint_format": self.checkpoint_format,
-            "true_sequential": True,
-            "static_groups": False,
-            "damp_percent": 0.01,
             "lm_head": False,
-            "meta": {"quantizer": [f"nbwoq:{__version__}"]},
+            "meta": {"quantizer": [f"nbwoq:{__version__}"], "method": self.method()},
         }
         config["torch_dtype"] = config["dtype"] = "float16"
         return config
