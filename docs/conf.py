@@ -58,7 +58,9 @@ doctest_default_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctes
 
 html_theme = "alabaster"
 html_title = f"nbwoq {release}"
-html_static_path = []
+html_static_path = ["_static"]
+# Code blocks scroll instead of being clipped; plots fit the column (nbwoq.css).
+html_css_files = ["nbwoq.css"]
 html_theme_options = {
     "description": "Fast, honest weight-only quantization",
     "fixed_sidebar": True,

@@ -163,6 +163,14 @@ def test_performance_page_renders_the_committed_results(builds):
     assert data["machine"]["commit"] in html
 
 
+def test_plot_links_to_full_size_and_code_scrolls(builds):
+    html_dir = builds["html_dir"]
+    html = (html_dir / "performance.html").read_text()
+    assert re.search(r'<a [^>]*href="_images/time_vs_size.png"[^>]*>\s*<img', html), "the plot links to its full size"
+    css = (html_dir / "_static" / "nbwoq.css").read_text()
+    assert "overflow-x: auto" in css and 'nbwoq.css' in (html_dir / "guide" / "cli.html").read_text()
+
+
 # --- console examples ----------------------------------------------------------------------
 
 # Commands shown in the pages that this test does not run, and why.
