@@ -32,7 +32,7 @@ from nbwoq.formats import packing, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.hf_config import llama_shape
 from nbwoq.formats.source import read_json
-from nbwoq.formats.writer import FileWriter
+from nbwoq.formats.writer import Encoding, FileWriter
 from nbwoq.quantize import quant_weight_w_scale
 
 _KINDS = {"Q4_0": packing.Q4_0, "Q4_1": packing.Q4_1, "Q8_0": packing.Q8_0}
@@ -266,8 +266,13 @@ class GgufWriter(FileWriter):
         perm = self.permutation(info)
         return [(name, out[perm] if perm is not None else out)]
 
-    def encode(self, info, array, dtype_name, q, scratch):
+    def begin(self, info, scratch):
         rows, cols = info.shape
+        _, bsize = packing.GGUF_BLOCK[self.kind]
+        return Encoding(info, dict(blocks=scratch.get("blocks", (rows, cols // 32 * bsize), np.uint8)))
+
+    def encode_rows(self, enc, start, array, dtype_name, q):
+        stop = start + array.shape[0]
         scale16 = q.scale.astype(np.float16)
         # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
         work = storage.widen(array, dtype_name, out=q.codes)
@@ -276,15 +281,12 @@ class GgufWriter(FileWriter):
         if self.kind == packing.Q4_1:
             m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
         else:
-            m16 = np.zeros((1, 1), dtype=np.float16)
-            m16 = np.broadcast_to(m16, scale16.shape)
-        _, bsize = packing.GGUF_BLOCK[self.kind]
-        out = np.empty((rows, cols // 32 * bsize), dtype=np.uint8)
-        err = np.empty(rows, dtype=np.float64)
-        norm = np.empty(rows, dtype=np.float64)
+            m16 = np.broadcast_to(np.zeros((1, 1), dtype=np.float16), scale16.shape)
         packing.pack_gguf_rows(q.codes, storage.kernel_view(array, dtype_name), scale16.view(np.uint16),
-                                np.ascontiguousarray(m16).view(np.uint16), self.kind, out, err, norm)
-        perm = self.permutation(info)
-        if perm is not None:
-            out = out[perm]
-        return [(self.out_name(info), out)], float(err.sum()), float(norm.sum())
+                               np.ascontiguousarray(m16).view(np.uint16), self.kind, enc.arrays["blocks"][start:stop],
+                               enc.err[start:stop], enc.norm[start:stop])
+
+    def finish(self, enc):
+        out = enc.arrays["blocks"]
+        perm = self.permutation(enc.info)
+        return [(self.out_name(enc.info), out[perm] if perm is not None else out)]

@@ -25,7 +25,7 @@ from nbwoq._layout import group_layout
 from nbwoq._version import __version__
 from nbwoq.formats import packing, storage
 from nbwoq.formats.errors import InputError
-from nbwoq.formats.writer import FolderWriter
+from nbwoq.formats.writer import Encoding, FolderWriter
 from nbwoq.quantize import quant_weight_w_scale
 
 
@@ -75,34 +75,47 @@ class GptqWriter(FolderWriter):
     def copy(self, info, array, dtype_name):
         return [(info.name, array)]
 
-    def encode(self, info, array, dtype_name, q, scratch):
-        o = self.options
+    def begin(self, info, scratch):
         out_f, in_f = info.shape
+        _, n_groups = group_layout(in_f, self.options.group_size)
+        return Encoding(info, dict(
+            packed_t=scratch.get("packed_t", (out_f, in_f // self.per), np.uint32),  # row-major: (out, in / per)
+            scale16=scratch.get("scale16", (out_f, n_groups), np.float16),
+            zero_u=scratch.get("zero_u", (out_f, n_groups), np.int64)))
+
+    def encode_rows(self, enc, start, array, dtype_name, q):
+        o = self.options
+        rows, in_f = array.shape
+        stop = start + rows
         size, n_groups = group_layout(in_f, o.group_size)
         scale16 = q.scale.astype(np.float16)
         scale32 = scale16.astype(np.float32)
-        zp = q.zp if q.zp is not None else np.zeros((out_f, n_groups), dtype=np.float32)
+        zp = q.zp if q.zp is not None else np.zeros((rows, n_groups), dtype=np.float32)
         # Decide the codes with the float16 scale the file stores (its own fake-quant).
         work = storage.widen(array, dtype_name, out=q.codes)
         quant_weight_w_scale(work, scale32, q.zp, group_size=o.group_size, bits=o.bits)
-        err = np.empty(out_f, dtype=np.float64)
-        norm = np.empty(out_f, dtype=np.float64)
-        no_pack = np.empty((out_f, 0), dtype=np.uint8)
+        no_pack = np.empty((rows, 0), dtype=np.uint8)
         packing.pack_rows(q.codes, storage.kernel_view(array, dtype_name), scale32, zp, size, np.float32(o.qmin),
-                           o.slot, np.zeros(1, np.float32), False, False, no_pack, err, norm)
-        packed_t = np.empty((out_f, in_f // self.per), dtype=np.uint32)
-        packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, packed_t)
-        qweight = np.ascontiguousarray(packed_t.T).view(np.int32)
+                          o.slot, np.zeros(1, np.float32), False, False, no_pack, enc.err[start:stop],
+                          enc.norm[start:stop])
+        packing.pack_gptq_rows(q.codes, np.float32(o.qmin), o.bits, enc.arrays["packed_t"][start:stop])
+        enc.arrays["scale16"][start:stop] = scale16
         # Unsigned zero point: asym codes are already unsigned; sym codes were shifted by -qmin.
-        zero_u = (zp - np.float32(o.qmin)).astype(np.int64)
+        enc.arrays["zero_u"][start:stop] = (zp - np.float32(o.qmin)).astype(np.int64)
+
+    def finish(self, enc):
+        o = self.options
+        out_f, in_f = enc.info.shape
+        size, _ = group_layout(in_f, o.group_size)
+        zero_u = enc.arrays["zero_u"]
         if self.checkpoint_format == "gptq":
             zero_u = zero_u - 1  # v1 stores zero - 1
         qzeros = packing.pack_columns_u32(np.ascontiguousarray(zero_u.T) & ((1 << o.bits) - 1), o.bits)
         g_idx = (np.arange(in_f, dtype=np.int32) // np.int32(size)).astype(np.int32)
-        p = info.name[: -len(".weight")]
-        outputs = [(p + ".qweight", qweight), (p + ".qzeros", qzeros),
-                   (p + ".scales", np.ascontiguousarray(scale16.T)), (p + ".g_idx", g_idx)]
-        return outputs, float(err.sum()), float(norm.sum())
+        p = enc.info.name[: -len(".weight")]
+        return [(p + ".qweight", np.ascontiguousarray(enc.arrays["packed_t"].T).view(np.int32)),
+                (p + ".qzeros", qzeros), (p + ".scales", np.ascontiguousarray(enc.arrays["scale16"].T)),
+                (p + ".g_idx", g_idx)]
 
     def method(self):
         """What decided the codes: ``rtn``, or ``rtn+clip-<mode>`` with a clip search."""

@@ -22,7 +22,7 @@ import numpy as np
 from nbwoq._layout import group_layout
 from nbwoq.formats import packing, quantizer, storage
 from nbwoq.formats.errors import InputError
-from nbwoq.formats.writer import FolderWriter
+from nbwoq.formats.writer import Encoding, FolderWriter
 
 FORMAT_NAME = "nbwoq"
 VERSION = "1"
@@ -89,18 +89,29 @@ class NbwoqWriter(FolderWriter):
             outputs.append((info.name + ".zeros", zeros))
         return outputs, err, norm
 
-    def encode(self, info, array, dtype_name, q, scratch):
+    def begin(self, info, scratch):
         o = self.options
         rows, cols = info.shape
-        size, n_groups = group_layout(cols, o.group_size)
-        packed = scratch.get("packed", (rows, packing.packed_cols(cols, o.slot)), np.uint8)
-        zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
-        err = np.empty(rows, dtype=np.float64)
-        norm = np.empty(rows, dtype=np.float64)
-        packing.pack_rows(q.codes, storage.kernel_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
-                           o.slot, self.lut, o.codebook, True, packed, err, norm)
-        outputs = [(info.name + ".codes", packed), (info.name + ".scales", q.scale)]
+        _, n_groups = group_layout(cols, o.group_size)
+        arrays = dict(codes=scratch.get("packed", (rows, packing.packed_cols(cols, o.slot)), np.uint8),
+                      scales=scratch.get("scales", (rows, n_groups), np.float32))
         if has_zeros(o):
-            outputs.append((info.name + ".zeros", q.zp.astype(storage.DTYPES[zeros_dtype(o.qmax)])))  # whole numbers in [0, qmax]; -0.0 -> 0
-        return outputs, float(err.sum()), float(norm.sum())
+            arrays["zeros"] = scratch.get("zeros", (rows, n_groups), storage.DTYPES[zeros_dtype(o.qmax)])
+        return Encoding(info, arrays)
 
+    def encode_rows(self, enc, start, array, dtype_name, q):
+        o = self.options
+        rows, cols = array.shape
+        stop = start + rows
+        size, n_groups = group_layout(cols, o.group_size)
+        zp = q.zp if q.zp is not None else np.zeros((rows, max(n_groups, 1)), dtype=np.float32)
+        packing.pack_rows(q.codes, storage.kernel_view(array, dtype_name), q.scale, zp, size, np.float32(o.qmin),
+                          o.slot, self.lut, o.codebook, True, enc.arrays["codes"][start:stop], enc.err[start:stop],
+                          enc.norm[start:stop])
+        enc.arrays["scales"][start:stop] = q.scale
+        if "zeros" in enc.arrays:
+            enc.arrays["zeros"][start:stop] = q.zp  # whole numbers in [0, qmax]; -0.0 -> 0
+
+    def finish(self, enc):
+        name = enc.info.name
+        return [(name + "." + part, enc.arrays[part]) for part in ("codes", "scales", "zeros") if part in enc.arrays]

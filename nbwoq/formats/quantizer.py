@@ -12,7 +12,7 @@ from nbwoq import _kernels_finite, _validate
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq.formats import packing, storage
-from nbwoq.formats.errors import InputError
+from nbwoq.formats.errors import InputError, printable
 from nbwoq.quantize import quant_tensor
 
 
@@ -54,34 +54,71 @@ def check_finite(array, dtype_name):
     _validate.first_bad_row(finite)
 
 
+def _input_error(name, exc):
+    # The core's hint about check_finite= is for API callers, not for the command line.
+    return InputError(f"tensor {printable(name)}: {str(exc).split('; pass check_finite')[0]}")
+
+
+def clip_ratios(array, dtype_name, options, name):
+    """Check ``array`` (stored values) for NaN/Inf and run the clip search on it, without
+    a float32 copy (the core reads float16 and bfloat16 in place).
+
+    Returns ``(quantile, clip)``: the core's ``quantile`` (1.0, a ratio, or per-group
+    ratios (rows, n_groups)) and the report's clip (None, a ratio, or min/mean/max).
+    """
+    try:
+        check_finite(array, dtype_name)
+        if options.clip == "none":
+            return 1.0, None
+        ratio = options.search(storage.as_float(array, dtype_name))
+    except ValueError as exc:
+        raise _input_error(name, exc) from None
+    if options.clip == "group":
+        ratio = np.asarray(ratio, dtype=np.float32)
+        return ratio, dict(min=float(ratio.min()), mean=float(ratio.mean()), max=float(ratio.max()))
+    return ratio, float(ratio)
+
+
+def quantize_rows(array, dtype_name, options, quantile, name, scratch=None):
+    """The codes of ``array`` (stored rows already checked by ``clip_ratios``), with the
+    ``quantile`` of these rows. ``codes`` is ``scratch``'s ``"work"`` float32 buffer."""
+    out = None if scratch is None else scratch.get("work", array.shape, np.float32)
+    work = storage.widen(array, dtype_name, out=out)
+    try:
+        _, scale, zp = quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
+                                    check_finite=False)
+    except ValueError as exc:
+        raise _input_error(name, exc) from None
+    return Quantized(work, scale, zp, None)
+
+
 def quantize(array, dtype_name, options, name, scratch=None):
-    """Quantize the tensor ``array`` (storage dtype ``dtype_name``) with the core.
+    """Quantize the whole tensor ``array`` (storage dtype ``dtype_name``) with the core.
 
     Returns a ``Quantized`` whose ``codes`` is a float32 array holding the codes: fresh,
     or ``scratch``'s ``"work"`` buffer when a ``Scratch`` is given.
     Non-finite weights raise ``InputError`` naming the tensor.
     """
-    clip = None
-    quantile = 1.0
-    try:
-        check_finite(array, dtype_name)
-        out = None if scratch is None else scratch.get("work", array.shape, np.float32)
-        work = storage.widen(array, dtype_name, out=out)
-        if options.clip != "none":
-            ratio = options.search(work)
-            if options.clip == "group":
-                ratio = np.asarray(ratio, dtype=np.float32)
-                clip = dict(min=float(ratio.min()), mean=float(ratio.mean()), max=float(ratio.max()))
-            else:
-                clip = float(ratio)
-            quantile = ratio
-        # checked above, on the source: the core need not scan the copy again
-        _, scale, zp = quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
-                                          check_finite=False)
-    except ValueError as exc:
-        # The core's hint about check_finite= is for API callers, not for the command line.
-        raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None
-    return Quantized(work, scale, zp, clip)
+    quantile, clip = clip_ratios(array, dtype_name, options, name)
+    q = quantize_rows(array, dtype_name, options, quantile, name, scratch)
+    q.clip = clip
+    return q
+
+
+#: Rows of the float32 working copy held at once: the general path quantizes and
+#: encodes a tensor in blocks of rows, so its memory follows this, not the tensor.
+WORK_BYTES = 16 << 20
+
+
+def row_blocks(rows, cols):
+    """``(start, stop)`` row ranges of at most ``WORK_BYTES`` of float32 each."""
+    step = max(1, WORK_BYTES // max(4 * cols, 1))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def quantile_rows(quantile, start, stop):
+    """The slice of ``quantile`` (scalar or per group) that belongs to rows ``start:stop``."""
+    return quantile[start:stop] if isinstance(quantile, np.ndarray) else quantile
 
 
 def one_pass(options):
@@ -119,7 +156,7 @@ def quantize_packed(array, dtype_name, options, name, scratch, zeros_dtype):
     try:
         _validate.first_bad_row(~bad)
     except ValueError as exc:
-        raise InputError(f"tensor {name!r}: {str(exc).split('; pass check_finite')[0]}") from None
+        raise _input_error(name, exc) from None
     return packed, scale, zeros if keep_zp else None, float(err.sum()), float(norm.sum())
 
 

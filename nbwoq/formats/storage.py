@@ -101,6 +101,17 @@ def exponent_view(array, name):
     return array.view(unsigned), unsigned.type(storage.exponent)
 
 
+def as_float(array, name):
+    """Stored float values as an array the core takes without a copy: float32 and float16
+    as they are, bfloat16's bit pattern viewed as ml_dtypes' bfloat16 (widened to a
+    float32 copy only where ml_dtypes is missing)."""
+    if name == "F32" or name == "F16":
+        return array if name == "F32" else array.view(np.float16)
+    if name == "BF16":
+        return array.view(BFLOAT16) if BFLOAT16 is not None else widen(array, name)
+    raise TypeError(f"cannot decode dtype {name}")
+
+
 def widen(array, name, out=None):
     """A writable float32 copy of stored values (decoded in a parallel kernel; exact)."""
     if out is None:

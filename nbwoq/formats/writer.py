@@ -12,6 +12,8 @@ encode a selected tensor (in one pass where the writer can), else copy it.
 
 from typing import NamedTuple
 
+import numpy as np
+
 from nbwoq.formats import quantizer
 
 
@@ -25,6 +27,24 @@ class Encoded(NamedTuple):
     clip: object
     err: float
     norm: float
+
+
+class Encoding:
+    """One tensor being encoded: its output arrays by role and its per-row squared error
+    and squared norm of what is stored."""
+
+    def __init__(self, info, arrays):
+        self.info = info
+        self.arrays = arrays
+        rows = info.shape[0]
+        self.err = np.zeros(rows, dtype=np.float64)
+        self.norm = np.zeros(rows, dtype=np.float64)
+
+    def error(self):
+        return float(self.err.sum())
+
+    def norm_sum(self):
+        return float(self.norm.sum())
 
 
 class Writer:
@@ -51,11 +71,26 @@ class Writer:
         """Quantize and encode in one pass; returns ``(outputs, err_sum, norm_sum)``."""
         raise NotImplementedError(f"{type(self).__name__} has no one-pass path")
 
-    def encode(self, info, array, dtype_name, q, scratch):
-        """Lay out the codes ``q`` (a ``quantizer.Quantized``) of source values ``array``;
-        returns ``(outputs, err_sum, norm_sum)``: the error of what the file stores.
-        Outputs may live in ``scratch`` (valid until its next use)."""
+    def begin(self, info, scratch):
+        """Start encoding tensor ``info``: returns an ``Encoding`` whose output arrays (in
+        ``scratch``, valid until its next use) ``encode_rows`` fills block by block."""
         raise NotImplementedError
+
+    def encode_rows(self, enc, start, array, dtype_name, q):
+        """Lay out rows ``start : start + len(array)``: their source values ``array`` and
+        codes ``q`` (a ``quantizer.Quantized`` of just these rows), measuring the squared
+        error of what the file stores into ``enc.err`` / ``enc.norm``."""
+        raise NotImplementedError
+
+    def finish(self, enc):
+        """``[(name, array), ...]``: the outputs of a fully encoded tensor, in write order."""
+        raise NotImplementedError
+
+    def encode(self, info, array, dtype_name, q, scratch):
+        """The whole tensor at once: ``(outputs, err_sum, norm_sum)``."""
+        enc = self.begin(info, scratch)
+        self.encode_rows(enc, 0, array, dtype_name, q)
+        return self.finish(enc), enc.error(), enc.norm_sum()
 
     def copy(self, info, array, dtype_name):
         """``[(name, array)]`` storing an unselected tensor."""
@@ -100,13 +135,22 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
     """The per-tensor step: quantize and encode tensor ``info`` when ``selected``, else
     copy it. ``work`` holds the float32 working copy, ``scratch`` the outputs.
 
-    Returns an ``Encoded``. Non-finite weights raise ``InputError`` naming the tensor.
+    The clip search reads the source in place; the codes are made and encoded in blocks
+    of rows (``quantizer.row_blocks``), so the float32 working copy is one block, not the
+    tensor. Returns an ``Encoded``. Non-finite weights raise ``InputError`` naming the
+    tensor.
     """
     if not selected:
         return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
     if writer.one_pass():
         outputs, err, norm = writer.quantize_encode(info, array, dtype_name, scratch)
         return Encoded(outputs, True, None, err, norm)
-    q = quantizer.quantize(array, dtype_name, writer.options, info.name, work)
-    outputs, err, norm = writer.encode(info, array, dtype_name, q, scratch)
-    return Encoded(outputs, True, q.clip, err, norm)
+    options = writer.options
+    quantile, clip = quantizer.clip_ratios(array, dtype_name, options, info.name)
+    enc = writer.begin(info, scratch)
+    for start, stop in quantizer.row_blocks(*array.shape):
+        rows = array[start:stop]
+        q = quantizer.quantize_rows(rows, dtype_name, options, quantizer.quantile_rows(quantile, start, stop),
+                                    info.name, work)
+        writer.encode_rows(enc, start, rows, dtype_name, q)
+    return Encoded(writer.finish(enc), True, clip, enc.error(), enc.norm_sum())

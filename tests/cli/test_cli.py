@@ -193,8 +193,8 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
             return real(*a, **k)
         return interrupted
 
-    real, real_packed = quantizer.quantize, quantizer.quantize_packed
-    monkeypatch.setattr(quantizer, "quantize", interrupting(real))
+    real, real_packed = quantizer.clip_ratios, quantizer.quantize_packed
+    monkeypatch.setattr(quantizer, "clip_ratios", interrupting(real))
     monkeypatch.setattr(quantizer, "quantize_packed", interrupting(real_packed))
     assert main(["quantize", tiny_sharded, out, "--quiet"]) == 130
     assert not os.path.exists(out)
@@ -204,7 +204,7 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
 
     assert "--resume" in capsys.readouterr().err
     calls.clear()
-    monkeypatch.setattr(quantizer, "quantize", real)
+    monkeypatch.setattr(quantizer, "clip_ratios", real)
     monkeypatch.setattr(quantizer, "quantize_packed", real_packed)
     report_path = str(tmp_path / "r.json")
     # other settings cannot resume these shards

@@ -138,7 +138,7 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
     from nbwoq.formats import quantizer
 
     out = str(tmp_path / "out.gguf")
-    real = quantizer.quantize
+    real = quantizer.clip_ratios
     calls = []
 
     def counting(*a, **k):
@@ -147,7 +147,7 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(quantizer, "quantize", counting)
+    monkeypatch.setattr(quantizer, "clip_ratios", counting)
     assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--quiet"]) == 130
     assert not os.path.exists(out) and os.path.isfile(out + ".partial")
     state = json.load(open(out + ".partial.run.json"))
@@ -156,14 +156,14 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
 
     # other settings cannot resume it, and leave it as it was
     before = open(out + ".partial", "rb").read()
-    monkeypatch.setattr(quantizer, "quantize", real)
+    monkeypatch.setattr(quantizer, "clip_ratios", real)
     assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--bits", "8", "--quiet", "--resume"]) == 1
     assert "cannot resume" in capsys.readouterr().err
     assert open(out + ".partial", "rb").read() == before
 
     # the same settings: finished shards kept, the rest quantized
     quantized = []
-    monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: quantized.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(quantizer, "clip_ratios", lambda *a, **k: quantized.append(a[3]) or real(*a, **k))
     report = str(tmp_path / "r.json")
     assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--quiet", "--resume", "--report", report]) == 0
     summary = json.load(open(report))["summary"]

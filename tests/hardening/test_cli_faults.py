@@ -32,13 +32,13 @@ SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_att
 SLOW_CLI = """
     import sys, time
     from nbwoq.formats import quantizer
-    real = quantizer.quantize
+    real = quantizer.clip_ratios
 
     def slow(*args, **kwargs):
         time.sleep(0.05)
         return real(*args, **kwargs)
 
-    quantizer.quantize = slow
+    quantizer.clip_ratios = slow
     from nbwoq.command.cli import main
     sys.exit(main(sys.argv[1:]))
 """
@@ -185,8 +185,8 @@ def test_enospc_gguf_writer(sharded, uninterrupted, tmp_path, monkeypatch, capsy
         return
     assert kept >= 1
     quantized = []
-    real_quantize = quantizer.quantize
-    monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: quantized.append(a[3]) or real_quantize(*a, **k))
+    real_quantize = quantizer.clip_ratios
+    monkeypatch.setattr(quantizer, "clip_ratios", lambda *a, **k: quantized.append(a[3]) or real_quantize(*a, **k))
     assert main(["quantize", sharded, out, "--format", "gguf", "--quiet", "--resume"]) == 0
     assert _contents(out) == uninterrupted["gguf"]
     assert len(quantized) < 28  # the finished shards' tensors were kept in the file, not quantized again
