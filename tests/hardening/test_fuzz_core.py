@@ -7,14 +7,12 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz import cli, core, files, strategies
+from fuzz.profile import EXAMPLES, FUZZ
 import nbwoq
-
-EXAMPLES = int(os.environ.get("NBWOQ_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
 @pytest.mark.parametrize("func", sorted(strategies.CASES))

@@ -1,19 +1,15 @@
 """Short fuzz profile of ``nbwoq_torch``: the tensor functions (against the core on a
 NumPy copy of the same bits) and the module utilities (strict lookups, capture helpers)."""
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 nbwoq_torch = pytest.importorskip("nbwoq_torch")
 
 from fuzz import modules, torch_face  # noqa: E402
-
-EXAMPLES = int(os.environ.get("NBWOQ_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+from fuzz.profile import EXAMPLES, FUZZ  # noqa: E402
 
 
 @pytest.mark.parametrize("func", sorted(torch_face.TORCH_CASES))

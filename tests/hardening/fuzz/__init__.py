@@ -29,7 +29,8 @@ Modules, each one concern:
 * ``torch_face``: the same cases through ``nbwoq_torch`` (``TORCH_CASES``);
 * ``files``: ``load`` + ``dequantize`` on checkpoints with rewritten metadata;
 * ``modules``: ``nbwoq_torch``'s module lookups and capture helpers;
-* ``cli``: ``nbwoq quantize`` command lines.
+* ``cli``: ``nbwoq quantize`` command lines;
+* ``profile``: the short profile's example count and settings.
 
 Import the submodule you need (``from fuzz import core``); importing the package
 imports none of them, so the core targets never import torch.

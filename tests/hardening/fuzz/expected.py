@@ -103,6 +103,14 @@ class Call:
         if not _is_flag(self.a.get(name, self.kw.get(name, default))):
             self.bad.add(name)
 
+    def quantile_then_values(self, n_groups):
+        """The quantizing functions' last checks: ``quantile`` for ``n_groups``, then the
+        weight's values."""
+        if _quantile_bad(self.a.get("quantile", 1.0), self.shape, n_groups) or "quantile" in self.foreign:
+            self.bad.add("quantile")
+        else:
+            self.check_values()
+
     def n_groups_of(self, gs):
         return _layout_of(self.shape, gs) if len(self.shape) == 2 else 1
 
@@ -173,10 +181,7 @@ def _quant_tensor(c):
         if not isinstance(s, np.ndarray) or s.shape != (shape[0], n_groups) or "scale" in foreign:
             bad.add("scale")
             return
-    if _quantile_bad(a.get("quantile", 1.0), shape, n_groups) or "quantile" in foreign:
-        bad.add("quantile")
-        return
-    c.check_values()
+    c.quantile_then_values(n_groups)
 
 
 def _rowwise(c):
@@ -236,10 +241,7 @@ def _rowwise(c):
                 or "scale" in foreign:
             bad.add("scale")
             return
-    if _quantile_bad(a.get("quantile", 1.0), shape, n_groups) or "quantile" in foreign:
-        bad.add("quantile")
-        return
-    c.check_values()
+    c.quantile_then_values(n_groups)
 
 
 def _quant_weight_w_scale(c):
