@@ -39,7 +39,8 @@ CASES = {
                                              ("scheme", ["asym", "sym"]))],
     "double_quant": [((64, 512), dict(group_size=128)), ((48, 1024), dict(group_size=128))],
     "search_clip": [((8, 256), dict(cfg, **mode))
-                    for cfg in (dict(bits=4, group_size=128, scheme="asym", dtype="int"), dict(group_size=64, dtype="nf4"))
+                    for cfg in (dict(bits=4, group_size=128, scheme="asym", dtype="int"),
+                                dict(group_size=64, dtype="nf4"))
                     for mode in _grid(("per_group", [False, True]), ("weighting", [None, "magnitude"]))],
     "torch_order_sum": [((n,), {}) for n in (1, 9, 129, 2049)],
 }

@@ -247,22 +247,25 @@ if __name__ == "__main__":
         for codebook in ("nf4", "fp4"):
             for return_int in (False, True):
                 b = Codebook()
-                t_nb, t_floor = common.interleaved_medians([b._call(codebook, return_int), common.floor_pass], fresh * 2, 5)
-                (t_torch,) = common.interleaved_medians(
-                    [lambda t: CODEBOOK["torch"].call(t, group_size=CODEBOOK_GROUP, dtype=codebook, return_int=return_int)],
-                    [lambda: common.torch_copy(shape, dtype)], 3)
+                t_nb, t_floor = common.interleaved_medians([b._call(codebook, return_int), common.floor_pass],
+                                                           fresh * 2, 5)
+                kw = dict(group_size=CODEBOOK_GROUP, dtype=codebook, return_int=return_int)
+                (t_torch,) = common.interleaved_medians([lambda t: CODEBOOK["torch"].call(t, **kw)],
+                                                        [lambda: common.torch_copy(shape, dtype)], 3)
                 row(f"{codebook} g64 {'codes' if return_int else 'fake-quant'}", dtype, t_nb, t_floor, t_torch)
         for fmt in ("int", "nf4"):
             b = WScale()
             b.setup(shape, dtype, fmt)
             scale, zp = b._torch_params()
             t_nb, t_floor = common.interleaved_medians([b._call(fmt), common.floor_pass], fresh * 2, 5)
-            (t_torch,) = common.interleaved_medians([lambda t: W_SCALE["torch"].call(t, scale, zp, W_SCALE_GROUP, fmt)],
-                                             [lambda: common.torch_copy(shape, dtype)], 3)
+            (t_torch,) = common.interleaved_medians(
+                [lambda t: W_SCALE["torch"].call(t, scale, zp, W_SCALE_GROUP, fmt)],
+                [lambda: common.torch_copy(shape, dtype)], 3)
             row(f"w_scale {fmt} g128 (torch loop)", dtype, t_nb, t_floor, t_torch)
             if fmt == "int":
-                (t_vec,) = common.interleaved_medians([lambda t: W_SCALE["torch-vectorized"].call(t, scale, zp, W_SCALE_GROUP)],
-                                               [lambda: common.torch_copy(shape, dtype)], 5)
+                (t_vec,) = common.interleaved_medians(
+                    [lambda t: W_SCALE["torch-vectorized"].call(t, scale, zp, W_SCALE_GROUP)],
+                    [lambda: common.torch_copy(shape, dtype)], 5)
                 row("w_scale int g128 (torch vec)", dtype, t_nb, t_floor, t_vec)
         for return_int in (False, True):
             b = DoubleQuant()

@@ -8,10 +8,11 @@ and reports the difference of the medians in % of the core's median (target <= 5
 on a busy machine that difference is mostly noise, so ``track_overhead_microseconds``
 also gives the face's fixed cost per call, measured on a small weight.
 ``track_ratio_to_floor`` and ``track_speedup_vs_torch`` put the torch face next to the
-``w *= 1.0`` memory floor and the plain-torch formula (``common.torch_quant_tensor``, registered in ``tests/implementations.py``)
-measured in the same call. ``track_extra_peak_percent`` measures, in a fresh process, the
-peak resident memory an in-place bfloat16 call adds beyond the weight, as a percentage of
-the weight's size (target <= 1%).
+``w *= 1.0`` memory floor and the plain-torch formula (``common.torch_quant_tensor``, as
+``tests/implementations.py`` registers it) measured in the same call.
+``track_extra_peak_percent`` measures, in a fresh process, the peak resident memory an
+in-place bfloat16 call adds beyond the weight, as a percentage of the weight's size
+(target <= 1%).
 
 Run ``python asv_bench/benchmarks/bench_torch.py`` for a quick table of the targets.
 """
@@ -68,7 +69,7 @@ class TorchFace:
             [lambda a: nbwoq.quant_tensor(a, return_int=return_int, **KWARGS),
              lambda t: nbwoq_torch.quant_tensor(t, return_int=return_int, **KWARGS),
              common.floor_pass],
-            [lambda: common.fresh(SHAPE, dtype), lambda: common.torch_copy(SHAPE, dtype), lambda: common.torch_copy(SHAPE, dtype)],
+            [lambda: common.fresh(SHAPE, dtype)] + [lambda: common.torch_copy(SHAPE, dtype)] * 2,
             repeat)
         return t_core, t_face, t_floor
 
