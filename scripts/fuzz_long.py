@@ -1,6 +1,6 @@
 """Long fuzz run over every public function of nbwoq and nbwoq_torch.
 
-The same targets as the short profile in ``tests/hardening`` (``fuzzing.py`` holds them
+The same targets as the short profile in ``tests/hardening`` (the ``fuzz`` package there holds them
 and says what each case must do), run for many examples each. Failures do not stop the
 run: each distinct one is counted and its first case printed (values come from a seed
 in the case, so it replays). Like a benchmark, run it alone::
@@ -25,28 +25,28 @@ import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fuzzing  # noqa: E402
+from fuzz import cli, core, files, modules, strategies, torch_face  # noqa: E402
 
 
 def targets(with_torch):
     """``{name: (strategy, check)}`` of every fuzz target."""
-    out = {f"nbwoq.{name}": (make(), fuzzing.check_core_case) for name, make in sorted(fuzzing.CASES.items())}
-    out["nbwoq.load+dequantize"] = (fuzzing.load_cases(), fuzzing.check_load_case)
-    out["nbwoq quantize (CLI)"] = (fuzzing.cli_cases(), fuzzing.check_cli)
+    out = {f"nbwoq.{name}": (make(), core.check_core_case) for name, make in sorted(strategies.CASES.items())}
+    out["nbwoq.load+dequantize"] = (files.load_cases(), files.check_load_case)
+    out["nbwoq quantize (CLI)"] = (cli.cli_cases(), cli.check_cli)
     if with_torch:
-        for name, make in sorted(fuzzing.TORCH_CASES.items()):
-            out[f"nbwoq_torch.{name}"] = (make(), fuzzing.check_torch_case)
-        for name, make in sorted(fuzzing.TORCH_CASES.items()):
-            out[f"nbwoq_torch.{name}[reference path]"] = (make(), fuzzing.check_torch_reference_case)
-        out["nbwoq_torch.get/set/fetch_module"] = (fuzzing.dotted_names(), fuzzing.check_lookup)
+        for name, make in sorted(torch_face.TORCH_CASES.items()):
+            out[f"nbwoq_torch.{name}"] = (make(), torch_face.check_torch_case)
+        for name, make in sorted(torch_face.TORCH_CASES.items()):
+            out[f"nbwoq_torch.{name}[reference path]"] = (make(), torch_face.check_torch_reference_case)
+        out["nbwoq_torch.get/set/fetch_module"] = (modules.dotted_names(), modules.check_lookup)
         out["nbwoq_torch.move_input_to_device"] = (
-            st.tuples(fuzzing.nested_inputs(), st.sampled_from(["cpu", "meta", "nope", 3, None])),
-            lambda c: fuzzing.check_move_input(*c))
+            st.tuples(modules.nested_inputs(), st.sampled_from(["cpu", "meta", "nope", 3, None])),
+            lambda c: modules.check_move_input(*c))
         out["nbwoq_torch.get_example_input"] = (
-            st.tuples(st.lists(fuzzing.batches(), max_size=4), st.one_of(st.integers(-2, 6), st.sampled_from((1.0, None)))),
-            lambda c: fuzzing.check_example_input(*c))
-        out["nbwoq_torch.get_absorb_layers"] = (fuzzing.absorb_cases(), fuzzing.check_absorb)
-        out["nbwoq_torch.get_module_input_output"] = (fuzzing.hook_cases(), fuzzing.check_hooks)
+            st.tuples(st.lists(modules.batches(), max_size=4), st.one_of(st.integers(-2, 6), st.sampled_from((1.0, None)))),
+            lambda c: modules.check_example_input(*c))
+        out["nbwoq_torch.get_absorb_layers"] = (modules.absorb_cases(), modules.check_absorb)
+        out["nbwoq_torch.get_module_input_output"] = (modules.hook_cases(), modules.check_hooks)
     return out
 
 
@@ -60,7 +60,7 @@ def run_target(strategy, check, examples):
     def body(case):
         try:
             outcomes[check(case)] += 1
-        except fuzzing.FuzzFailure as exc:
+        except core.FuzzFailure as exc:
             key = str(exc).split("\n")[0][:200]
             failures[key] += 1
             first.setdefault(key, str(exc)[:3000])

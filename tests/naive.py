@@ -1,10 +1,28 @@
-"""Slow, obviously-correct loops: the integer formula one group at a time in float32.
+"""Slow, obviously-correct oracles, one home for all of them (stumpy's ``naive.py``).
 
 Independent of both the kernels and the array-API reference (plain Python control flow,
-NumPy float32 scalars), so a shared mistake in those two would show here.
+NumPy float32 scalars), so a shared mistake in those two would show here:
+
+* ``quant_tensor_int``: the integer formula one group at a time in float32;
+* ``nearest_level``, ``quant_tensor_codebook``: the 4-bit codebooks' midpoint rule, one
+  element at a time;
+* ``quant_weight_w_scale_int``: quantization with given scales, one element at a time;
+* ``torch_order_sum``: torch's float32 CPU sum order, transcribed item by item (the
+  double-quant scale mean);
+* ``clip_group_errors``, ``first_min``: the clip search as the reference runs it, one
+  ``quant_tensor`` pass per candidate ratio.
+
+``implementations.py`` lists them beside the kernels, reference twins and plain-torch
+baselines of the same operations.
 """
 
+import contextlib
+
 import numpy as np
+
+import nbwoq
+from nbwoq._layout import group_layout
+from nbwoq._tables import ZERO_INDEX
 
 
 def quant_tensor_int(w, bits, group_size, scheme, quantile=1.0, full_range=False):
@@ -57,3 +75,186 @@ def _quant_tensor_int(w, bits, group_size, scheme, quantile, full_range):
             scales[r, k] = scale
             zps[r, k] = zp
     return codes, scales, zps
+
+
+# --- 4-bit codebooks ---------------------------------------------------------------------
+
+
+def nearest_level(v, mids):
+    """Level index by the rule as written: 0 if v <= mid[0], i if mid[i-1] < v <= mid[i],
+    last if v > mid[-1]; NaN (the reference's 0/0) is the level 0.0."""
+    if np.isnan(v):
+        return ZERO_INDEX
+    for i, m in enumerate(mids):
+        if v <= m:
+            return i
+    return len(mids)
+
+
+def quant_tensor_codebook(w, group_size, dtype, quantile=1.0, return_int=False):
+    """Codes or fake-quantized values, and scales, one element at a time (float32)."""
+    f = np.float32
+    levels = [f(x) for x in nbwoq.FLOAT_MAPPING[dtype]]
+    codes = nbwoq.INT_MAPPING[dtype]
+    mids = [f((a + b) / 2) for a, b in zip(nbwoq.FLOAT_MAPPING[dtype], nbwoq.FLOAT_MAPPING[dtype][1:])]
+    rows, cols = w.shape
+    g = cols if group_size == -1 or group_size > cols else group_size
+    starts = list(range(0, cols, g))
+    out = np.empty_like(w)
+    scales = np.empty((rows, len(starts)), np.float32)
+    for r in range(rows):
+        for k, s0 in enumerate(starts):
+            x = w[r, s0: s0 + g]
+            scale = f(f(np.max(np.abs(x))) * f(quantile)) / f(max(nbwoq.FLOAT_MAPPING[dtype]))
+            scales[r, k] = scale
+            for c in range(x.size):
+                with np.errstate(all="ignore"):
+                    i = nearest_level(f(x[c]) / scale, mids)
+                out[r, s0 + c] = codes[i] if return_int else f(levels[i] * scale)
+    return out, scales
+
+
+# --- given scales ------------------------------------------------------------------------
+
+
+def quant_weight_w_scale_int(w, scale, zp, group_size, bits):
+    """One element at a time, float32 scalars."""
+    f = np.float32
+    rows, cols = w.shape
+    g = cols if group_size == -1 or group_size > cols else group_size
+    out = np.empty_like(w)
+    for r in range(rows):
+        for c in range(cols):
+            v = f(w[r, c]) / scale[r, c // g]
+            if zp is not None:
+                v = f(v + zp[r, c // g])
+            code = np.rint(v)
+            if bits is not None:
+                lo, hi = (0, 2**bits - 1) if zp is not None else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+                code = min(max(code, f(lo)), f(hi))
+            out[r, c] = code
+    return out
+
+
+# --- the double-quant scale mean ---------------------------------------------------------
+
+
+def torch_order_sum(x, lanes=8):
+    """torch's single-threaded CPU float32 sum, transcribed item by item (SumKernel.cpp:
+    vectorized_inner_sum -> row_sum -> multi_row_sum with its 4-level cascade)."""
+    f = np.float32
+
+    def multi_row_sum(rows, nrows):
+        size = len(rows)
+        power = max(4, (1 if size <= 2 else (size - 1).bit_length()) // 4)
+        step, mask = 1 << power, (1 << power) - 1
+        acc = [[np.zeros(lanes, f) for _ in range(nrows)] for _ in range(4)]
+        i = 0
+        while i + step <= size:
+            for _ in range(step):
+                for k in range(nrows):
+                    acc[0][k] = acc[0][k] + rows[i][k]
+                i += 1
+            for j in range(1, 4):
+                for k in range(nrows):
+                    acc[j][k] = acc[j][k] + acc[j - 1][k]
+                    acc[j - 1][k] = np.zeros(lanes, f)
+                if i & (mask << (j * power)):
+                    break
+        while i < size:
+            for k in range(nrows):
+                acc[0][k] = acc[0][k] + rows[i][k]
+            i += 1
+        for j in range(1, 4):
+            for k in range(nrows):
+                acc[0][k] = acc[0][k] + acc[j][k]
+        return acc[0]
+
+    def row_sum(items):
+        n = len(items) // 4
+        sums = multi_row_sum([items[4 * i: 4 * i + 4] for i in range(n)], 4)
+        for i in range(4 * n, len(items)):
+            sums[0] = sums[0] + items[i]
+        for k in range(1, 4):
+            sums[0] = sums[0] + sums[k]
+        return sums[0]
+
+    n = x.size
+    if n < lanes:
+        lanes = 1
+        return row_sum([x[i: i + 1] for i in range(n)])[0]
+    vectors = n // lanes
+    lane_sums = row_sum([x[lanes * i: lanes * (i + 1)] for i in range(vectors)])
+    acc = f(0)
+    for k in range(vectors * lanes, n):
+        acc = f(acc + x[k])
+    for k in range(lanes):
+        acc = f(acc + lane_sums[k])
+    return acc
+
+
+# --- the clip search ---------------------------------------------------------------------
+
+
+def compute_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def fake_quant(w, quantile, bits=4, group_size=32, scheme="asym", dtype="int", full_range=False):
+    """``quant_tensor`` on a copy of ``w``: what search_clip scores."""
+    return nbwoq.quant_tensor(w.copy(), bits=bits, group_size=group_size, scheme=scheme, quantile=quantile,
+                              dtype=dtype, full_range=full_range)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The oracle makes many tiny quant_tensor calls: on one thread they cost no thread
+    wake-ups, which dominate on a loaded machine."""
+    before = nbwoq.get_num_threads()
+    nbwoq.set_num_threads(1)
+    try:
+        yield
+    finally:
+        nbwoq.set_num_threads(before)
+
+
+def clip_group_errors(w, ratios, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False,
+                       weighting=None):
+    """(n_cand, rows, n_groups) float64 squared-error sums, one quant_tensor pass per ratio."""
+    with one_thread():
+        return _clip_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting)
+
+
+def magnitude_weights(x, size):
+    """``rms + |x|`` per element, ``rms`` each group's root mean square (float64 sums,
+    rounded to ``x``'s dtype): the weights of ``weighting="magnitude"``, written plainly."""
+    out = np.empty_like(x)
+    for g0 in range(0, x.shape[1], size):
+        seg = x[:, g0:g0 + size]
+        rms = np.sqrt((seg.astype(np.float64) ** 2).sum(axis=1) / seg.shape[1]).astype(x.dtype)
+        out[:, g0:g0 + size] = rms[:, None] + np.abs(seg)
+    return out
+
+
+def _clip_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting=None):
+    rows, cols = w.shape
+    size, n_groups = group_layout(cols, group_size)
+    cdt = compute_dtype(w.dtype)
+    x = w.astype(cdt)
+    weights = magnitude_weights(x, size) if weighting == "magnitude" else None
+    out = np.zeros((len(ratios), rows, n_groups))
+    for k, ratio in enumerate(ratios):
+        q = fake_quant(w, ratio, bits, group_size, scheme, dtype, enable_full_range).astype(cdt)
+        d = x - q
+        sq = (d * d if weights is None else d * d * weights).astype(np.float64)
+        for g in range(n_groups):
+            out[k, :, g] = sq[:, g * size:(g + 1) * size].sum(axis=1)
+    return out
+
+
+def first_min(values):
+    best, low = 0, np.inf
+    for k, v in enumerate(values):
+        if v < low:
+            best, low = k, v
+    return best

@@ -6,8 +6,6 @@ The oracle for the scores is the obvious method: fake-quantize a copy with
 to a relative 1e-9 and per-group picks where no near-tie (1e-12) makes the order matter.
 """
 
-import contextlib
-
 import array_api_compat
 import numpy as np
 import pytest
@@ -16,6 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nbwoq
+from naive import clip_group_errors as naive_group_errors
+from naive import compute_dtype as _compute
+from naive import fake_quant, first_min
 from nbwoq import _reference_clip, clip
 from nbwoq._codebook import kernel_tables
 from nbwoq._integer import int_range
@@ -28,70 +29,6 @@ DEFAULT = [1 - i / 200 for i in range(40)]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NEAR_TIE = 1e-12
 TOTAL_RTOL = 1e-9
-
-
-def _compute(dtype):
-    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
-
-
-def fake_quant(w, quantile, bits=4, group_size=32, scheme="asym", dtype="int", full_range=False):
-    """``quant_tensor`` on a copy of ``w``: what search_clip scores."""
-    return nbwoq.quant_tensor(w.copy(), bits=bits, group_size=group_size, scheme=scheme, quantile=quantile,
-                              dtype=dtype, full_range=full_range)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The oracle makes many tiny quant_tensor calls: on one thread they cost no thread
-    wake-ups, which dominate on a loaded machine."""
-    before = nbwoq.get_num_threads()
-    nbwoq.set_num_threads(1)
-    try:
-        yield
-    finally:
-        nbwoq.set_num_threads(before)
-
-
-def naive_group_errors(w, ratios, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False,
-                       weighting=None):
-    """(n_cand, rows, n_groups) float64 squared-error sums, one quant_tensor pass per ratio."""
-    with one_thread():
-        return _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting)
-
-
-def magnitude_weights(x, size):
-    """``rms + |x|`` per element, ``rms`` each group's root mean square (float64 sums,
-    rounded to ``x``'s dtype): the weights of ``weighting="magnitude"``, written plainly."""
-    out = np.empty_like(x)
-    for g0 in range(0, x.shape[1], size):
-        seg = x[:, g0:g0 + size]
-        rms = np.sqrt((seg.astype(np.float64) ** 2).sum(axis=1) / seg.shape[1]).astype(x.dtype)
-        out[:, g0:g0 + size] = rms[:, None] + np.abs(seg)
-    return out
-
-
-def _naive_group_errors(w, ratios, bits, group_size, scheme, dtype, enable_full_range, weighting=None):
-    rows, cols = w.shape
-    size, n_groups = group_layout(cols, group_size)
-    cdt = _compute(w.dtype)
-    x = w.astype(cdt)
-    weights = magnitude_weights(x, size) if weighting == "magnitude" else None
-    out = np.zeros((len(ratios), rows, n_groups))
-    for k, ratio in enumerate(ratios):
-        q = fake_quant(w, ratio, bits, group_size, scheme, dtype, enable_full_range).astype(cdt)
-        d = x - q
-        sq = (d * d if weights is None else d * d * weights).astype(np.float64)
-        for g in range(n_groups):
-            out[k, :, g] = sq[:, g * size:(g + 1) * size].sum(axis=1)
-    return out
-
-
-def first_min(values):
-    best, low = 0, np.inf
-    for k, v in enumerate(values):
-        if v < low:
-            best, low = k, v
-    return best
 
 
 def group_errors_at(w, quantile, **kw):

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nbwoq
+from naive import nearest_level as _naive_level
+from naive import quant_tensor_codebook as naive_codebook
 from nbwoq import _codebook, _kernels_codebook, _reference_codebook
 from nbwoq._tables import ZERO_INDEX
 
@@ -68,17 +70,6 @@ def _kernel_levels(v, mids):
     return out
 
 
-def _naive_level(v, mids):
-    """Level index by the rule as written: 0 if v <= mid[0], i if mid[i-1] < v <= mid[i],
-    last if v > mid[-1]; NaN (the reference's 0/0) is the level 0.0."""
-    if np.isnan(v):
-        return ZERO_INDEX
-    for i, m in enumerate(mids):
-        if v <= m:
-            return i
-    return len(mids)
-
-
 @pytest.mark.parametrize("name", CODEBOOKS)
 @pytest.mark.parametrize("compute", ["float32", "float64"])
 def test_nearest_level_kernel_reference_and_rule_agree(name, compute):
@@ -112,29 +103,6 @@ def test_codebook_scale_op_order():
 
 
 # --- quantization properties ----------------------------------------------------------
-
-
-def naive_codebook(w, group_size, dtype, quantile=1.0, return_int=False):
-    """Codes or fake-quantized values, and scales, one element at a time (float32)."""
-    f = np.float32
-    levels = [f(x) for x in nbwoq.FLOAT_MAPPING[dtype]]
-    codes = nbwoq.INT_MAPPING[dtype]
-    mids = [f((a + b) / 2) for a, b in zip(nbwoq.FLOAT_MAPPING[dtype], nbwoq.FLOAT_MAPPING[dtype][1:])]
-    rows, cols = w.shape
-    g = cols if group_size == -1 or group_size > cols else group_size
-    starts = list(range(0, cols, g))
-    out = np.empty_like(w)
-    scales = np.empty((rows, len(starts)), np.float32)
-    for r in range(rows):
-        for k, s0 in enumerate(starts):
-            x = w[r, s0: s0 + g]
-            scale = f(f(np.max(np.abs(x))) * f(quantile)) / f(max(nbwoq.FLOAT_MAPPING[dtype]))
-            scales[r, k] = scale
-            for c in range(x.size):
-                with np.errstate(all="ignore"):
-                    i = _naive_level(f(x[c]) / scale, mids)
-                out[r, s0 + c] = codes[i] if return_int else f(levels[i] * scale)
-    return out, scales
 
 
 @st.composite

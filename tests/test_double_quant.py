@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import nbwoq
+from naive import torch_order_sum as _torch_sum_loop
 from golden_cases import as_tuple, assert_rounded_once, case_id, cases, inputs, invoke, returned
 from nbwoq import _double_quant
 
@@ -207,60 +208,6 @@ def test_edge_double_quant_return_int_without_return_int():
 
 
 # --- the scale mean ---------------------------------------------------------------
-
-
-def _torch_sum_loop(x, lanes=8):
-    """torch's single-threaded CPU float32 sum, transcribed item by item (SumKernel.cpp:
-    vectorized_inner_sum -> row_sum -> multi_row_sum with its 4-level cascade)."""
-    f = np.float32
-
-    def multi_row_sum(rows, nrows):
-        size = len(rows)
-        power = max(4, (1 if size <= 2 else (size - 1).bit_length()) // 4)
-        step, mask = 1 << power, (1 << power) - 1
-        acc = [[np.zeros(lanes, f) for _ in range(nrows)] for _ in range(4)]
-        i = 0
-        while i + step <= size:
-            for _ in range(step):
-                for k in range(nrows):
-                    acc[0][k] = acc[0][k] + rows[i][k]
-                i += 1
-            for j in range(1, 4):
-                for k in range(nrows):
-                    acc[j][k] = acc[j][k] + acc[j - 1][k]
-                    acc[j - 1][k] = np.zeros(lanes, f)
-                if i & (mask << (j * power)):
-                    break
-        while i < size:
-            for k in range(nrows):
-                acc[0][k] = acc[0][k] + rows[i][k]
-            i += 1
-        for j in range(1, 4):
-            for k in range(nrows):
-                acc[0][k] = acc[0][k] + acc[j][k]
-        return acc[0]
-
-    def row_sum(items):
-        n = len(items) // 4
-        sums = multi_row_sum([items[4 * i: 4 * i + 4] for i in range(n)], 4)
-        for i in range(4 * n, len(items)):
-            sums[0] = sums[0] + items[i]
-        for k in range(1, 4):
-            sums[0] = sums[0] + sums[k]
-        return sums[0]
-
-    n = x.size
-    if n < lanes:
-        lanes = 1
-        return row_sum([x[i: i + 1] for i in range(n)])[0]
-    vectors = n // lanes
-    lane_sums = row_sum([x[lanes * i: lanes * (i + 1)] for i in range(vectors)])
-    acc = f(0)
-    for k in range(vectors * lanes, n):
-        acc = f(acc + x[k])
-    for k in range(lanes):
-        acc = f(acc + lane_sums[k])
-    return acc
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 8, 9, 31, 32, 33, 64, 100, 127, 128, 129, 384, 512, 513, 688, 2049,

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nbwoq
+from naive import quant_weight_w_scale_int as _naive_w_scale
 from golden_cases import case_id, cases, inputs, returned
 
 W_SCALE = "quant_weight_w_scale.npz"
@@ -111,25 +112,6 @@ def problems(draw):
     zp = draw(st.none() | hnp.arrays(np.float32, (rows, n_groups), elements=st.integers(0, 15).map(float)))
     bits = draw(st.none() | st.integers(1, 8))
     return dict(w=w, scale=scale, zp=zp, group_size=group_size, bits=bits)
-
-
-def _naive_w_scale(w, scale, zp, group_size, bits):
-    """One element at a time, float32 scalars."""
-    f = np.float32
-    rows, cols = w.shape
-    g = cols if group_size == -1 or group_size > cols else group_size
-    out = np.empty_like(w)
-    for r in range(rows):
-        for c in range(cols):
-            v = f(w[r, c]) / scale[r, c // g]
-            if zp is not None:
-                v = f(v + zp[r, c // g])
-            code = np.rint(v)
-            if bits is not None:
-                lo, hi = (0, 2**bits - 1) if zp is not None else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-                code = min(max(code, f(lo)), f(hi))
-            out[r, c] = code
-    return out
 
 
 @SETTINGS

@@ -1,7 +1,7 @@
 """Clip-ratio search: nbwoq's one-pass search vs the plain-torch 40-pass search.
 
 The reference tries ``1 - i / 200`` (``i < 40``) by fake-quantizing the whole weight once
-per ratio. ``torch_search_clip`` is that method in plain torch (one quantize pass and
+per ratio. ``common.torch_search_clip`` is that method in plain torch (one quantize pass and
 one loss per ratio, the formula of the reference's ``quant_tensor``); per group it keeps
 each group's best ratio instead of the tensor's. ``time_*`` is nbwoq alone; the
 ``track_*`` ratios time nbwoq, the torch search and the ``w *= 1.0`` memory floor inside
@@ -22,8 +22,10 @@ except ImportError:  # run as a script
     import common
 
 import nbwoq
+from implementations import IMPLEMENTATIONS
 
-RATIOS = [1 - i / 200 for i in range(40)]
+CLIP = IMPLEMENTATIONS["search_clip"]  # kernel, reference, naive, torch (the 40-pass search)
+
 #: config name -> search_clip keyword arguments.
 CONFIGS = {
     "int4-asym-g128": dict(bits=4, group_size=128, scheme="asym", dtype="int"),
@@ -34,60 +36,6 @@ MODES = {"per-tensor": dict(per_group=False), "per-group": dict(per_group=True),
          "per-group-magnitude": dict(per_group=True, weighting="magnitude")}
 
 
-def _torch_fake_quant(x, ratio, bits, dtype, torch):
-    """``x`` (groups, size), a fresh copy, fake-quantized in place with clip ``ratio``."""
-    if dtype == "int":
-        maxq = 2**bits - 1
-        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
-        wmin = torch.minimum(x.min(1)[0], zeros) * ratio
-        wmax = torch.maximum(x.max(1)[0], zeros) * ratio
-        both = (wmin == 0) & (wmax == 0)
-        wmin[both] = -1
-        wmax[both] = 1
-        scale = ((wmax - wmin) / maxq).unsqueeze(1)
-        zp = torch.round(-wmin.unsqueeze(1) / scale)
-        return x.div_(scale).round_().add_(zp).clamp_(0, maxq).sub_(zp).mul_(scale)
-    levels = torch.tensor(nbwoq.FLOAT_MAPPING[dtype], dtype=x.dtype)
-    mids = (levels[1:] + levels[:-1]) / 2
-    scale = x.abs().amax(1, keepdim=True) * ratio / levels.max()
-    # bucketize(right=False): index i with mids[i-1] < v <= mids[i], the midpoint rule.
-    return levels[torch.bucketize(x.div_(scale), mids)].mul_(scale)
-
-
-def torch_search_clip(w, bits, group_size, scheme, dtype, per_group=False, weighting=None):
-    """The 40-pass search in plain torch (float32 ``w``, dividing group size, asym/nf4);
-    ``weighting="magnitude"`` weights each squared error by the group's RMS plus ``|x|``."""
-    torch = common.torch_or_none()
-    assert scheme == "asym" or dtype != "int"
-    g = w.reshape(-1, group_size)
-    weight = None
-    if weighting == "magnitude":
-        weight = g.double().pow(2).mean(1, keepdim=True).sqrt().float() + g.abs()
-    best_loss, best_ratio = float("inf"), None
-    group_best = torch.full((g.shape[0],), float("inf"), dtype=torch.float64)
-    group_ratio = torch.ones(g.shape[0], dtype=w.dtype)
-    for ratio in RATIOS:
-        q = _torch_fake_quant(g.clone(), ratio, bits, dtype, torch)
-        err = (g - q).pow_(2)
-        if weight is not None:
-            err.mul_(weight)
-        if per_group:
-            loss = err.sum(1, dtype=torch.float64)
-            better = loss < group_best
-            group_best = torch.where(better, loss, group_best)
-            group_ratio[better] = ratio
-        else:
-            loss = err.mean().item()
-            if loss < best_loss:
-                best_loss, best_ratio = loss, ratio
-    return group_ratio.reshape(w.shape[0], -1) if per_group else best_ratio
-
-
-def _torch_weight(shape):
-    torch = common.torch_or_none()
-    return torch.from_numpy(common.weight(shape, "float32").copy())
-
-
 def speedup_vs_torch(w, shape, config, mode):
     """``(nbwoq s, torch s, ratio)``: medians, nbwoq timed three times after every torch
     run so that both sample the same stretch of machine load. The torch search takes
@@ -95,9 +43,10 @@ def speedup_vs_torch(w, shape, config, mode):
     kw = dict(CONFIGS[config], **MODES[mode])
     t_nb, t_torch = [], []
     for _ in range(3 if shape == "4096x4096" else 1):
-        t_torch.append(common.median_time(lambda x: torch_search_clip(x, **kw), lambda: _torch_weight(shape), 1))
+        t_torch.append(common.median_time(lambda t: CLIP["torch"].call(t, **kw),
+                                          lambda: common.torch_copy(shape, "float32"), 1))
         for _ in range(3):
-            t_nb.append(common.median_time(lambda _: nbwoq.search_clip(w, **kw), lambda: None, 1))
+            t_nb.append(common.median_time(lambda _: CLIP["kernel"].call(w, **kw), lambda: None, 1))
     a, b = float(np.median(t_nb)), float(np.median(t_torch))
     return a, b, b / a
 

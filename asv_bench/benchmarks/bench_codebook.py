@@ -3,12 +3,13 @@ plain-torch formula vs the memory floor.
 
 ``time_*`` is nbwoq alone. The ``track_*`` ratios time nbwoq, the plain-torch
 implementation of the reference's formula and an in-place ``w *= 1.0`` pass inside the
-same call, the calls taking turns (``bench_torch.interleaved_medians``) so that machine
+same call, the calls taking turns (``common.interleaved_medians``) so that machine
 load falls on all of them alike. ``track_extra_peak_percent`` measures, in a fresh
 process, the peak resident memory a call adds beyond the weight (outputs such as the
 returned scales included), as a percentage of the weight's size.
 
-The plain-torch references are the reference library's formulas in torch:
+The plain-torch references are the reference library's formulas in torch
+(``common.py``; ``tests/implementations.py`` lists them and the tests check them):
 
 * codebooks: per group ``scale = absmax / max(levels)``, ``w / scale``, then one
   ``torch.where`` per level accumulated into a zero tensor (the reference's loop);
@@ -27,128 +28,21 @@ quant_weight_w_scale g128, extra peak memory <= 1% of the weight).
 
 import sys
 
-import numpy as np
-
 try:
     from . import common
-    from .bench_torch import interleaved_medians
 except ImportError:  # run as a script
     import common
-    from bench_torch import interleaved_medians
 
 import nbwoq
+from implementations import IMPLEMENTATIONS
+
+CODEBOOK = IMPLEMENTATIONS["quant_tensor_codebook"]
+W_SCALE = IMPLEMENTATIONS["quant_weight_w_scale"]
+DOUBLE_QUANT = IMPLEMENTATIONS["double_quant"]
 
 CODEBOOK_GROUP = 64
 W_SCALE_GROUP = 128
 DQ_GROUP = 128
-
-
-# --- plain-torch references -------------------------------------------------------------
-
-
-def _torch_codebook_groups(x, scale, dtype, return_int):
-    """The reference's codebook loop on ``x`` (groups in rows) with ``scale`` (rows, 1)."""
-    torch = common.torch_or_none()
-    levels = nbwoq.FLOAT_MAPPING[dtype]
-    values = nbwoq.INT_MAPPING[dtype] if return_int else levels
-    mids = [(levels[i] + levels[i + 1]) / 2 for i in range(len(levels) - 1)]
-    x.div_(scale)
-    q = torch.zeros_like(x)
-    last = len(levels) - 1
-    for i, v in enumerate(values):
-        if i == 0:
-            q += torch.where(x <= mids[0], v, 0)
-        elif i == last:
-            q += torch.where(x > mids[-1], v, 0)
-        else:
-            q += torch.where((mids[i - 1] < x) & (x <= mids[i]), v, 0)
-    x.copy_(q)
-    if not return_int:
-        x.mul_(scale)
-    return x
-
-
-def torch_quantize_codebook(w, dtype, group_size, return_int):
-    """quant_tensor with a codebook, the reference's formula in plain torch (in place)."""
-    x = w.reshape(-1, group_size)
-    scale = (x.abs().max(1)[0] * 1.0 / max(nbwoq.FLOAT_MAPPING[dtype])).unsqueeze(1)
-    _torch_codebook_groups(x, scale, dtype, return_int)
-    return w
-
-
-def torch_w_scale(w, scale, zp, group_size, dtype):
-    """quant_weight_w_scale as the reference runs it: a Python loop over the groups."""
-    torch = common.torch_or_none()
-    out = torch.zeros(w.shape, dtype=w.dtype)
-    for i in range(w.shape[1] // group_size):
-        cols = slice(i * group_size, (i + 1) * group_size)
-        if dtype in nbwoq.FLOAT_MAPPING:
-            out[:, cols] = _torch_codebook_groups(w[:, cols], scale[:, i: i + 1], dtype, return_int=True)
-        else:
-            part = w[:, cols].div_(scale[:, i: i + 1])
-            if zp is not None:
-                part.add_(zp[:, i: i + 1])
-            out[:, cols].copy_(part.round_())
-    return out
-
-
-def torch_w_scale_vectorized(w, scale, zp, group_size):
-    """The integer quant_weight_w_scale formula as one reshaped torch expression."""
-    x = w.reshape(-1, group_size)
-    x.div_(scale.reshape(-1, 1))
-    if zp is not None:
-        x.add_(zp.reshape(-1, 1))
-    x.round_()
-    return w
-
-
-def _torch_int_fake(x, bits, scheme):
-    """Integer quantization of the rows of ``x`` in place: asym leaves the codes (the
-    caller dequantizes with its own scales), sym stores ``code * scale``."""
-    scale, zp = common.torch_int_codes(x, bits, scheme)
-    if zp is None:
-        x.mul_(scale)
-    return scale, zp
-
-
-def torch_double_quant(w, group_size):
-    """quant_tensor(double_quant=True) with its defaults, the mean added back."""
-    x = w.reshape(-1, group_size)
-    scale, zp = _torch_int_fake(x, 4, "asym")
-    flat = scale.reshape(1, -1)
-    mean = flat.mean()
-    flat.sub_(mean)
-    n = flat.shape[1] // 256 * 256
-    _torch_int_fake(flat[:, :n].reshape(-1, 256), 8, "sym")
-    if n < flat.shape[1]:
-        _torch_int_fake(flat[:, n:], 8, "sym")
-    flat.add_(mean)
-    x.sub_(zp).mul_(scale)
-    return w
-
-
-def torch_copy(shape, dtype):
-    torch = common.torch_or_none()
-    w = common.weight(shape, dtype)
-    if dtype == "bfloat16":
-        return torch.from_numpy(w.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(w.copy())
-
-
-def warm_up():
-    """Compile (or load from cache) every codebook, given-scale and double-quant kernel."""
-    common.warm_up()
-    for dtype in ("float32", "bfloat16"):
-        w = np.random.default_rng(0).standard_normal((8, 256)).astype(common.DTYPES[dtype])
-        for name in ("nf4", "fp4"):
-            for return_int in (False, True):
-                nbwoq.quant_tensor(w.copy(), group_size=64, dtype=name, return_int=return_int)
-        _, s, z = nbwoq.quant_tensor(w.copy(), group_size=128, return_int=True)
-        nbwoq.quant_weight_w_scale(w.copy(), s, z, group_size=128)
-        _, s, _ = nbwoq.quant_tensor(w.copy(), group_size=128, dtype="nf4", return_int=True)
-        nbwoq.quant_weight_w_scale(w.copy(), s, group_size=128, dtype="nf4")
-        for return_int in (False, True):
-            nbwoq.quant_tensor(w.copy(), group_size=128, double_quant=True, return_int=return_int)
 
 
 # --- benchmarks ----------------------------------------------------------------------------
@@ -162,7 +56,7 @@ class Codebook:
     timeout = 900
 
     def setup(self, shape, dtype, codebook, return_int):
-        warm_up()
+        common.warm_up_codebook()
         self.w = common.fresh(shape, dtype)
 
     def _call(self, codebook, return_int):
@@ -172,10 +66,10 @@ class Codebook:
         self._call(codebook, return_int)(self.w)
 
     def _times(self, shape, dtype, codebook, return_int, repeat=5):
-        return interleaved_medians(
+        return common.interleaved_medians(
             [self._call(codebook, return_int), common.floor_pass,
-             lambda t: torch_quantize_codebook(t, codebook, CODEBOOK_GROUP, return_int)],
-            [lambda: common.fresh(shape, dtype)] * 2 + [lambda: torch_copy(shape, dtype)], repeat)
+             lambda t: CODEBOOK["torch"].call(t, group_size=CODEBOOK_GROUP, dtype=codebook, return_int=return_int)],
+            [lambda: common.fresh(shape, dtype)] * 2 + [lambda: common.torch_copy(shape, dtype)], repeat)
 
     def track_speedup_vs_torch(self, shape, dtype, codebook, return_int):
         t_nb, _, t_torch = self._times(shape, dtype, codebook, return_int, repeat=3)
@@ -198,7 +92,7 @@ class WScale:
     timeout = 900
 
     def setup(self, shape, dtype, format):
-        warm_up()
+        common.warm_up_codebook()
         _, self.scale, self.zp = nbwoq.quant_tensor(common.fresh(shape, dtype), group_size=W_SCALE_GROUP,
                                                     dtype=format, return_int=True)
         self.w = common.fresh(shape, dtype)
@@ -216,15 +110,15 @@ class WScale:
 
     def track_speedup_vs_torch(self, shape, dtype, format):
         scale, zp = self._torch_params()
-        t_nb, t_torch = interleaved_medians(
-            [self._call(format), lambda t: torch_w_scale(t, scale, zp, W_SCALE_GROUP, format)],
-            [lambda: common.fresh(shape, dtype), lambda: torch_copy(shape, dtype)], repeat=3)
+        t_nb, t_torch = common.interleaved_medians(
+            [self._call(format), lambda t: W_SCALE["torch"].call(t, scale, zp, W_SCALE_GROUP, format)],
+            [lambda: common.fresh(shape, dtype), lambda: common.torch_copy(shape, dtype)], repeat=3)
         return t_torch / t_nb
 
     track_speedup_vs_torch.unit = "x"
 
     def track_ratio_to_floor(self, shape, dtype, format):
-        t_nb, t_floor = interleaved_medians([self._call(format), common.floor_pass],
+        t_nb, t_floor = common.interleaved_medians([self._call(format), common.floor_pass],
                                             [lambda: common.fresh(shape, dtype)] * 2, repeat=5)
         return t_nb / t_floor
 
@@ -245,9 +139,9 @@ class WScaleIntVectorizedTorch:
 
     def track_speedup_vs_torch_vectorized(self, shape, dtype):
         scale, zp = self.bench._torch_params()
-        t_nb, t_torch = interleaved_medians(
-            [self.bench._call("int"), lambda t: torch_w_scale_vectorized(t, scale, zp, W_SCALE_GROUP)],
-            [lambda: common.fresh(shape, dtype), lambda: torch_copy(shape, dtype)], repeat=5)
+        t_nb, t_torch = common.interleaved_medians(
+            [self.bench._call("int"), lambda t: W_SCALE["torch-vectorized"].call(t, scale, zp, W_SCALE_GROUP)],
+            [lambda: common.fresh(shape, dtype), lambda: common.torch_copy(shape, dtype)], repeat=5)
         return t_torch / t_nb
 
     track_speedup_vs_torch_vectorized.unit = "x"
@@ -261,7 +155,7 @@ class DoubleQuant:
     timeout = 900
 
     def setup(self, shape, dtype, return_int):
-        warm_up()
+        common.warm_up_codebook()
         self.w = common.fresh(shape, dtype)
 
     def _call(self, return_int):
@@ -271,9 +165,9 @@ class DoubleQuant:
         self._call(return_int)(self.w)
 
     def _times(self, shape, dtype, return_int, repeat=5):
-        return interleaved_medians(
-            [self._call(return_int), common.floor_pass, lambda t: torch_double_quant(t, DQ_GROUP)],
-            [lambda: common.fresh(shape, dtype)] * 2 + [lambda: torch_copy(shape, dtype)], repeat)
+        return common.interleaved_medians(
+            [self._call(return_int), common.floor_pass, lambda t: DOUBLE_QUANT["torch"].call(t, DQ_GROUP)],
+            [lambda: common.fresh(shape, dtype)] * 2 + [lambda: common.torch_copy(shape, dtype)], repeat)
 
     def track_speedup_vs_torch(self, shape, dtype, return_int):
         t_nb, _, t_torch = self._times(shape, dtype, return_int, repeat=3)
@@ -338,7 +232,7 @@ class CodebookMemory:
 if __name__ == "__main__":
     import time
 
-    warm_up()
+    common.warm_up_codebook()
     shape = sys.argv[1] if len(sys.argv) > 1 else "4096x4096"
     dtypes = sys.argv[2:] or ["float32"]
     print(f"{shape}, medians of interleaved calls (torch: 3, others: 5)")
@@ -353,28 +247,31 @@ if __name__ == "__main__":
         for codebook in ("nf4", "fp4"):
             for return_int in (False, True):
                 b = Codebook()
-                t_nb, t_floor = interleaved_medians([b._call(codebook, return_int), common.floor_pass], fresh * 2, 5)
-                (t_torch,) = interleaved_medians(
-                    [lambda t: torch_quantize_codebook(t, codebook, CODEBOOK_GROUP, return_int)],
-                    [lambda: torch_copy(shape, dtype)], 3)
+                t_nb, t_floor = common.interleaved_medians([b._call(codebook, return_int), common.floor_pass],
+                                                           fresh * 2, 5)
+                kw = dict(group_size=CODEBOOK_GROUP, dtype=codebook, return_int=return_int)
+                (t_torch,) = common.interleaved_medians([lambda t: CODEBOOK["torch"].call(t, **kw)],
+                                                        [lambda: common.torch_copy(shape, dtype)], 3)
                 row(f"{codebook} g64 {'codes' if return_int else 'fake-quant'}", dtype, t_nb, t_floor, t_torch)
         for fmt in ("int", "nf4"):
             b = WScale()
             b.setup(shape, dtype, fmt)
             scale, zp = b._torch_params()
-            t_nb, t_floor = interleaved_medians([b._call(fmt), common.floor_pass], fresh * 2, 5)
-            (t_torch,) = interleaved_medians([lambda t: torch_w_scale(t, scale, zp, W_SCALE_GROUP, fmt)],
-                                             [lambda: torch_copy(shape, dtype)], 3)
+            t_nb, t_floor = common.interleaved_medians([b._call(fmt), common.floor_pass], fresh * 2, 5)
+            (t_torch,) = common.interleaved_medians(
+                [lambda t: W_SCALE["torch"].call(t, scale, zp, W_SCALE_GROUP, fmt)],
+                [lambda: common.torch_copy(shape, dtype)], 3)
             row(f"w_scale {fmt} g128 (torch loop)", dtype, t_nb, t_floor, t_torch)
             if fmt == "int":
-                (t_vec,) = interleaved_medians([lambda t: torch_w_scale_vectorized(t, scale, zp, W_SCALE_GROUP)],
-                                               [lambda: torch_copy(shape, dtype)], 5)
+                (t_vec,) = common.interleaved_medians(
+                    [lambda t: W_SCALE["torch-vectorized"].call(t, scale, zp, W_SCALE_GROUP)],
+                    [lambda: common.torch_copy(shape, dtype)], 5)
                 row("w_scale int g128 (torch vec)", dtype, t_nb, t_floor, t_vec)
         for return_int in (False, True):
             b = DoubleQuant()
-            t_nb, t_floor = interleaved_medians([b._call(return_int), common.floor_pass], fresh * 2, 5)
-            (t_torch,) = interleaved_medians([lambda t: torch_double_quant(t, DQ_GROUP)],
-                                             [lambda: torch_copy(shape, dtype)], 3)
+            t_nb, t_floor = common.interleaved_medians([b._call(return_int), common.floor_pass], fresh * 2, 5)
+            (t_torch,) = common.interleaved_medians([lambda t: DOUBLE_QUANT["torch"].call(t, DQ_GROUP)],
+                                             [lambda: common.torch_copy(shape, dtype)], 3)
             row(f"double quant g128 {'codes' if return_int else 'fake'}", dtype, t_nb, t_floor, t_torch)
     if shape == "4096x4096":
         for dtype in dtypes:

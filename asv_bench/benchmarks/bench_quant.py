@@ -20,25 +20,9 @@ except ImportError:  # run as a script
     import common
 
 import nbwoq
+from implementations import IMPLEMENTATIONS
 
-
-def torch_quant_tensor(w, bits, group_size, scheme):
-    """The reference's integer fake quantization in plain torch (in place, like the reference)."""
-    rows, cols = w.shape
-    x = w.reshape(-1, cols if group_size == -1 else group_size)
-    scale, zp = common.torch_int_codes(x, bits, scheme)
-    if zp is not None:
-        x.sub_(zp)
-    x.mul_(scale)
-    return w
-
-
-def _torch_copy(shape, dtype):
-    torch = common.torch_or_none()
-    w = common.weight(shape, dtype)
-    if dtype == "bfloat16":
-        return torch.from_numpy(w.astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(w.copy())
+QUANT = IMPLEMENTATIONS["quant_tensor"]  # kernel, reference, naive, torch
 
 
 class QuantTensorInt:
@@ -60,12 +44,10 @@ class QuantTensorInt:
         nbwoq.quant_tensor(self.w, bits=bits, group_size=group_size, scheme=scheme)
 
     def _times(self, shape, dtype, bits, scheme, group_size, repeat=5):
-        t_nb = common.median_time(
-            lambda w: nbwoq.quant_tensor(w, bits=bits, group_size=group_size, scheme=scheme),
-            lambda: common.fresh(shape, dtype), repeat)
+        kw = dict(bits=bits, group_size=group_size, scheme=scheme)
+        t_nb = common.median_time(lambda w: QUANT["kernel"].call(w, **kw), lambda: common.fresh(shape, dtype), repeat)
         t_floor = common.median_time(common.floor_pass, lambda: common.fresh(shape, dtype), repeat)
-        t_torch = common.median_time(
-            lambda w: torch_quant_tensor(w, bits, group_size, scheme), lambda: _torch_copy(shape, dtype), 3)
+        t_torch = common.median_time(lambda t: QUANT["torch"].call(t, **kw), lambda: common.torch_copy(shape, dtype), 3)
         return t_nb, t_floor, t_torch
 
     def track_speedup_vs_torch(self, shape, dtype, bits, scheme, group_size):

@@ -8,26 +8,22 @@ and reports the difference of the medians in % of the core's median (target <= 5
 on a busy machine that difference is mostly noise, so ``track_overhead_microseconds``
 also gives the face's fixed cost per call, measured on a small weight.
 ``track_ratio_to_floor`` and ``track_speedup_vs_torch`` put the torch face next to the
-``w *= 1.0`` memory floor and the plain-torch formula (``bench_quant.torch_quant_tensor``)
-measured in the same call. ``track_extra_peak_percent`` measures, in a fresh process, the
-peak resident memory an in-place bfloat16 call adds beyond the weight, as a percentage of
-the weight's size (target <= 1%).
+``w *= 1.0`` memory floor and the plain-torch formula (``common.torch_quant_tensor``, as
+``tests/implementations.py`` registers it) measured in the same call.
+``track_extra_peak_percent`` measures, in a fresh process, the peak resident memory an
+in-place bfloat16 call adds beyond the weight, as a percentage of the weight's size
+(target <= 1%).
 
 Run ``python asv_bench/benchmarks/bench_torch.py`` for a quick table of the targets.
 """
 
-import time
-
-import numpy as np
-
 try:
     from . import common
-    from .bench_quant import torch_quant_tensor
 except ImportError:  # run as a script
     import common
-    from bench_quant import torch_quant_tensor
 
 import nbwoq
+from implementations import IMPLEMENTATIONS
 
 SHAPE = "4096x4096"
 KWARGS = dict(bits=4, group_size=128, scheme="asym")
@@ -41,15 +37,6 @@ def _torch():
     return torch, nbwoq_torch
 
 
-def fresh_tensor(dtype):
-    """A fresh torch copy of the seeded weight, in ``dtype`` ("float32" or "bfloat16")."""
-    torch, _ = _torch()
-    w = common.weight(SHAPE, dtype)
-    if dtype == "bfloat16":
-        return torch.from_numpy(w.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(w.copy())
-
-
 def warm_up_torch():
     """Load the kernels through the torch face once (float32 and bfloat16)."""
     torch, nbwoq_torch = _torch()
@@ -59,22 +46,6 @@ def warm_up_torch():
             nbwoq_torch.quant_tensor(torch.randn(8, 256).to(dtype), return_int=return_int, **KWARGS)
 
 
-def interleaved_medians(calls, setups, repeat=15):
-    """Median wall time of each ``calls[k](setups[k]())``, the calls taking turns (in
-    forward, then reverse order: no call always runs right after the same one) so that
-    machine load falls on all of them alike (setups not timed)."""
-    times = [[] for _ in calls]
-    for i in range(repeat):
-        order = range(len(calls)) if i % 2 == 0 else reversed(range(len(calls)))
-        for k in order:
-            call, setup = calls[k], setups[k]
-            arg = setup()
-            t0 = time.perf_counter()
-            call(arg)
-            times[k].append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
-
-
 class TorchFace:
     params = (["float32", "bfloat16"], [False, True])
     param_names = ["dtype", "return_int"]
@@ -82,7 +53,7 @@ class TorchFace:
 
     def setup(self, dtype, return_int):
         warm_up_torch()
-        self.t = fresh_tensor(dtype)
+        self.t = common.torch_copy(SHAPE, dtype)
         self.a = common.fresh(SHAPE, dtype)
 
     def time_torch_face(self, dtype, return_int):
@@ -94,11 +65,11 @@ class TorchFace:
 
     def _times(self, dtype, return_int, repeat=15):
         _, nbwoq_torch = _torch()
-        t_core, t_face, t_floor = interleaved_medians(
+        t_core, t_face, t_floor = common.interleaved_medians(
             [lambda a: nbwoq.quant_tensor(a, return_int=return_int, **KWARGS),
              lambda t: nbwoq_torch.quant_tensor(t, return_int=return_int, **KWARGS),
              common.floor_pass],
-            [lambda: common.fresh(SHAPE, dtype), lambda: fresh_tensor(dtype), lambda: fresh_tensor(dtype)],
+            [lambda: common.fresh(SHAPE, dtype)] + [lambda: common.torch_copy(SHAPE, dtype)] * 2,
             repeat)
         return t_core, t_face, t_floor
 
@@ -116,10 +87,10 @@ class TorchFace:
 
     def track_speedup_vs_torch(self, dtype, return_int):
         _, nbwoq_torch = _torch()
-        t_face, t_torch = interleaved_medians(
+        t_face, t_torch = common.interleaved_medians(
             [lambda t: nbwoq_torch.quant_tensor(t, return_int=return_int, **KWARGS),
-             lambda t: torch_quant_tensor(t, KWARGS["bits"], KWARGS["group_size"], KWARGS["scheme"])],
-            [lambda: fresh_tensor(dtype), lambda: fresh_tensor(dtype)], repeat=3)
+             lambda t: IMPLEMENTATIONS["quant_tensor"]["torch"].call(t, **KWARGS)],
+            [lambda: common.torch_copy(SHAPE, dtype), lambda: common.torch_copy(SHAPE, dtype)], repeat=3)
         return t_torch / t_face
 
     track_speedup_vs_torch.unit = "x"
@@ -144,7 +115,7 @@ class TorchFaceCallCost:
         threads = nbwoq.get_num_threads()
         nbwoq.set_num_threads(1)
         try:
-            t_core, t_face = interleaved_medians(
+            t_core, t_face = common.interleaved_medians(
                 [lambda x: nbwoq.quant_tensor(x, return_int=return_int, **KWARGS),
                  lambda x: nbwoq_torch.quant_tensor(x, return_int=return_int, **KWARGS)],
                 [lambda: a, lambda: t], repeat=2001)

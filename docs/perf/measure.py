@@ -1,13 +1,13 @@
 """Measure nbwoq against the plain-torch reference formula and the memory floor, for the docs.
 
 Times, in one process and one run, each function over a few weight sizes: nbwoq, the
-plain-torch implementation of the reference's formula that the asv benchmarks use
-(``asv_bench/benchmarks``: ``bench_quant.torch_quant_tensor``,
-``bench_codebook.torch_quantize_codebook``, ``bench_clip.torch_search_clip``) and the
-memory floor (one in-place ``w *= 1.0``, ``common.floor_pass``; for bfloat16 the same pass
-over the weight's bytes as ``uint16``, because NumPy multiplies ``ml_dtypes.bfloat16``
-through a slow conversion loop that would flatter nbwoq). The three calls take
-turns (``bench_torch.interleaved_medians``) so machine load falls on all of them alike;
+plain-torch implementation of the reference's formula that the asv benchmarks use (both
+taken from the registry ``tests/implementations.py``; the torch formulas live in
+``asv_bench/benchmarks/common.py``) and the memory floor (one in-place ``w *= 1.0``,
+``common.floor_pass``; for 16-bit floats the same pass over the weight's bytes as
+``uint16``, because NumPy multiplies ``ml_dtypes.bfloat16`` through a slow conversion
+loop that would flatter nbwoq). The three calls take turns
+(``common.interleaved_medians``) so machine load falls on all of them alike;
 the figures that matter are the ratios. Also recorded: the thread scaling of one call,
 the first call with a cold and a warm JIT cache, the clip-search error report
 (``asv_bench/clip_error_report.py``'s functions) and, with ``--asv-results``, every
@@ -36,21 +36,13 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "asv_bench" / "benchmarks"))
-sys.path.insert(0, str(ROOT / "asv_bench"))
+sys.path.insert(0, str(ROOT / "asv_bench"))  # the benchmarks package, as asv imports it
 
 import torch  # noqa: E402  (first, as nbwoq_torch does: one OpenMP pool for both)
 
-import bench_clip  # noqa: E402
-import bench_quant  # noqa: E402
-import common  # noqa: E402
 import nbwoq  # noqa: E402
-from bench_torch import interleaved_medians  # noqa: E402
-
-try:
-    import bench_codebook  # noqa: E402
-except ImportError:  # pragma: no cover - the codebook benchmarks are optional here
-    bench_codebook = None
+from benchmarks import common  # noqa: E402  (puts tests/ on sys.path: the registry)
+from implementations import IMPLEMENTATIONS  # noqa: E402
 
 OUT = ROOT / "docs" / "perf" / "results.json"
 SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (11008, 4096)]
@@ -59,75 +51,42 @@ SIZES = [(1024, 1024), (2048, 2048), (4096, 4096), (11008, 4096)]
 CLIP_SIZES = SIZES[:3]
 
 
-def _numpy_weight(shape, dtype):
-    return common._weight(tuple(shape), dtype)  # seeded, cached, read-only
-
-
-def _torch_weight(shape, dtype):
-    w = _numpy_weight(shape, "float32")
-    t = torch.from_numpy(w.copy())
-    return t.to(torch.bfloat16) if dtype == "bfloat16" else t
-
-
-def floor_pass(w):
-    """One in-place read-and-write pass over the weight's bytes (the memory floor)."""
-    if w.dtype.itemsize == 2:
-        v = w.view(np.uint16)
-        v *= np.uint16(1)
-    else:
-        common.floor_pass(w)
-
-
 def cases():
-    """(function label, dtype, sizes, nbwoq call, torch call, nbwoq weight is read-only, repeat)."""
+    """(function label, dtype, sizes, operation of the registry, its keyword arguments,
+    nbwoq weight is read-only, repeat)."""
     int4 = dict(bits=4, group_size=128, scheme="asym")
-    out = [
-        ("quant_tensor int4 asym g128", "float32", SIZES,
-         lambda w: nbwoq.quant_tensor(w, **int4), lambda t: bench_quant.torch_quant_tensor(t, 4, 128, "asym"),
+    return [
+        ("quant_tensor int4 asym g128", "float32", SIZES, "quant_tensor", int4, False, 11),
+        ("quant_tensor int4 asym g128", "bfloat16", SIZES, "quant_tensor", int4, False, 11),
+        ("quant_tensor int4 sym g32", "float32", SIZES, "quant_tensor", dict(bits=4, group_size=32, scheme="sym"),
          False, 11),
-        ("quant_tensor int4 asym g128", "bfloat16", SIZES,
-         lambda w: nbwoq.quant_tensor(w, **int4), lambda t: bench_quant.torch_quant_tensor(t, 4, 128, "asym"),
+        ("quant_tensor nf4 g64", "float32", SIZES, "quant_tensor_codebook", dict(group_size=64, dtype="nf4"),
          False, 11),
-        ("quant_tensor int4 sym g32", "float32", SIZES,
-         lambda w: nbwoq.quant_tensor(w, bits=4, group_size=32, scheme="sym"),
-         lambda t: bench_quant.torch_quant_tensor(t, 4, 32, "sym"), False, 11),
+        ("search_clip int4 asym g128", "float32", CLIP_SIZES, "search_clip", dict(int4, dtype="int"), True, 3),
     ]
-    if bench_codebook is not None:
-        out.append(("quant_tensor nf4 g64", "float32", SIZES,
-                    lambda w: nbwoq.quant_tensor(w, group_size=64, dtype="nf4"),
-                    lambda t: bench_codebook.torch_quantize_codebook(t, "nf4", 64, False), False, 11))
-    out.append(("search_clip int4 asym g128", "float32", CLIP_SIZES,
-                lambda w: nbwoq.search_clip(w, **int4),
-                lambda t: bench_clip.torch_search_clip(t, 4, 128, "asym", "int"), True, 3))
-    return out
 
 
 def warm_up():
     common.warm_up()
     common.warm_up_clip()
-    w = np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32)
-    nbwoq.quant_tensor(w.copy(), group_size=64, dtype="nf4")
-    nbwoq.search_clip(w, bits=4, group_size=128)
+    common.warm_up_codebook()
 
 
 def measure_speed(quick):
     rows = []
-    for label, dtype, sizes, nb_call, torch_call, read_only, repeat in cases():
+    for label, dtype, sizes, op, kwargs, read_only, repeat in cases():
+        kernel, baseline = IMPLEMENTATIONS[op]["kernel"], IMPLEMENTATIONS[op]["torch"]
         for shape in ([(256, 512), (512, 1024)] if quick else sizes):
             reps = 1 if quick else repeat
 
             def nb_setup(shape=shape, dtype=dtype, read_only=read_only):
-                w = _numpy_weight(shape, dtype)
-                return w if read_only else w.copy()
+                return common.weight(shape, dtype) if read_only else common.fresh(shape, dtype)
 
-            def floor_setup(shape=shape, dtype=dtype):
-                return _numpy_weight(shape, dtype).copy()
-
-            def torch_setup(shape=shape, dtype=dtype):
-                return _torch_weight(shape, dtype)
-
-            t_nb, t_torch, t_floor = interleaved_medians([nb_call, torch_call, floor_pass],
-                                                         [nb_setup, torch_setup, floor_setup], reps)
+            t_nb, t_torch, t_floor = common.interleaved_medians(
+                [lambda w, kwargs=kwargs, kernel=kernel: kernel.call(w, **kwargs),
+                 lambda t, kwargs=kwargs, baseline=baseline: baseline.call(t, **kwargs), common.floor_pass],
+                [nb_setup, lambda shape=shape, dtype=dtype: common.torch_copy(shape, dtype),
+                 lambda shape=shape, dtype=dtype: common.fresh(shape, dtype)], reps)
             row = dict(function=label, dtype=dtype, shape=list(shape), elements=shape[0] * shape[1],
                        nbwoq_s=t_nb, torch_s=t_torch, floor_s=t_floor, speedup_vs_torch=t_torch / t_nb,
                        ratio_to_floor=t_nb / t_floor, repeat=reps)
@@ -146,7 +105,7 @@ def measure_threads(quick):
         for n in range(1, nbwoq.get_num_threads() + 1):
             nbwoq.set_num_threads(n)
             t = common.median_time(lambda w: nbwoq.quant_tensor(w, bits=4, group_size=128),
-                                   lambda: _numpy_weight(shape, "float32").copy(), 1 if quick else 7)
+                                   lambda: common.fresh(shape, "float32"), 1 if quick else 7)
             rows.append(dict(threads=n, seconds=t, shape=list(shape)))
     finally:
         nbwoq.set_num_threads(before)

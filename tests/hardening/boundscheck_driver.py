@@ -19,7 +19,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-import fuzzing  # noqa: E402
+from fuzz import core, files, strategies  # noqa: E402
 import nbwoq  # noqa: E402
 from nbwoq.formats import packing  # noqa: E402
 
@@ -45,8 +45,8 @@ def bounds_checking_is_on():
 
 def fuzz(examples):
     failures = []
-    for name, make in sorted(fuzzing.CASES.items()):
-        strategy = make(weight_strategy=fuzzing.weights(layouts=LAYOUTS, dtypes=DTYPES))
+    for name, make in sorted(strategies.CASES.items()):
+        strategy = make(weight_strategy=strategies.weights(layouts=LAYOUTS, dtypes=DTYPES))
 
         # derandomized: the same cases (and so the same compiled signatures) every run
         @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
@@ -54,19 +54,19 @@ def fuzz(examples):
         @given(strategy)
         def body(case):
             try:
-                fuzzing.check_core_case(case)
-            except fuzzing.FuzzFailure as exc:
+                core.check_core_case(case)
+            except core.FuzzFailure as exc:
                 failures.append(f"{name}: {exc}")
 
         body()
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
-    @given(fuzzing.load_cases())
+    @given(files.load_cases())
     def corrupt_files(case):
         try:
-            fuzzing.check_load_case(case)
-        except fuzzing.FuzzFailure as exc:
+            files.check_load_case(case)
+        except core.FuzzFailure as exc:
             failures.append(f"load: {exc}")
 
     corrupt_files()

@@ -1,5 +1,5 @@
 """Short fuzz profile of every public function of ``nbwoq`` (the long run is
-``scripts/fuzz_long.py``). What a case must do is in ``fuzzing``'s module notes: a valid
+``scripts/fuzz_long.py``). What a case must do is in the ``fuzz`` package's notes: a valid
 result equal to the reference path's, or ValueError/TypeError naming a bad argument
 with the input left byte-identical; anything else fails."""
 
@@ -7,30 +7,28 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fuzzing
+from fuzz import cli, core, files, strategies
+from fuzz.profile import EXAMPLES, FUZZ
 import nbwoq
 
-EXAMPLES = int(os.environ.get("NBWOQ_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
-
-@pytest.mark.parametrize("func", sorted(fuzzing.CASES))
+@pytest.mark.parametrize("func", sorted(strategies.CASES))
 def test_fuzz_core(func):
     @FUZZ
-    @given(fuzzing.CASES[func]())
+    @given(strategies.CASES[func]())
     def run(case):
-        fuzzing.check_core_case(case)
+        core.check_core_case(case)
 
     run()
 
 
 @FUZZ
-@given(fuzzing.load_cases())
+@given(files.load_cases())
 def test_fuzz_load_and_dequantize(case):
-    fuzzing.check_load_case(case)
+    files.check_load_case(case)
 
 
 @FUZZ
@@ -67,18 +65,18 @@ def test_the_checker_can_fail():
         raise ValueError("group_size is bad")
 
     for call, match in ((wrong, "differ"), (stray, "IndexError"), (writes_then_raises, "refused a valid call")):
-        with pytest.raises(fuzzing.FuzzFailure, match=match):
-            fuzzing.run_case(dict(case, weight=w.copy()), call, fuzzing.validate_core)
+        with pytest.raises(core.FuzzFailure, match=match):
+            core.run_case(dict(case, weight=w.copy()), call, core.validate_core)
     bad = dict(case, weight=w.copy(), args=dict(bits=4, group_size=0))
-    with pytest.raises(fuzzing.FuzzFailure, match="changed"):
-        fuzzing.run_case(bad, writes_then_raises, fuzzing.validate_core)
+    with pytest.raises(core.FuzzFailure, match="changed"):
+        core.run_case(bad, writes_then_raises, core.validate_core)
 
 
 @settings(FUZZ, max_examples=max(5, EXAMPLES // 3))
-@given(fuzzing.cli_cases())
+@given(cli.cli_cases())
 def test_fuzz_cli(argv):
     before = nbwoq.get_num_threads()
     try:
-        fuzzing.check_cli(argv)
+        cli.check_cli(argv)
     finally:
         nbwoq.set_num_threads(before)  # --threads is process-wide
