@@ -323,7 +323,7 @@ def test_per_group_end_to_end(fmt):
 def test_same_answer_with_one_and_two_threads(per_group, dtype):
     w = _weight(300, 520, dtype, seed=5)  # 300 * 17 groups: many blocks, uneven split
     # Smaller calls run on the calling thread alone, which would make this test moot.
-    assert w.size >= nbwoq._config.SERIAL_BELOW
+    assert w.size >= nbwoq._threads.SERIAL_BELOW
     kw = dict(bits=4, group_size=32, per_group=per_group)
     before = nbwoq.get_num_threads()
     try:
