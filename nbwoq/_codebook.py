@@ -61,7 +61,7 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
     if check:
         _integer.check_finite(weight, xp)
     if xp is not None:
-        cdt = xp.float64 if weight.dtype == xp.float64 else xp.float32
+        cdt = _arrays.compute_dtype(weight.dtype, xp)
         mids, levels, codes, max_level = kernel_tables(name, "float64" if cdt == xp.float64 else "float32")
         device = array_api_compat.device(weight)
         # Python floats of the already-rounded tables: exact in the compute dtype.

@@ -11,8 +11,8 @@ A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
 ``_codebook.kernel_tables`` as arrays in the compute dtype.
 """
 
+from nbwoq._arrays import compute_dtype
 from nbwoq._reference_codebook import codebook_scale, nearest_level
-from nbwoq._reference_int import compute_dtype
 from nbwoq._reference_int import int_code, int_group_params, split_groups
 
 #: Element budget for one chunk of candidates (the candidate axis times the weight).
@@ -56,7 +56,7 @@ def group_errors(x, size, ratios, fmt, xp, weighted=False):
     ``weighted``: each squared error is multiplied by ``magnitude_weights``.
     """
     rows, cols = x.shape
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     w = xp.astype(x, cdt)
     body, tail = split_groups(w, size, xp)
     parts = [p for p in (body, tail) if p is not None and p.shape[1] > 0]

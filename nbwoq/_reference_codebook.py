@@ -9,7 +9,8 @@ one full-size pass per midpoint.
 
 import array_api_compat
 
-from nbwoq._reference_int import compute_dtype, split_groups
+from nbwoq._arrays import compute_dtype
+from nbwoq._reference_int import split_groups
 from nbwoq._tables import ZERO_INDEX
 
 
@@ -52,7 +53,7 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
     scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
     """
     rows, cols = x.shape
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     w = xp.astype(x, cdt)
     if not isinstance(quantile, float):
         quantile = xp.astype(quantile, cdt)

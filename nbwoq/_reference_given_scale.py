@@ -3,7 +3,8 @@
 
 import array_api_compat
 
-from nbwoq._reference_int import compute_dtype, concat_columns, parts
+from nbwoq._arrays import compute_dtype
+from nbwoq._reference_int import concat_columns, parts
 
 
 def _clamp_if(code, qmin, qmax, clamp, xp):
@@ -17,7 +18,7 @@ def _clamp_if(code, qmin, qmax, clamp, xp):
 def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
     """Store ``round(x / scale + zp)`` (``round(x / scale)`` when ``zp`` is None) in ``x``."""
     rows = x.shape[0]
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     w = xp.astype(x, cdt)
     scale = xp.astype(scale, cdt)
     zp = None if zp is None else xp.astype(zp, cdt)

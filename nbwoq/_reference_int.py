@@ -8,10 +8,7 @@ full-size temporaries, which the kernels never do.
 
 import array_api_compat
 
-
-def compute_dtype(x, xp):
-    """float64 computes in float64; every narrower float in float32."""
-    return xp.float64 if x.dtype == xp.float64 else xp.float32
+from nbwoq._arrays import compute_dtype
 
 
 def int_group_params(lo, hi, quantile, divisor, sym, full_range, xp):
@@ -80,7 +77,7 @@ def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
     ``quantile`` is a Python float or an array of shape (rows, n_groups).
     """
     rows = x.shape[0]
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     device = array_api_compat.device(x)
     w = xp.astype(x, cdt)
     if not isinstance(quantile, float):

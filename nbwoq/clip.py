@@ -154,7 +154,7 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
         raise ValueError("enable_full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
-    cdt = _arrays.compute_dtype(weight.dtype) if xp is None else _reference_clip.compute_dtype(weight, xp)
+    cdt = _arrays.compute_dtype(weight.dtype, xp)
     if bits <= 0:
         # quant_tensor leaves the weight as it is (any dtype): every candidate has zero error.
         return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
@@ -203,7 +203,7 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     codebook = dtype != "int"
     qmin, qmax, divisor = _integer.int_range(bits, sym, full_range) if not codebook else (0, 1, 1)
     if xp is not None:
-        cdt = _reference_clip.compute_dtype(weight, xp)
+        cdt = _arrays.compute_dtype(weight.dtype, xp)
         device = array_api_compat.device(weight)
         if codebook:
             mids, levels, _, max_level = _codebook.kernel_tables(dtype, "float64" if cdt == xp.float64 else "float32")

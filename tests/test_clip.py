@@ -119,7 +119,7 @@ def totals(x, ratios=DEFAULT, bits=4, group_size=32, scheme="asym", dtype="int",
 def _twin_group_errors(x, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False):
     xp = array_api_compat.array_namespace(x)
     size, _ = group_layout(x.shape[1], group_size)
-    cdt = _reference_clip.compute_dtype(x, xp)
+    cdt = nbwoq._arrays.compute_dtype(x.dtype, xp)
     if dtype == "int":
         qmin, qmax, divisor = int_range(bits, scheme == "sym", enable_full_range)
         fmt = ("int", float(qmin), float(qmax), float(divisor), scheme == "sym", enable_full_range)
