@@ -72,7 +72,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
     The format: ``codebook`` False is the integer one (``qmin``, ``qmax``, ``divisor``,
     ``sym``, ``full_range`` as for ``_kernels_int.quant_int``); True is the 4-bit
     codebook whose padded midpoints and levels are ``mids`` and ``levels``
-    (``_codebook.kernel_tables``), largest level ``max_level``. The other format's
+    (``_tables.kernel_tables``), largest level ``max_level``. The other format's
     arguments are ignored.
 
     Per tensor (``per_group`` False): ``partial[b, k]`` receives block ``b``'s sum of

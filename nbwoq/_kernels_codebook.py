@@ -13,7 +13,7 @@ interval in the reference and keeps the zero its accumulator started from: the l
 the first ``ZERO_INDEX`` midpoints are tested as ``not (v <= mid)``, true for NaN, and
 the others as ``v > mid``, false for NaN: NaN lands on level 0.0 with no branch.
 
-Tables reach the kernels padded to fixed lengths (``_codebook.kernel_tables``): 15
+Tables reach the kernels padded to fixed lengths (``_tables.kernel_tables``): 15
 midpoints (a 15-level table gets ``+inf`` last, which no value exceeds) and 16 values.
 
 The array-API twin of these kernels is ``_reference_codebook``; tests hold them equal.
@@ -25,11 +25,7 @@ from numba.extending import overload, register_jitable
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
-from nbwoq._tables import ZERO_INDEX
-
-#: Midpoint slots the compare chain tests (the largest codebook has 16 levels).
-N_MIDS = 15
-N_VALUES = N_MIDS + 1
+from nbwoq._tables import N_MIDS, ZERO_INDEX
 
 # What the kernel computes for each group's scale (``scale_mode``).
 SCALE_COMPUTE = 0  # from the group's absmax, not kept

@@ -8,7 +8,7 @@ kernel uses.
 
 A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
 ``("codebook", mids, levels, max_level)`` with the padded tables of
-``_codebook.kernel_tables`` as arrays in the compute dtype.
+``_tables.reference_tables``.
 """
 
 from nbwoq._arrays import compute_dtype

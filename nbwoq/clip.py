@@ -10,9 +10,9 @@ import numbers
 import array_api_compat
 import numpy as np
 
-from nbwoq import _arrays, _codebook, _integer, _kernels_clip, _reference_clip, _validate
+from nbwoq import _arrays, _integer, _kernels_clip, _reference_clip, _validate
 from nbwoq._layout import group_layout
-from nbwoq._tables import DTYPES
+from nbwoq._tables import DTYPES, kernel_tables, reference_tables
 
 #: The reference's candidates: ``1 - i / (N_GRID)`` for ``i < MAX_SHRINK * N_GRID``.
 N_GRID = 200
@@ -203,16 +203,12 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     codebook = dtype != "int"
     qmin, qmax, divisor = _integer.int_range(bits, sym, full_range) if not codebook else (0, 1, 1)
     if xp is not None:
-        cdt = _arrays.compute_dtype(weight.dtype, xp)
-        device = array_api_compat.device(weight)
         if codebook:
-            mids, levels, _, max_level = _codebook.kernel_tables(dtype, "float64" if cdt == xp.float64 else "float32")
-            # Python floats of the already-rounded tables: exact in the compute dtype.
-            fmt = ("codebook", xp.asarray(mids.tolist(), dtype=cdt, device=device),
-                   xp.asarray(levels.tolist(), dtype=cdt, device=device), float(max_level))
+            mids, levels, _, max_level = reference_tables(dtype, weight, xp)
+            fmt = ("codebook", mids, levels, max_level)
         else:
             fmt = ("int", float(qmin), float(qmax), float(divisor), sym, full_range)
-        r = xp.asarray(ratios, dtype=cdt, device=device)
+        r = xp.asarray(ratios, dtype=_arrays.compute_dtype(weight.dtype, xp), device=array_api_compat.device(weight))
         result, bad = _reference_clip.search(weight, size, n_groups, r, fmt, per_group, xp, weighted)
         if not per_group and bad < 0:
             result = [float(result[k]) for k in range(len(ratios))]
@@ -222,7 +218,7 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     ctype = cdt.type
     # The kernel takes both formats' arguments; the codebook tables are always real ones
     # (nf4's stand in for the integer format) so that one compiled kernel serves both.
-    mids, levels, _, max_level = _codebook.kernel_tables(dtype if codebook else "nf4", cdt.name)
+    mids, levels, _, max_level = kernel_tables(dtype if codebook else "nf4", cdt.name)
     n_tasks = rows * n_groups
     n_blocks = _kernels_clip.block_count(n_tasks)
     r = np.asarray(ratios, dtype=cdt)

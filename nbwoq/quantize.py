@@ -5,7 +5,7 @@ for NumPy arrays, the array-API reference for any other array) and quantizes in
 place. Nothing is written before all checks have passed.
 """
 
-from nbwoq import _codebook, _double_quant, _given_scale, _integer, _validate
+from nbwoq import _dispatch_codebook, _dispatch_given_scale, _double_quant, _integer, _validate
 from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING
 
@@ -79,7 +79,7 @@ def _codebook_call(weight, group_size, quantile, dtype, return_int, options, nam
         _validate.param_array(given, "scale", (rows, n_groups), xp)
     quantile = _integer.quantile_argument(quantile, rows, n_groups, xp)
     keep = return_int or options["double_quant"]
-    scale = _codebook.quantize_codebook(
+    scale = _dispatch_codebook.quantize_codebook(
         weight, xp, dtype, group_size, quantile,
         values="codes" if (return_int or options["cast_int"]) else "levels",
         store="value" if keep else "scaled", scale=given, keep_scale=keep, check=options["check_finite"],
@@ -494,7 +494,7 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
         if bits <= 0:
             raise ValueError(f"bits must be None or a positive integer, got {bits!r}")
     if codebook:
-        _codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="value", scale=scale,
+        _dispatch_codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="value", scale=scale,
                                     check=check_finite)
         return weight
     if check_finite:
@@ -502,5 +502,5 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
     qrange = None
     if bits is not None:
         qrange = (0, 2**bits - 1) if zp is not None else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    _given_scale.quant_w_scale(weight, xp, group_size, scale, zp, qrange)
+    _dispatch_given_scale.quant_w_scale(weight, xp, group_size, scale, zp, qrange)
     return weight

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import nbwoq
 from nbwoq import _reference_clip, clip
-from nbwoq._codebook import kernel_tables
+from nbwoq._tables import kernel_tables
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 

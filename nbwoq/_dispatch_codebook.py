@@ -1,14 +1,10 @@
 """4-bit codebook quantization: one dispatch over the Numba kernel and its reference twin."""
 
-import functools
-
-import array_api_compat
 import numpy as np
 
 from nbwoq import _arrays, _integer, _kernels_codebook, _reference_codebook
-from nbwoq._kernels_codebook import N_MIDS, N_VALUES
 from nbwoq._layout import group_layout
-from nbwoq._tables import FLOAT_MAPPING, INT_MAPPING, midpoints
+from nbwoq._tables import kernel_tables, reference_tables
 
 _STORE_MODES = {
     "nothing": _kernels_codebook.STORE_NOTHING,
@@ -16,30 +12,6 @@ _STORE_MODES = {
     "scaled": _kernels_codebook.STORE_SCALED,
     "out_scaled": _kernels_codebook.STORE_OUT_SCALED,
 }
-
-
-@functools.lru_cache(maxsize=None)
-def kernel_tables(name, compute_dtype):
-    """``(mids, levels, codes, max_level)`` of codebook ``name`` for the kernels.
-
-    Everything is rounded once to ``compute_dtype`` (as the reference rounds its Python
-    floats to the tensor's type): ``mids`` padded to ``N_MIDS`` with ``+inf`` (no value
-    exceeds it, so the padding never picks a level), ``levels``/``codes`` padded to
-    ``N_VALUES`` by repeating the last entry. Read-only arrays.
-    """
-    dt = np.dtype(compute_dtype)
-    levels = np.asarray(FLOAT_MAPPING[name], dtype=np.float64)
-    mids = np.full(N_MIDS, np.inf, dtype=dt)
-    mids[: levels.size - 1] = midpoints(levels).astype(dt)
-    padded = []
-    for table in (levels, np.asarray(INT_MAPPING[name], dtype=np.float64)):
-        out = np.full(N_VALUES, table[-1], dtype=dt)
-        out[: table.size] = table.astype(dt)
-        padded.append(out)
-    max_level = dt.type(max(FLOAT_MAPPING[name]))
-    for a in (mids, *padded):
-        a.setflags(write=False)
-    return mids, padded[0], padded[1], max_level
 
 
 def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", store="scaled",
@@ -61,14 +33,10 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
     if check:
         _integer.check_finite(weight, xp)
     if xp is not None:
-        cdt = _arrays.compute_dtype(weight.dtype, xp)
-        mids, levels, codes, max_level = kernel_tables(name, "float64" if cdt == xp.float64 else "float32")
-        device = array_api_compat.device(weight)
-        # Python floats of the already-rounded tables: exact in the compute dtype.
-        table = xp.asarray((codes if values == "codes" else levels).tolist(), dtype=cdt, device=device)
+        mids, levels, codes, max_level = reference_tables(name, weight, xp)
         s = _reference_codebook.quant_codebook(
-            weight, size, n_groups, quantile, xp.asarray(mids.tolist(), dtype=cdt, device=device), table,
-            float(max_level), scale, out_scale, store, xp,
+            weight, size, n_groups, quantile, mids, codes if values == "codes" else levels, max_level, scale,
+            out_scale, store, xp,
         )
         return s if keep_scale and scale is None else None
     cdt = _arrays.compute_dtype(weight.dtype)
