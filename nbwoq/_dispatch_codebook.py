@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nbwoq import _arrays, _integer, _kernels_codebook, _reference_codebook
+from nbwoq import _arrays, _kernels_codebook, _reference_codebook, _validate
 from nbwoq._layout import group_layout
 from nbwoq._tables import kernel_tables, reference_tables
 
@@ -18,7 +18,7 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
                       scale=None, keep_scale=False, out_scale=None, check=True):
     """Quantize ``weight`` (validated) to codebook ``name`` in place.
 
-    ``quantile``: validated by ``_integer.quantile_argument`` for this layout (ignored
+    ``quantile``: validated by ``_validate.quantile`` for this layout (ignored
     with a given ``scale``). ``values``: ``"levels"`` or ``"codes"`` (``INT_MAPPING``),
     what each element becomes before any scaling. ``store``: ``"nothing"``, ``"value"``,
     ``"scaled"`` (times the group's scale) or ``"out_scaled"`` (times ``out_scale``).
@@ -31,7 +31,7 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
     if check:
-        _integer.check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     if xp is not None:
         mids, levels, codes, max_level = reference_tables(name, weight, xp)
         s = _reference_codebook.quant_codebook(

@@ -24,7 +24,7 @@ which the reference uses, so results match it bit for bit (``torch_order_sum``).
 
 import array_api_compat
 
-from nbwoq import _dispatch_codebook, _integer
+from nbwoq import _dispatch_codebook, _integer, _validate
 from nbwoq._tables import FLOAT_MAPPING
 
 # torch's CPU float32 sum (aten/src/ATen/native/cpu/SumKernel.cpp, "cascade sum"):
@@ -143,7 +143,7 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
     """``quant_tensor`` with ``double_quant=True`` on a validated weight; see the module
     notes. ``quant_tensor`` is the public function (it quantizes the scales)."""
     if options["check_finite"]:
-        _integer.check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     sym = scheme == "sym"
     codebook = dtype in FLOAT_MAPPING
     values = "codes" if (return_int or cast_int) else "levels"

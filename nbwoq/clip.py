@@ -67,10 +67,6 @@ def _pick(totals):
     return best
 
 
-def _non_finite(bad, n_groups):
-    raise ValueError(f"weight has non-finite values (NaN or Inf), first in row {bad // n_groups}")
-
-
 def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False, *,
                 per_group=False, grid=None, weighting=None):
     """Clip ratio that minimizes the fake-quantization error of ``weight``; never writes.
@@ -147,11 +143,11 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     dtype = _validate.dtype(dtype, allowed=DTYPES)
     full_range = _validate.flag(enable_full_range, "enable_full_range")
     per_group = _validate.flag(per_group, "per_group")
-    weighted = _weighting(weighting)
+    weighted = _validate.weighting(weighting)
     ratios = candidates(grid)
     sym = scheme == "sym"
-    if dtype == "int" and sym and full_range and bits == 1:
-        raise ValueError("enable_full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
+    if dtype == "int":
+        _validate.full_range_bits(bits, sym, full_range, "enable_full_range")
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
     cdt = _arrays.compute_dtype(weight.dtype, xp)
@@ -160,7 +156,7 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
         return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
     result, bad = _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype, weighted)
     if bad >= 0:
-        _non_finite(bad, n_groups)
+        _validate.non_finite(bad // n_groups, skippable=False)
     if per_group:
         return result
     best = _pick(result)
@@ -178,18 +174,6 @@ def _constant(value, shape, cdt, weight, xp):
     if xp is None:
         return np.full(shape, value, dtype=cdt)
     return xp.full(shape, value, dtype=cdt, device=array_api_compat.device(weight))
-
-
-#: ``weighting`` values of ``search_clip``.
-WEIGHTINGS = (None, "magnitude")
-
-
-def _weighting(weighting):
-    if weighting is not None and not isinstance(weighting, str):
-        raise TypeError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    return weighting == "magnitude"
 
 
 def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype="int", weighted=False):
