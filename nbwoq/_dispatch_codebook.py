@@ -3,15 +3,9 @@
 import numpy as np
 
 from nbwoq import _arrays, _kernels_codebook, _reference_codebook, _validate
+from nbwoq._codecs import STORE
 from nbwoq._layout import group_layout
 from nbwoq._tables import kernel_tables, reference_tables
-
-_STORE_MODES = {
-    "nothing": _kernels_codebook.STORE_NOTHING,
-    "value": _kernels_codebook.STORE_VALUE,
-    "scaled": _kernels_codebook.STORE_SCALED,
-    "out_scaled": _kernels_codebook.STORE_OUT_SCALED,
-}
 
 
 def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", store="scaled",
@@ -20,7 +14,7 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
 
     ``quantile``: validated by ``_validate.quantile`` for this layout (ignored
     with a given ``scale``). ``values``: ``"levels"`` or ``"codes"`` (``INT_MAPPING``),
-    what each element becomes before any scaling. ``store``: ``"nothing"``, ``"value"``,
+    what each element becomes before any scaling. ``store`` (``_codecs.STORE``): ``"nothing"``, ``"unscaled"``,
     ``"scaled"`` (times the group's scale) or ``"out_scaled"`` (times ``out_scale``).
     ``scale``: None (from each group's absmax) or a validated (rows, n_groups) array.
     ``out_scale``: (rows, n_groups), only for ``"out_scaled"``.
@@ -58,6 +52,6 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
     if rows and n_groups:
         _kernels_codebook.quant_codebook(
             _arrays.kernel_view(weight), size, n_groups, q, mids, codes if values == "codes" else levels,
-            max_level, scale_arr, out_arr, scale_mode, _STORE_MODES[store],
+            max_level, scale_arr, out_arr, scale_mode, STORE[store],
         )
     return scale_arr if scale_mode == _kernels_codebook.SCALE_KEEP else None

@@ -150,12 +150,12 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
     zp = None
     if codebook:
         scale = _dispatch_codebook.quantize_codebook(
-            weight, xp, dtype, group_size, quantile, values, "value" if return_int else "nothing",
+            weight, xp, dtype, group_size, quantile, values, "unscaled" if return_int else "nothing",
             keep_scale=True, check=False,
         )
     elif return_int:
         scale, zp = _integer.quantize_int(
-            weight, xp, bits, group_size, sym, full_range, quantile, store="codes", keep_params=True, check=False,
+            weight, xp, bits, group_size, sym, full_range, quantile, store="unscaled", keep_params=True, check=False,
             known_finite=options["check_finite"],
         )
     else:

@@ -3,6 +3,7 @@
 import numpy as np
 
 from nbwoq import _arrays, _kernels_int, _reference_int, _validate
+from nbwoq._codecs import STORE
 from nbwoq._layout import group_layout
 
 
@@ -22,19 +23,12 @@ def int_range(bits, sym, full_range):
     return -(2 ** (bits - 1)), qmax, 2 ** (bits - 1) if full_range else qmax
 
 
-_STORE = {
-    "nothing": _kernels_int.STORE_NOTHING,
-    "codes": _kernels_int.STORE_CODES,
-    "values": _kernels_int.STORE_VALUES,
-    "out_scaled": _kernels_int.STORE_OUT_SCALED,
-}
-
-
 def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store, keep_params, check, out_scale=None,
                  known_finite=False):
     """Quantize ``weight`` (already validated) group by group.
 
-    ``store``: ``"nothing"`` (read only), ``"codes"``, ``"values"`` (fake-quant) or
+    ``store`` (``_codecs.STORE``): ``"nothing"`` (read only), ``"unscaled"`` (the codes),
+    ``"scaled"`` (fake-quant) or
     ``"out_scaled"`` (``(code - zp) * out_scale``, ``out_scale`` (rows, n_groups): the
     double-quantized scales). ``quantile`` must already be validated by
     ``_validate.quantile`` for this layout. Returns ``(scale, zp)`` arrays of shape
@@ -66,6 +60,6 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
     if rows and n_groups:
         _kernels_int.quant_int(
             _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),
-            sym, full_range, _STORE[store], keep_params, scale, zp, out, check or known_finite,
+            sym, full_range, STORE[store], keep_params, scale, zp, out, check or known_finite,
         )
     return (scale, zp) if keep_params else (None, None)

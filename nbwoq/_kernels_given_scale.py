@@ -6,7 +6,7 @@ rounding), optionally clamped (SPEC deviation 2).
 
 (Double quantization's integer passes, scales only and values dequantized with the
 double-quantized scales, are ``_kernels_int.quant_int``'s ``STORE_NOTHING`` and
-``STORE_OUT_SCALED`` modes.)
+``STORE_OUT_SCALED`` modes, ``_codecs``.)
 
 The array-API twin of these kernels is ``_reference_given_scale``; tests hold them equal.
 """

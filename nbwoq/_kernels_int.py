@@ -11,7 +11,7 @@ The array-API twin of these kernels is ``_reference_int``; tests hold them equal
 from numba import prange
 from numba.extending import register_jitable
 
-from nbwoq._codecs import decode, encode
+from nbwoq._codecs import STORE_NOTHING, STORE_OUT_SCALED, STORE_UNSCALED, decode, encode
 from nbwoq._config import njit_kernel
 from nbwoq._llvm import fmax_finite, fmaximum, fmin_finite, fminimum, roundeven
 
@@ -84,20 +84,13 @@ def int_code(x, scale, zp, qmin, qmax):
     return qmax if code > qmax else code
 
 
-# What ``quant_int`` writes into the weight.
-STORE_NOTHING = 0  # parameters only: the weight is read, never written
-STORE_CODES = 1  # the codes
-STORE_VALUES = 2  # (code - zp) * scale: the fake-quantized values
-STORE_OUT_SCALED = 3  # (code - zp) * out_scale[r, g] (double quantization)
-
-
 @njit_kernel
 def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
               store, keep_params, scale_out, zp_out, out_scale, finite):
     """Quantize ``w`` in place, one group at a time while it sits in cache.
 
     ``quantile`` is (1, 1) for one clip ratio or (rows, n_groups) for one per group.
-    ``store`` is one of the ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
+    ``store`` is one of ``_codecs``' ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
     read only by ``STORE_OUT_SCALED``. ``keep_params`` writes each group's scale and
     zero point into ``scale_out``/``zp_out`` (rows, n_groups). ``finite``: the data
     is known to hold no NaN or Inf (see ``group_minmax``).
@@ -118,7 +111,7 @@ def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         if keep_params:
             scale_out[r, g] = scale
             zp_out[r, g] = zp
-        if store == STORE_CODES:
+        if store == STORE_UNSCALED:
             for i in range(seg.shape[0]):
                 seg[i] = encode(int_code(decode(seg[i]), scale, zp, qmin, qmax), w)
         elif store != STORE_NOTHING:

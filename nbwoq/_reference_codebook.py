@@ -49,8 +49,8 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
     ``quantile`` is a Python float or an array (rows, n_groups). ``mids`` and ``values``
     are 1-D arrays in the compute dtype: the midpoints and what to store per level.
     ``scale`` is None (computed from each group's absmax) or a given (rows, n_groups)
-    array. ``store`` is ``"nothing"``, ``"value"``, ``"scaled"`` (times the group's
-    scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
+    array. ``store`` (``_codecs.STORE``) is ``"nothing"``, ``"unscaled"``, ``"scaled"``
+    (times the group's scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
     """
     rows, cols = x.shape
     cdt = compute_dtype(x.dtype, xp)

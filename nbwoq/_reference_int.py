@@ -71,7 +71,8 @@ def concat_columns(pieces, rows, dtype, xp, device):
 
 def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, store, xp, out_scale=None):
     """Twin of ``_kernels_int.quant_int``: quantize ``x`` in place per ``store``
-    (``"nothing"``, ``"codes"``, ``"values"`` or ``"out_scaled"`` with ``out_scale``);
+    (``_codecs.STORE``: ``"nothing"``, ``"unscaled"`` (the codes), ``"scaled"`` or
+    ``"out_scaled"`` with ``out_scale``);
     returns ``(scale, zp)`` of shape (rows, n_groups) in the compute dtype.
 
     ``quantile`` is a Python float or an array of shape (rows, n_groups).
@@ -93,7 +94,7 @@ def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         if store == "nothing":
             continue
         code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
-        if store == "codes":
+        if store == "unscaled":
             values = code
         else:
             m = out_scale[:, cut] if store == "out_scaled" else scale

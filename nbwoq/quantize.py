@@ -52,7 +52,7 @@ def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range
     keep = return_int or options.get("double_quant", False)
     scale, zp = _integer.quantize_int(
         weight, xp, bits, group_size, sym, full_range, quantile,
-        store="codes" if keep else "values", keep_params=keep, check=options["check_finite"],
+        store="unscaled" if keep else "scaled", keep_params=keep, check=options["check_finite"],
     )
     if keep:
         return weight, scale, (zp if not sym else None)
@@ -73,7 +73,7 @@ def _codebook_call(weight, group_size, quantile, dtype, return_int, options, nam
     scale = _dispatch_codebook.quantize_codebook(
         weight, xp, dtype, group_size, quantile,
         values="codes" if (return_int or options["cast_int"]) else "levels",
-        store="value" if keep else "scaled", scale=given, keep_scale=keep, check=options["check_finite"],
+        store="unscaled" if keep else "scaled", scale=given, keep_scale=keep, check=options["check_finite"],
     )
     if keep:
         return weight, (given if given is not None else scale), None
@@ -476,8 +476,8 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
         if bits <= 0:
             raise ValueError(f"bits must be None or a positive integer, got {bits!r}")
     if codebook:
-        _dispatch_codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="value", scale=scale,
-                                    check=check_finite)
+        _dispatch_codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="unscaled",
+                                             scale=scale, check=check_finite)
         return weight
     if check_finite:
         _validate.check_finite(weight, xp)
