@@ -29,7 +29,7 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
     if xp is not None:
         mids, levels, codes, max_level = reference_tables(name, weight, xp)
         s = _reference_codebook.quant_codebook(
-            weight, size, n_groups, quantile, mids, codes if values == "codes" else levels, max_level, scale,
+            weight, size, quantile, mids, codes if values == "codes" else levels, max_level, scale,
             out_scale, store, xp,
         )
         return s if keep_scale and scale is None else None

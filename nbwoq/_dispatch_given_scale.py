@@ -21,7 +21,7 @@ def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
     clamp = qrange is not None
     qmin, qmax = qrange if clamp else (0, 0)
     if xp is not None:
-        _reference_given_scale.quant_w_scale(weight, size, n_groups, scale, zp, float(qmin), float(qmax), clamp, xp)
+        _reference_given_scale.quant_w_scale(weight, size, scale, zp, float(qmin), float(qmax), clamp, xp)
         return
     cdt, (s,) = _kernel_params(weight, scale)
     z = s if zp is None else np.ascontiguousarray(zp, dtype=cdt)

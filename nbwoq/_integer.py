@@ -43,7 +43,7 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
         _validate.check_finite(weight, xp)
     if xp is not None:
         scale, zp = _reference_int.quant_int(
-            weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, store, xp,
+            weight, size, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, store, xp,
             out_scale=out_scale,
         )
         return (scale, zp) if keep_params else (None, None)

@@ -193,7 +193,7 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
         else:
             fmt = ("int", float(qmin), float(qmax), float(divisor), sym, full_range)
         r = xp.asarray(ratios, dtype=_arrays.compute_dtype(weight.dtype, xp), device=array_api_compat.device(weight))
-        result, bad = _reference_clip.search(weight, size, n_groups, r, fmt, per_group, xp, weighted)
+        result, bad = _reference_clip.search(weight, size, r, fmt, per_group, xp, weighted)
         if not per_group and bad < 0:
             result = [float(result[k]) for k in range(len(ratios))]
         return result, bad
