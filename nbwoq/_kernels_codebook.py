@@ -25,6 +25,7 @@ from numba.extending import overload, register_jitable
 
 from nbwoq._codecs import STORE_OUT_SCALED, STORE_SCALED, STORE_UNSCALED, decode, encode
 from nbwoq._config import njit_kernel
+from nbwoq._layout import group_segment
 from nbwoq._tables import N_MIDS, ZERO_INDEX
 
 # What the kernel computes for each group's scale (``scale_mode``).
@@ -177,15 +178,12 @@ def quant_codebook(w, size, n_groups, quantile, mids, values, max_level, scale, 
     (rows, n_groups) is read only by ``STORE_OUT_SCALED``. See the ``SCALE_*`` constants
     and ``_codecs``' ``STORE_*`` (``values[level]`` is the unscaled value).
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     mt = mids_tuple(mids)
     vt = values_tuple(values)
     for t in prange(rows * n_groups):
-        r = t // n_groups
-        g = t - r * n_groups
-        start = g * size
-        seg = w[r, start:min(start + size, cols)]
+        r, g, seg = group_segment(w, t, n_groups, size)
         if scale_mode == SCALE_GIVEN:
             s = scale[r, g]
         else:

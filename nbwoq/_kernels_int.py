@@ -13,6 +13,7 @@ from numba.extending import register_jitable
 
 from nbwoq._codecs import STORE_NOTHING, STORE_OUT_SCALED, STORE_UNSCALED, decode, encode
 from nbwoq._config import njit_kernel
+from nbwoq._layout import group_segment
 from nbwoq._llvm import fmax_finite, fmaximum, fmin_finite, fminimum, roundeven
 
 
@@ -95,16 +96,13 @@ def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
     zero point into ``scale_out``/``zp_out`` (rows, n_groups). ``finite``: the data
     is known to hold no NaN or Inf (see ``group_minmax``).
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     # Constants in the compute type without Python literals (a literal would be float64).
     zero = divisor - divisor
     one = divisor / divisor
     per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     for t in prange(rows * n_groups):
-        r = t // n_groups
-        g = t - r * n_groups
-        start = g * size
-        seg = w[r, start:min(start + size, cols)]
+        r, g, seg = group_segment(w, t, n_groups, size)
         lo, hi = group_minmax(seg, finite)
         q = quantile[r, g] if per_group else quantile[0, 0]
         scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
