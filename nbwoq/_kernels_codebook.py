@@ -33,8 +33,8 @@ SCALE_COMPUTE = 0  # from the group's absmax, not kept
 SCALE_KEEP = 1  # from the group's absmax, written to scale[r, g]
 SCALE_GIVEN = 2  # read from scale[r, g]
 
-if ZERO_INDEX != 7:  # pragma: no cover - the chains below spell the split out
-    raise ImportError(f"the compare chains assume level 0.0 at index 7, got {ZERO_INDEX}")
+if ZERO_INDEX != 7 or N_MIDS != 15:  # pragma: no cover - the chains below spell the split out
+    raise ImportError(f"the compare chains assume level 0.0 at index 7 of 15 midpoints, got {ZERO_INDEX} of {N_MIDS}")
 
 
 @register_jitable(inline="always")

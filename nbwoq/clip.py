@@ -168,8 +168,6 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     return ratios[best]
 
 
-
-
 def _constant(value, shape, cdt, weight, xp):
     if xp is None:
         return np.full(shape, value, dtype=cdt)

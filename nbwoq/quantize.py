@@ -44,7 +44,7 @@ def _int_args(weight, bits, group_size, scheme, quantile, return_int, full_range
     return xp, return_int, full_range, quantile
 
 
-def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options, func):
+def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options):
     """Shared body of every integer entry point. ``scheme`` is already validated."""
     xp, return_int, full_range, quantile = _int_args(weight, bits, group_size, scheme, quantile, return_int,
                                                      full_range)
@@ -177,7 +177,7 @@ def qdq_weight_asym(weight, bits=4, quantile=1.0, return_int=False, **kwargs):
     """
     options = _options(kwargs, _ROWWISE_KWARGS, "qdq_weight_asym")
     bits = _validate.positive_bits(bits)
-    return _int_call(weight, bits, -1, "asym", quantile, return_int, False, options, "qdq_weight_asym")
+    return _int_call(weight, bits, -1, "asym", quantile, return_int, False, options)
 
 
 def qdq_weight_sym(weight, bits=4, quantile=1.0, return_int=False, full_range=False, **kwargs):
@@ -224,7 +224,7 @@ def qdq_weight_sym(weight, bits=4, quantile=1.0, return_int=False, full_range=Fa
     """
     options = _options(kwargs, _ROWWISE_KWARGS, "qdq_weight_sym")
     bits = _validate.positive_bits(bits)
-    return _int_call(weight, bits, -1, "sym", quantile, return_int, full_range, options, "qdq_weight_sym")
+    return _int_call(weight, bits, -1, "sym", quantile, return_int, full_range, options)
 
 
 def qdq_weight_actor(weight, bits, scheme, quantile=1.0, dtype="int", return_int=False, full_range=False, **kwargs):
@@ -403,7 +403,7 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
     if codebook:
         _validate.flag(full_range, "full_range")
         return _codebook_call(weight, group_size, quantile, dtype, return_int, options)
-    return _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options, "quant_tensor")
+    return _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options)
 
 
 def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bits=None, *, check_finite=True):
