@@ -45,6 +45,17 @@ def compute_dtype(dtype, xp=None):
     return xp.float64 if dtype == xp.float64 else xp.float32
 
 
+def kernel_param(value, cdt):
+    """A per-group argument as a kernel takes it, in the compute dtype ``cdt``: an array
+    (rows, n_groups) C-contiguous, a Python float as a (1, 1) array, None as a (1, 1)
+    placeholder the kernel does not read."""
+    if value is None:
+        return np.empty((1, 1), dtype=cdt)
+    if isinstance(value, float):
+        return np.full((1, 1), value, dtype=cdt)
+    return np.ascontiguousarray(value, dtype=cdt)
+
+
 def kernel_view(x):
     """The array the kernels take for NumPy array ``x``: ``x`` itself or an integer view
     of its memory (float16 -> uint16, bfloat16 -> int16). Never a copy."""

@@ -35,20 +35,17 @@ def quantize_codebook(weight, xp, name, group_size, quantile, values="levels", s
         return s if keep_scale and scale is None else None
     cdt = _arrays.compute_dtype(weight.dtype)
     mids, levels, codes, max_level = kernel_tables(name, cdt.name)
-    if isinstance(quantile, float):
-        q = np.full((1, 1), quantile, dtype=cdt)
-    else:
-        q = np.ascontiguousarray(quantile, dtype=cdt)
+    q = _arrays.kernel_param(quantile, cdt)
     if scale is not None:
         scale_mode = _kernels_codebook.SCALE_GIVEN
-        scale_arr = np.ascontiguousarray(scale, dtype=cdt)
+        scale_arr = _arrays.kernel_param(scale, cdt)
     elif keep_scale:
         scale_mode = _kernels_codebook.SCALE_KEEP
         scale_arr = np.empty((rows, n_groups), dtype=cdt)
     else:
         scale_mode = _kernels_codebook.SCALE_COMPUTE
-        scale_arr = np.empty((1, 1), dtype=cdt)
-    out_arr = np.empty((1, 1), dtype=cdt) if out_scale is None else np.ascontiguousarray(out_scale, dtype=cdt)
+        scale_arr = _arrays.kernel_param(None, cdt)
+    out_arr = _arrays.kernel_param(out_scale, cdt)
     if rows and n_groups:
         _kernels_codebook.quant_codebook(
             _arrays.kernel_view(weight), size, n_groups, q, mids, codes if values == "codes" else levels,

@@ -19,8 +19,8 @@ def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
         _reference_given_scale.quant_w_scale(weight, size, scale, zp, float(qmin), float(qmax), clamp, xp)
         return
     cdt = _arrays.compute_dtype(weight.dtype)
-    s = np.ascontiguousarray(scale, dtype=cdt)
-    z = s if zp is None else np.ascontiguousarray(zp, dtype=cdt)
+    s = _arrays.kernel_param(scale, cdt)
+    z = s if zp is None else _arrays.kernel_param(zp, cdt)
     if rows and n_groups:
         _kernels_given_scale.quant_w_scale(
             _arrays.kernel_view(weight), size, n_groups, s, z, zp is not None, cdt.type(qmin), cdt.type(qmax), clamp

@@ -49,14 +49,11 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
         return (scale, zp) if keep_params else (None, None)
     cdt = _arrays.compute_dtype(weight.dtype)
     ctype = cdt.type
-    if isinstance(quantile, float):
-        q = np.full((1, 1), quantile, dtype=cdt)
-    else:
-        q = np.ascontiguousarray(quantile, dtype=cdt)
+    q = _arrays.kernel_param(quantile, cdt)
     params_shape = (rows, n_groups) if keep_params else (1, 1)
     scale = np.empty(params_shape, dtype=cdt)
     zp = np.empty(params_shape, dtype=cdt)
-    out = np.empty((1, 1), dtype=cdt) if out_scale is None else np.ascontiguousarray(out_scale, dtype=cdt)
+    out = _arrays.kernel_param(out_scale, cdt)
     if rows and n_groups:
         _kernels_int.quant_int(
             _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),

@@ -10,7 +10,7 @@ one full-size pass per midpoint.
 import array_api_compat
 
 from nbwoq._arrays import compute_dtype
-from nbwoq._reference_int import concat_columns, parts, store_groups
+from nbwoq._reference_int import concat_columns, in_compute_dtype, parts, store_groups
 from nbwoq._tables import ZERO_INDEX
 
 
@@ -54,13 +54,7 @@ def quant_codebook(x, size, quantile, mids, values, max_level, scale, out_scale,
     """
     rows, cols = x.shape
     cdt = compute_dtype(x.dtype, xp)
-    w = xp.astype(x, cdt)
-    if not isinstance(quantile, float):
-        quantile = xp.astype(quantile, cdt)
-    if scale is not None:
-        scale = xp.astype(scale, cdt)
-    if out_scale is not None:
-        out_scale = xp.astype(out_scale, cdt)
+    w, quantile, scale, out_scale = in_compute_dtype((x, quantile, scale, out_scale), cdt, xp)
     device = array_api_compat.device(x)
     max_level = xp.asarray(max_level, dtype=cdt, device=device)
     out, scales = [], []

@@ -4,7 +4,7 @@
 import array_api_compat
 
 from nbwoq._arrays import compute_dtype
-from nbwoq._reference_int import parts, store_groups
+from nbwoq._reference_int import in_compute_dtype, parts, store_groups
 
 
 def _clamp_if(code, qmin, qmax, clamp, xp):
@@ -18,9 +18,7 @@ def _clamp_if(code, qmin, qmax, clamp, xp):
 def quant_w_scale(x, size, scale, zp, qmin, qmax, clamp, xp):
     """Store ``round(x / scale + zp)`` (``round(x / scale)`` when ``zp`` is None) in ``x``."""
     cdt = compute_dtype(x.dtype, xp)
-    w = xp.astype(x, cdt)
-    scale = xp.astype(scale, cdt)
-    zp = None if zp is None else xp.astype(zp, cdt)
+    w, scale, zp = in_compute_dtype((x, scale, zp), cdt, xp)
     out = []
     for part, cut in parts(w, size, xp):
         v = part / scale[:, cut][..., None]

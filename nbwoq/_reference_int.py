@@ -41,6 +41,12 @@ def int_code(x, scale, zp, qmin, qmax, xp):
     return xp.clip(xp.round(x / scale) + zp, xp.asarray(qmin, dtype=dt), xp.asarray(qmax, dtype=dt))
 
 
+def in_compute_dtype(values, cdt, xp):
+    """Each array of ``values`` cast to the compute dtype ``cdt``; Python floats (a
+    single clip ratio) and None pass through."""
+    return [v if v is None or isinstance(v, float) else xp.astype(v, cdt) for v in values]
+
+
 def parts(w, size, xp):
     """The one home of the reference twins' "full groups, then the tail" rule.
 
@@ -87,11 +93,7 @@ def quant_int(x, size, quantile, qmin, qmax, divisor, sym, full_range, store, xp
     rows = x.shape[0]
     cdt = compute_dtype(x.dtype, xp)
     device = array_api_compat.device(x)
-    w = xp.astype(x, cdt)
-    if not isinstance(quantile, float):
-        quantile = xp.astype(quantile, cdt)
-    if out_scale is not None:
-        out_scale = xp.astype(out_scale, cdt)
+    w, quantile, out_scale = in_compute_dtype((x, quantile, out_scale), cdt, xp)
     out, scales, zps = [], [], []
     for part, cut in parts(w, size, xp):
         q = quantile if isinstance(quantile, float) else quantile[:, cut]
