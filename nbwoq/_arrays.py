@@ -36,9 +36,24 @@ def numpy_dtype_supported(dtype):
     return dtype in _KERNEL_VIEW
 
 
-def compute_dtype(dtype):
-    """float64 computes in float64; every narrower float in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+def compute_dtype(dtype, xp=None):
+    """The float dtype a weight of ``dtype`` computes in: float64 for float64, float32 for
+    every narrower float. ``xp`` None: ``dtype`` is a NumPy dtype and so is the answer;
+    else both are dtypes of namespace ``xp`` (the reference path)."""
+    if xp is None:
+        return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def kernel_param(value, cdt):
+    """A per-group argument as a kernel takes it, in the compute dtype ``cdt``: an array
+    (rows, n_groups) C-contiguous, a Python float as a (1, 1) array, None as a (1, 1)
+    placeholder the kernel does not read."""
+    if value is None:
+        return np.empty((1, 1), dtype=cdt)
+    if isinstance(value, float):
+        return np.full((1, 1), value, dtype=cdt)
+    return np.ascontiguousarray(value, dtype=cdt)
 
 
 def kernel_view(x):

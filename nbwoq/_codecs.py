@@ -23,6 +23,21 @@ from numba.extending import overload, register_jitable
 
 from nbwoq._llvm import float_to_half_bits, half_bits_to_float
 
+# What a quantization kernel writes into each element of the weight (``store``): one set
+# for the integer and codebook kernels, their reference twins and their dispatchers.
+STORE_NOTHING = 0  # parameters only: the weight is read, never written
+STORE_UNSCALED = 1  # the code (integer), or the codebook's value for the level (level or code)
+STORE_SCALED = 2  # dequantized with the group's scale: (code - zp) * scale, value * scale
+STORE_OUT_SCALED = 3  # dequantized with out_scale[r, g] instead (double quantization)
+
+#: The ``store`` names the dispatchers and reference twins take -> the kernels' constants.
+STORE = {
+    "nothing": STORE_NOTHING,
+    "unscaled": STORE_UNSCALED,
+    "scaled": STORE_SCALED,
+    "out_scaled": STORE_OUT_SCALED,
+}
+
 _SHIFT = np.uint32(16)
 _ROUND = np.uint32(0x7FFF)
 _ONE = np.uint32(1)

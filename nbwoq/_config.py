@@ -10,32 +10,19 @@ fastmath are decided once. Environment variables override the defaults:
     ``RuntimeWarning`` instead of every kernel failing to compile.
 ``NBWOQ_PARALLEL``
     ``0`` compiles serial kernels (default parallel).
-``NBWOQ_SERIAL_BELOW``
-    Calls on fewer elements than this run on the calling thread alone (default 65536):
-    below it, waking the thread pool costs more than the work.
 
-Numba's threading layer: OpenMP first, then TBB, then workqueue, unless the user set
-``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY``; ``_threads`` says why.
+How many threads run, Numba's threading layer and ``NBWOQ_SERIAL_BELOW`` (small calls on
+the calling thread alone) are ``_threads``' business; it sets Numba's environment
+before Numba's import and depends on nothing here (this module depends on it).
 """
 
 import os
 import warnings
 
-_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-_USER_CHOSE_LAYER = "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ
-if not _USER_CHOSE_LAYER:
-    # Before Numba's import, and kept in the environment so its config reloads agree.
-    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(_LAYER_PRIORITY)
+# First: _threads puts Numba's threading layer into the environment before Numba's import.
+from nbwoq import _threads  # noqa: I001
 
 import numba  # noqa: E402
-
-from nbwoq import _threads  # noqa: E402
-
-if not _USER_CHOSE_LAYER:
-    numba.config.THREADING_LAYER_PRIORITY = list(_LAYER_PRIORITY)  # numba imported before us
-
-
-SERIAL_BELOW = int(os.environ.get("NBWOQ_SERIAL_BELOW", 1 << 16))
 
 
 def _env_flag(name, default):
@@ -78,9 +65,6 @@ PARALLEL = _env_flag("NBWOQ_PARALLEL", True)
 # rounding decisions that must match the reference bit for bit.
 KERNEL = dict(nogil=True, cache=CACHE, parallel=PARALLEL, fastmath=False, error_model="numpy")
 
-# Helpers that are inlined into kernels (LLVM keeps each instruction's own flags).
-HELPER = dict(nogil=True, cache=CACHE, fastmath=False, error_model="numpy")
-
 # Reductions whose result does not depend on order or on NaN handling (min/max over
 # data already known to be finite, sums that only need to become NaN on a non-finite
 # value, error sums compared with a tolerance): LLVM vectorizes them only with these
@@ -95,8 +79,3 @@ def njit_kernel(func):
     count (``_threads.ParallelKernel``); jitted callers still call it directly.
     """
     return _threads.ParallelKernel(numba.njit(**KERNEL)(func))
-
-
-def njit_helper(func):
-    """Compile ``func`` as a serial helper with the project's settings."""
-    return numba.njit(**HELPER)(func)

@@ -24,7 +24,7 @@ which the reference uses, so results match it bit for bit (``torch_order_sum``).
 
 import array_api_compat
 
-from nbwoq import _codebook, _integer
+from nbwoq import _dispatch_codebook, _integer, _validate
 from nbwoq._tables import FLOAT_MAPPING
 
 # torch's CPU float32 sum (aten/src/ATen/native/cpu/SumKernel.cpp, "cascade sum"):
@@ -143,19 +143,19 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
     """``quant_tensor`` with ``double_quant=True`` on a validated weight; see the module
     notes. ``quant_tensor`` is the public function (it quantizes the scales)."""
     if options["check_finite"]:
-        _integer.check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     sym = scheme == "sym"
     codebook = dtype in FLOAT_MAPPING
     values = "codes" if (return_int or cast_int) else "levels"
     zp = None
     if codebook:
-        scale = _codebook.quantize_codebook(
-            weight, xp, dtype, group_size, quantile, values, "value" if return_int else "nothing",
+        scale = _dispatch_codebook.quantize_codebook(
+            weight, xp, dtype, group_size, quantile, values, "unscaled" if return_int else "nothing",
             keep_scale=True, check=False,
         )
     elif return_int:
         scale, zp = _integer.quantize_int(
-            weight, xp, bits, group_size, sym, full_range, quantile, store="codes", keep_params=True, check=False,
+            weight, xp, bits, group_size, sym, full_range, quantile, store="unscaled", keep_params=True, check=False,
             known_finite=options["check_finite"],
         )
     else:
@@ -169,7 +169,7 @@ def quant_tensor_double(weight, xp, bits, group_size, scheme, quantile, dtype, r
     if return_int:
         return weight, (packed if packed is not None else dequantized), (None if sym else zp)
     if codebook:
-        _codebook.quantize_codebook(weight, xp, dtype, group_size, quantile, values, "out_scaled",
+        _dispatch_codebook.quantize_codebook(weight, xp, dtype, group_size, quantile, values, "out_scaled",
                                     out_scale=dequantized, check=False)
     else:
         _integer.quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store="out_scaled",

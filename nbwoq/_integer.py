@@ -1,10 +1,9 @@
 """Integer group quantization: one dispatch over the Numba kernel and its reference twin."""
 
-import numbers
-
 import numpy as np
 
-from nbwoq import _arrays, _kernels_finite, _kernels_int, _reference_int, _validate
+from nbwoq import _arrays, _kernels_int, _reference_int, _validate
+from nbwoq._codecs import STORE
 from nbwoq._layout import group_layout
 
 
@@ -24,53 +23,15 @@ def int_range(bits, sym, full_range):
     return -(2 ** (bits - 1)), qmax, 2 ** (bits - 1) if full_range else qmax
 
 
-def check_finite(weight, xp):
-    """Raise ``ValueError`` naming the first row with NaN or Inf. Reads, never writes."""
-    if xp is None:
-        bits, mask = _arrays.exponent_view(weight)
-        finite = np.empty(weight.shape[0], dtype=np.bool_)
-        _kernels_finite.finite_rows(bits, mask, finite)
-        _validate.first_bad_row(finite)
-        return
-    finite = _reference_int.finite_by_row(weight, xp)
-    if not bool(xp.all(finite)):
-        first = int(xp.argmax(xp.astype(~finite, xp.int8)))
-        _validate.first_bad_row(np.arange(weight.shape[0]) != first)
-
-
-def quantile_argument(quantile, rows, n_groups, xp, name="quantile"):
-    """A float in (0, 1], or an array of them shaped (rows, n_groups) (one clip per group)."""
-    if isinstance(quantile, numbers.Real) or not hasattr(quantile, "shape"):
-        return _validate.quantile_scalar(quantile, name)
-    shape = tuple(quantile.shape)
-    if shape != (rows, n_groups):
-        raise ValueError(f"{name} as an array must have shape (rows, n_groups) = {(rows, n_groups)}, got {shape}")
-    qxp = _arrays.namespace(quantile)
-    if xp is not None and qxp is not xp:  # the reference path computes in the weight's namespace
-        raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(quantile).__name__}")
-    if not qxp.isdtype(quantile.dtype, "real floating"):
-        raise TypeError(f"{name} as an array must be floating point, got dtype {quantile.dtype}")
-    if not bool(qxp.all((quantile > 0) & (quantile <= 1))):
-        raise ValueError(f"{name} values must all lie in (0, 1]")
-    return quantile
-
-
-_STORE = {
-    "nothing": _kernels_int.STORE_NOTHING,
-    "codes": _kernels_int.STORE_CODES,
-    "values": _kernels_int.STORE_VALUES,
-    "out_scaled": _kernels_int.STORE_OUT_SCALED,
-}
-
-
 def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store, keep_params, check, out_scale=None,
                  known_finite=False):
     """Quantize ``weight`` (already validated) group by group.
 
-    ``store``: ``"nothing"`` (read only), ``"codes"``, ``"values"`` (fake-quant) or
+    ``store`` (``_codecs.STORE``): ``"nothing"`` (read only), ``"unscaled"`` (the codes),
+    ``"scaled"`` (fake-quant) or
     ``"out_scaled"`` (``(code - zp) * out_scale``, ``out_scale`` (rows, n_groups): the
     double-quantized scales). ``quantile`` must already be validated by
-    ``quantile_argument`` for this layout. Returns ``(scale, zp)`` arrays of shape
+    ``_validate.quantile`` for this layout. Returns ``(scale, zp)`` arrays of shape
     (rows, n_groups) in the compute type when ``keep_params``, else ``(None, None)``.
     ``check`` scans for NaN/Inf first; ``known_finite`` says a caller already did, so
     the kernel may take its faster min/max.
@@ -79,26 +40,23 @@ def quantize_int(weight, xp, bits, group_size, sym, full_range, quantile, store,
     size, n_groups = group_layout(cols, group_size)
     qmin, qmax, divisor = int_range(bits, sym, full_range)
     if check:
-        check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     if xp is not None:
         scale, zp = _reference_int.quant_int(
-            weight, size, n_groups, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, store, xp,
+            weight, size, quantile, float(qmin), float(qmax), float(divisor), sym, full_range, store, xp,
             out_scale=out_scale,
         )
         return (scale, zp) if keep_params else (None, None)
     cdt = _arrays.compute_dtype(weight.dtype)
     ctype = cdt.type
-    if isinstance(quantile, float):
-        q = np.full((1, 1), quantile, dtype=cdt)
-    else:
-        q = np.ascontiguousarray(quantile, dtype=cdt)
+    q = _arrays.kernel_param(quantile, cdt)
     params_shape = (rows, n_groups) if keep_params else (1, 1)
     scale = np.empty(params_shape, dtype=cdt)
     zp = np.empty(params_shape, dtype=cdt)
-    out = np.empty((1, 1), dtype=cdt) if out_scale is None else np.ascontiguousarray(out_scale, dtype=cdt)
+    out = _arrays.kernel_param(out_scale, cdt)
     if rows and n_groups:
         _kernels_int.quant_int(
             _arrays.kernel_view(weight), size, n_groups, q, ctype(qmin), ctype(qmax), ctype(divisor),
-            sym, full_range, _STORE[store], keep_params, scale, zp, out, check or known_finite,
+            sym, full_range, STORE[store], keep_params, scale, zp, out, check or known_finite,
         )
     return (scale, zp) if keep_params else (None, None)

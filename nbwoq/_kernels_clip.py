@@ -24,6 +24,7 @@ from numba import prange
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import REDUCTION, njit_kernel
+from nbwoq._layout import group_segment
 from nbwoq._kernels_codebook import codebook_scale, group_absmax, level_value, mids_tuple, values_tuple
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 
@@ -72,7 +73,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
     The format: ``codebook`` False is the integer one (``qmin``, ``qmax``, ``divisor``,
     ``sym``, ``full_range`` as for ``_kernels_int.quant_int``); True is the 4-bit
     codebook whose padded midpoints and levels are ``mids`` and ``levels``
-    (``_codebook.kernel_tables``), largest level ``max_level``. The other format's
+    (``_tables.kernel_tables``), largest level ``max_level``. The other format's
     arguments are ignored.
 
     Per tensor (``per_group`` False): ``partial[b, k]`` receives block ``b``'s sum of
@@ -86,7 +87,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
     root mean square, rounded to the compute type), the magnitude weighting of
     ``search_clip(weighting="magnitude")``.
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     n_cand = ratios.shape[0]
     zero = divisor - divisor
     one = divisor / divisor
@@ -108,10 +109,7 @@ def search(w, size, n_groups, ratios, codebook, qmin, qmax, divisor, sym, full_r
                 acc[k] = 0
         first_bad[b] = -1
         for t in range(t0, t1):
-            r = t // n_groups
-            g = t - r * n_groups
-            start = g * size
-            seg = w[r, start:min(start + size, cols)]
+            r, g, seg = group_segment(w, t, n_groups, size)
             lo = zero
             hi = zero
             if codebook:

@@ -13,7 +13,7 @@ interval in the reference and keeps the zero its accumulator started from: the l
 the first ``ZERO_INDEX`` midpoints are tested as ``not (v <= mid)``, true for NaN, and
 the others as ``v > mid``, false for NaN: NaN lands on level 0.0 with no branch.
 
-Tables reach the kernels padded to fixed lengths (``_codebook.kernel_tables``): 15
+Tables reach the kernels padded to fixed lengths (``_tables.kernel_tables``): 15
 midpoints (a 15-level table gets ``+inf`` last, which no value exceeds) and 16 values.
 
 The array-API twin of these kernels is ``_reference_codebook``; tests hold them equal.
@@ -23,27 +23,18 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload, register_jitable
 
-from nbwoq._codecs import decode, encode
+from nbwoq._codecs import STORE_OUT_SCALED, STORE_SCALED, STORE_UNSCALED, decode, encode
 from nbwoq._config import njit_kernel
-from nbwoq._tables import ZERO_INDEX
-
-#: Midpoint slots the compare chain tests (the largest codebook has 16 levels).
-N_MIDS = 15
-N_VALUES = N_MIDS + 1
+from nbwoq._layout import group_segment
+from nbwoq._tables import N_MIDS, ZERO_INDEX
 
 # What the kernel computes for each group's scale (``scale_mode``).
 SCALE_COMPUTE = 0  # from the group's absmax, not kept
 SCALE_KEEP = 1  # from the group's absmax, written to scale[r, g]
 SCALE_GIVEN = 2  # read from scale[r, g]
 
-# What the kernel stores for each element (``store_mode``).
-STORE_NOTHING = 0  # scales only; the weight is read, never written
-STORE_VALUE = 1  # values[level]
-STORE_SCALED = 2  # values[level] * the group's scale
-STORE_OUT_SCALED = 3  # values[level] * out_scale[r, g] (double quantization)
-
-if ZERO_INDEX != 7:  # pragma: no cover - the chains below spell the split out
-    raise ImportError(f"the compare chains assume level 0.0 at index 7, got {ZERO_INDEX}")
+if ZERO_INDEX != 7 or N_MIDS != 15:  # pragma: no cover - the chains below spell the split out
+    raise ImportError(f"the compare chains assume level 0.0 at index 7 of 15 midpoints, got {ZERO_INDEX} of {N_MIDS}")
 
 
 @register_jitable(inline="always")
@@ -184,18 +175,15 @@ def quant_codebook(w, size, n_groups, quantile, mids, values, max_level, scale, 
     ``mids`` (``N_MIDS``) and ``values`` (``N_VALUES``) are the padded tables in the
     compute type; ``values`` holds what to store per level (the levels or their codes).
     ``scale`` (rows, n_groups) is written or read per ``scale_mode``; ``out_scale``
-    (rows, n_groups) is read only by ``STORE_OUT_SCALED``. See the ``SCALE_*`` and
-    ``STORE_*`` constants.
+    (rows, n_groups) is read only by ``STORE_OUT_SCALED``. See the ``SCALE_*`` constants
+    and ``_codecs``' ``STORE_*`` (``values[level]`` is the unscaled value).
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     mt = mids_tuple(mids)
     vt = values_tuple(values)
     for t in prange(rows * n_groups):
-        r = t // n_groups
-        g = t - r * n_groups
-        start = g * size
-        seg = w[r, start:min(start + size, cols)]
+        r, g, seg = group_segment(w, t, n_groups, size)
         if scale_mode == SCALE_GIVEN:
             s = scale[r, g]
         else:
@@ -203,7 +191,7 @@ def quant_codebook(w, size, n_groups, quantile, mids, values, max_level, scale, 
             s = codebook_scale(group_absmax(seg), q, max_level)
             if scale_mode == SCALE_KEEP:
                 scale[r, g] = s
-        if store_mode == STORE_VALUE:
+        if store_mode == STORE_UNSCALED:
             for i in range(seg.shape[0]):
                 seg[i] = encode(level_value(decode(seg[i]) / s, mt, vt), w)
         elif store_mode == STORE_SCALED or store_mode == STORE_OUT_SCALED:

@@ -6,7 +6,7 @@ rounding), optionally clamped (SPEC deviation 2).
 
 (Double quantization's integer passes, scales only and values dequantized with the
 double-quantized scales, are ``_kernels_int.quant_int``'s ``STORE_NOTHING`` and
-``STORE_OUT_SCALED`` modes.)
+``STORE_OUT_SCALED`` modes, ``_codecs``.)
 
 The array-API twin of these kernels is ``_reference_given_scale``; tests hold them equal.
 """
@@ -16,6 +16,7 @@ from numba.extending import register_jitable
 
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
+from nbwoq._layout import group_segment
 from nbwoq._llvm import roundeven
 
 
@@ -35,12 +36,9 @@ def quant_w_scale(w, size, n_groups, scale, zp, has_zp, qmin, qmax, clamp):
     ``scale``/``zp`` are (rows, n_groups); with ``clamp`` the codes are clamped to
     ``[qmin, qmax]``.
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     for t in prange(rows * n_groups):
-        r = t // n_groups
-        g = t - r * n_groups
-        start = g * size
-        seg = w[r, start:min(start + size, cols)]
+        r, g, seg = group_segment(w, t, n_groups, size)
         s = scale[r, g]
         if has_zp:
             z = zp[r, g]

@@ -11,8 +11,9 @@ The array-API twin of these kernels is ``_reference_int``; tests hold them equal
 from numba import prange
 from numba.extending import register_jitable
 
-from nbwoq._codecs import decode, encode
+from nbwoq._codecs import STORE_NOTHING, STORE_OUT_SCALED, STORE_UNSCALED, decode, encode
 from nbwoq._config import njit_kernel
+from nbwoq._layout import group_segment
 from nbwoq._llvm import fmax_finite, fmaximum, fmin_finite, fminimum, roundeven
 
 
@@ -84,41 +85,31 @@ def int_code(x, scale, zp, qmin, qmax):
     return qmax if code > qmax else code
 
 
-# What ``quant_int`` writes into the weight.
-STORE_NOTHING = 0  # parameters only: the weight is read, never written
-STORE_CODES = 1  # the codes
-STORE_VALUES = 2  # (code - zp) * scale: the fake-quantized values
-STORE_OUT_SCALED = 3  # (code - zp) * out_scale[r, g] (double quantization)
-
-
 @njit_kernel
 def quant_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
               store, keep_params, scale_out, zp_out, out_scale, finite):
     """Quantize ``w`` in place, one group at a time while it sits in cache.
 
     ``quantile`` is (1, 1) for one clip ratio or (rows, n_groups) for one per group.
-    ``store`` is one of the ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
+    ``store`` is one of ``_codecs``' ``STORE_*`` constants; ``out_scale`` (rows, n_groups) is
     read only by ``STORE_OUT_SCALED``. ``keep_params`` writes each group's scale and
     zero point into ``scale_out``/``zp_out`` (rows, n_groups). ``finite``: the data
     is known to hold no NaN or Inf (see ``group_minmax``).
     """
-    rows, cols = w.shape
+    rows = w.shape[0]
     # Constants in the compute type without Python literals (a literal would be float64).
     zero = divisor - divisor
     one = divisor / divisor
     per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     for t in prange(rows * n_groups):
-        r = t // n_groups
-        g = t - r * n_groups
-        start = g * size
-        seg = w[r, start:min(start + size, cols)]
+        r, g, seg = group_segment(w, t, n_groups, size)
         lo, hi = group_minmax(seg, finite)
         q = quantile[r, g] if per_group else quantile[0, 0]
         scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
         if keep_params:
             scale_out[r, g] = scale
             zp_out[r, g] = zp
-        if store == STORE_CODES:
+        if store == STORE_UNSCALED:
             for i in range(seg.shape[0]):
                 seg[i] = encode(int_code(decode(seg[i]), scale, zp, qmin, qmax), w)
         elif store != STORE_NOTHING:

@@ -14,54 +14,46 @@ from numba import types
 from numba.extending import intrinsic
 
 
-def _binary_float_intrinsic(llvm_name, flags=()):
-    @intrinsic
-    def _op(typingctx, a, b):
-        if not isinstance(a, types.Float) or a != b:
+def _float_intrinsic(llvm_name, arity, flags=()):
+    """A Numba intrinsic calling LLVM's ``llvm_name`` on ``arity`` (1 or 2) floats of one
+    type, with the fastmath ``flags``."""
+
+    def typer(operands):
+        if not isinstance(operands[0], types.Float) or any(a != operands[0] for a in operands):
             return None
-        sig = a(a, b)
 
         def codegen(context, builder, signature, args):
             ltype = context.get_value_type(signature.return_type)
-            fn = builder.module.declare_intrinsic(llvm_name, [ltype], ir.FunctionType(ltype, [ltype, ltype]))
+            fn = builder.module.declare_intrinsic(llvm_name, [ltype], ir.FunctionType(ltype, [ltype] * arity))
             return builder.call(fn, args, fastmath=flags)
 
-        return sig, codegen
+        return operands[0](*operands), codegen
 
-    return _op
-
-
-def _unary_float_intrinsic(llvm_name):
-    @intrinsic
-    def _op(typingctx, a):
-        if not isinstance(a, types.Float):
-            return None
-        sig = a(a)
-
-        def codegen(context, builder, signature, args):
-            ltype = context.get_value_type(signature.return_type)
-            fn = builder.module.declare_intrinsic(llvm_name, [ltype], ir.FunctionType(ltype, [ltype]))
-            return builder.call(fn, args)
-
-        return sig, codegen
-
+    if arity == 1:
+        @intrinsic
+        def _op(typingctx, a):
+            return typer((a,))
+    else:
+        @intrinsic
+        def _op(typingctx, a, b):
+            return typer((a, b))
     return _op
 
 
 #: Round half to even (``np.rint``/``torch.round``). Numba lowers ``np.rint`` on a
 #: scalar to a libm call, which blocks vectorization; this is one instruction.
-roundeven = _unary_float_intrinsic("llvm.roundeven")
+roundeven = _float_intrinsic("llvm.roundeven", 1)
 
 #: NaN-propagating minimum / maximum (IEEE 754-2019 ``minimum``/``maximum``).
-fminimum = _binary_float_intrinsic("llvm.minimum")
-fmaximum = _binary_float_intrinsic("llvm.maximum")
+fminimum = _float_intrinsic("llvm.minimum", 2)
+fmaximum = _float_intrinsic("llvm.maximum", 2)
 
 #: Minimum / maximum of operands known not to be NaN (``nnan``): one ``vminps``/``vmaxps``
 #: each, where x86 must emulate ``minimum``'s NaN rule (twice as slow in a min/max
 #: reduction). Only for data a finiteness scan has cleared. On equal operands either may
 #: be returned, so a group holding both -0.0 and +0.0 may see either as its minimum.
-fmin_finite = _binary_float_intrinsic("llvm.minnum", ("nnan",))
-fmax_finite = _binary_float_intrinsic("llvm.maxnum", ("nnan",))
+fmin_finite = _float_intrinsic("llvm.minnum", 2, ("nnan",))
+fmax_finite = _float_intrinsic("llvm.maxnum", 2, ("nnan",))
 
 
 @intrinsic

@@ -8,12 +8,12 @@ kernel uses.
 
 A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
 ``("codebook", mids, levels, max_level)`` with the padded tables of
-``_codebook.kernel_tables`` as arrays in the compute dtype.
+``_tables.reference_tables``.
 """
 
+from nbwoq._arrays import compute_dtype
 from nbwoq._reference_codebook import codebook_scale, nearest_level
-from nbwoq._reference_int import compute_dtype
-from nbwoq._reference_int import int_code, int_group_params, split_groups
+from nbwoq._reference_int import int_code, int_group_params, parts
 
 #: Element budget for one chunk of candidates (the candidate axis times the weight).
 CHUNK_ELEMENTS = 1 << 24
@@ -56,18 +56,17 @@ def group_errors(x, size, ratios, fmt, xp, weighted=False):
     ``weighted``: each squared error is multiplied by ``magnitude_weights``.
     """
     rows, cols = x.shape
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     w = xp.astype(x, cdt)
-    body, tail = split_groups(w, size, xp)
-    parts = [p for p in (body, tail) if p is not None and p.shape[1] > 0]
+    pieces = [part for part, _ in parts(w, size, xp)]
     n_cand = ratios.shape[0]
     step = max(1, CHUNK_ELEMENTS // max(1, rows * cols))
-    weights = [magnitude_weights(part, cdt, xp)[None, ...] if weighted else None for part in parts]
+    weights = [magnitude_weights(part, cdt, xp)[None, ...] if weighted else None for part in pieces]
     chunks = []
     for k0 in range(0, n_cand, step):
         chunk = ratios[k0:min(k0 + step, n_cand)]
         sums = []
-        for part, weight in zip(parts, weights):
+        for part, weight in zip(pieces, weights):
             stored = xp.astype(xp.astype(_dequant(part, chunk, fmt, xp), x.dtype), cdt)
             d = part[None, ...] - stored
             e = d * d if weight is None else d * d * weight
@@ -80,7 +79,7 @@ def group_errors(x, size, ratios, fmt, xp, weighted=False):
 
 def first_bad_group(x, size, xp):
     """Index ``r * n_groups + g`` of the first group holding NaN or Inf, or -1."""
-    flags = [xp.all(xp.isfinite(p), axis=-1) for p in split_groups(x, size, xp) if p is not None and p.shape[1]]
+    flags = [xp.all(xp.isfinite(part), axis=-1) for part, _ in parts(x, size, xp)]
     if not flags:
         return -1
     finite = flags[0] if len(flags) == 1 else xp.concat(flags, axis=-1)
@@ -103,7 +102,7 @@ def pick_per_group(errors, ratios, xp):
     return xp.reshape(xp.take(ratios, xp.reshape(pick, (-1,)), axis=0), shape)
 
 
-def search(x, size, n_groups, ratios, fmt, per_group, xp, weighted=False):
+def search(x, size, ratios, fmt, per_group, xp, weighted=False):
     """Twin of ``_kernels_clip.search``, already reduced.
 
     Returns ``(result, bad)``: ``result`` is the float64 total squared error per ratio

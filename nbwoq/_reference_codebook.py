@@ -9,7 +9,8 @@ one full-size pass per midpoint.
 
 import array_api_compat
 
-from nbwoq._reference_int import compute_dtype, split_groups
+from nbwoq._arrays import compute_dtype
+from nbwoq._reference_int import concat_columns, in_compute_dtype, parts, store_groups
 from nbwoq._tables import ZERO_INDEX
 
 
@@ -42,32 +43,22 @@ def _take(values, index, xp):
     return xp.reshape(flat, index.shape)
 
 
-def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, out_scale, store, xp):
+def quant_codebook(x, size, quantile, mids, values, max_level, scale, out_scale, store, xp):
     """Quantize ``x`` (rows, cols) to a codebook in place; returns the scale (rows, n_groups).
 
     ``quantile`` is a Python float or an array (rows, n_groups). ``mids`` and ``values``
     are 1-D arrays in the compute dtype: the midpoints and what to store per level.
     ``scale`` is None (computed from each group's absmax) or a given (rows, n_groups)
-    array. ``store`` is ``"nothing"``, ``"value"``, ``"scaled"`` (times the group's
-    scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
+    array. ``store`` (``_codecs.STORE``) is ``"nothing"``, ``"unscaled"``, ``"scaled"``
+    (times the group's scale) or ``"out_scaled"`` (times ``out_scale[r, g]``).
     """
     rows, cols = x.shape
-    cdt = compute_dtype(x, xp)
-    w = xp.astype(x, cdt)
-    if not isinstance(quantile, float):
-        quantile = xp.astype(quantile, cdt)
-    if scale is not None:
-        scale = xp.astype(scale, cdt)
-    if out_scale is not None:
-        out_scale = xp.astype(out_scale, cdt)
+    cdt = compute_dtype(x.dtype, xp)
+    w, quantile, scale, out_scale = in_compute_dtype((x, quantile, scale, out_scale), cdt, xp)
     device = array_api_compat.device(x)
     max_level = xp.asarray(max_level, dtype=cdt, device=device)
     out, scales = [], []
-    body, tail = split_groups(w, size, xp)
-    for k, part in enumerate((body, tail)):
-        if part is None or part.shape[1] == 0:
-            continue
-        cut = slice(0, part.shape[1]) if k == 0 else slice(n_groups - 1, n_groups)
+    for part, cut in parts(w, size, xp):
         if scale is None:
             q = quantile if isinstance(quantile, float) else quantile[:, cut]
             s = codebook_scale(xp.max(xp.abs(part), axis=-1), q, max_level)
@@ -81,11 +72,6 @@ def quant_codebook(x, size, n_groups, quantile, mids, values, max_level, scale, 
             value = value * s[..., None]
         elif store == "out_scaled":
             value = value * out_scale[:, cut][..., None]
-        # explicit width: -1 is ambiguous when rows == 0
-        out.append(xp.reshape(value, (rows, part.shape[1] * part.shape[2])))
-    if not scales:
-        return xp.zeros((rows, 0), dtype=cdt, device=device)
-    if out:
-        result = out[0] if len(out) == 1 else xp.concat(out, axis=1)
-        x[...] = xp.astype(result, x.dtype)
-    return scales[0] if len(scales) == 1 else xp.concat(scales, axis=1)
+        out.append(value)
+    store_groups(x, out, xp)
+    return concat_columns(scales, rows, cdt, xp, device)

@@ -3,7 +3,8 @@
 
 import array_api_compat
 
-from nbwoq._reference_int import compute_dtype, concat_columns, parts
+from nbwoq._arrays import compute_dtype
+from nbwoq._reference_int import in_compute_dtype, parts, store_groups
 
 
 def _clamp_if(code, qmin, qmax, clamp, xp):
@@ -14,19 +15,14 @@ def _clamp_if(code, qmin, qmax, clamp, xp):
                    xp.asarray(qmax, dtype=code.dtype, device=device))
 
 
-def quant_w_scale(x, size, n_groups, scale, zp, qmin, qmax, clamp, xp):
+def quant_w_scale(x, size, scale, zp, qmin, qmax, clamp, xp):
     """Store ``round(x / scale + zp)`` (``round(x / scale)`` when ``zp`` is None) in ``x``."""
-    rows = x.shape[0]
-    cdt = compute_dtype(x, xp)
-    w = xp.astype(x, cdt)
-    scale = xp.astype(scale, cdt)
-    zp = None if zp is None else xp.astype(zp, cdt)
+    cdt = compute_dtype(x.dtype, xp)
+    w, scale, zp = in_compute_dtype((x, scale, zp), cdt, xp)
     out = []
-    for part, cut in parts(w, size, n_groups, xp):
+    for part, cut in parts(w, size, xp):
         v = part / scale[:, cut][..., None]
         if zp is not None:
             v = v + zp[:, cut][..., None]
-        # explicit width: -1 is ambiguous when rows == 0
-        out.append(xp.reshape(_clamp_if(xp.round(v), qmin, qmax, clamp, xp), (rows, part.shape[1] * part.shape[2])))
-    if out:
-        x[...] = xp.astype(concat_columns(out, rows, cdt, xp, array_api_compat.device(x)), x.dtype)
+        out.append(_clamp_if(xp.round(v), qmin, qmax, clamp, xp))
+    store_groups(x, out, xp)

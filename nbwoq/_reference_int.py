@@ -8,10 +8,7 @@ full-size temporaries, which the kernels never do.
 
 import array_api_compat
 
-
-def compute_dtype(x, xp):
-    """float64 computes in float64; every narrower float in float32."""
-    return xp.float64 if x.dtype == xp.float64 else xp.float32
+from nbwoq._arrays import compute_dtype
 
 
 def int_group_params(lo, hi, quantile, divisor, sym, full_range, xp):
@@ -44,25 +41,27 @@ def int_code(x, scale, zp, qmin, qmax, xp):
     return xp.clip(xp.round(x / scale) + zp, xp.asarray(qmin, dtype=dt), xp.asarray(qmax, dtype=dt))
 
 
-def split_groups(w, size, xp):
-    """``w`` (rows, cols) as its full groups (rows, k, size) and its tail (rows, 1, t) or None."""
+def in_compute_dtype(values, cdt, xp):
+    """Each array of ``values`` cast to the compute dtype ``cdt``; Python floats (a
+    single clip ratio) and None pass through."""
+    return [v if v is None or isinstance(v, float) else xp.astype(v, cdt) for v in values]
+
+
+def parts(w, size, xp):
+    """The one home of the reference twins' "full groups, then the tail" rule.
+
+    Yields ``(part, cut)`` for the full groups of ``w`` (rows, cols), then for its
+    shorter last group if any (``_layout.group_layout``'s rule, ``size`` its group
+    size): ``part`` is (rows, k, group width), ``cut`` the slice of the (rows, n_groups)
+    parameter arrays that belongs to it. Nothing for zero columns.
+    """
     rows, cols = w.shape
     full = cols // size
     split = full * size
-    body = xp.reshape(w[:, :split], (rows, full, size))
-    tail = xp.reshape(w[:, split:], (rows, 1, cols - split)) if split < cols else None
-    return body, tail
-
-
-def parts(w, size, n_groups, xp):
-    """``(part, cut)`` for the full groups and the tail of ``w``: ``part`` is
-    (rows, k, group width) and ``cut`` the columns of the (rows, n_groups) parameter
-    arrays that belong to it."""
-    body, tail = split_groups(w, size, xp)
-    if body.shape[1]:
-        yield body, slice(0, body.shape[1])
-    if tail is not None:
-        yield tail, slice(n_groups - 1, n_groups)
+    if full:
+        yield xp.reshape(w[:, :split], (rows, full, size)), slice(0, full)
+    if split < cols:
+        yield xp.reshape(w[:, split:], (rows, 1, cols - split)), slice(full, full + 1)
 
 
 def concat_columns(pieces, rows, dtype, xp, device):
@@ -72,23 +71,31 @@ def concat_columns(pieces, rows, dtype, xp, device):
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
 
 
-def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, store, xp, out_scale=None):
+def store_groups(x, pieces, xp):
+    """Write ``pieces`` (one (rows, k, group width) array per ``parts`` entry, in order)
+    into ``x`` (rows, cols), rounded once to ``x``'s dtype. Nothing for no pieces."""
+    if not pieces:
+        return
+    rows = x.shape[0]
+    # explicit width: -1 is ambiguous when rows == 0
+    flat = [xp.reshape(p, (rows, p.shape[1] * p.shape[2])) for p in pieces]
+    x[...] = xp.astype(flat[0] if len(flat) == 1 else xp.concat(flat, axis=1), x.dtype)
+
+
+def quant_int(x, size, quantile, qmin, qmax, divisor, sym, full_range, store, xp, out_scale=None):
     """Twin of ``_kernels_int.quant_int``: quantize ``x`` in place per ``store``
-    (``"nothing"``, ``"codes"``, ``"values"`` or ``"out_scaled"`` with ``out_scale``);
+    (``_codecs.STORE``: ``"nothing"``, ``"unscaled"`` (the codes), ``"scaled"`` or
+    ``"out_scaled"`` with ``out_scale``);
     returns ``(scale, zp)`` of shape (rows, n_groups) in the compute dtype.
 
     ``quantile`` is a Python float or an array of shape (rows, n_groups).
     """
     rows = x.shape[0]
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     device = array_api_compat.device(x)
-    w = xp.astype(x, cdt)
-    if not isinstance(quantile, float):
-        quantile = xp.astype(quantile, cdt)
-    if out_scale is not None:
-        out_scale = xp.astype(out_scale, cdt)
+    w, quantile, out_scale = in_compute_dtype((x, quantile, out_scale), cdt, xp)
     out, scales, zps = [], [], []
-    for part, cut in parts(w, size, n_groups, xp):
+    for part, cut in parts(w, size, xp):
         q = quantile if isinstance(quantile, float) else quantile[:, cut]
         scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), q, divisor, sym, full_range, xp)
         scales.append(scale)
@@ -96,15 +103,13 @@ def quant_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
         if store == "nothing":
             continue
         code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
-        if store == "codes":
+        if store == "unscaled":
             values = code
         else:
             m = out_scale[:, cut] if store == "out_scaled" else scale
             values = (code - zp[..., None]) * m[..., None]
-        # explicit width: -1 is ambiguous when rows == 0
-        out.append(xp.reshape(values, (rows, part.shape[1] * part.shape[2])))
-    if out:
-        x[...] = xp.astype(concat_columns(out, rows, cdt, xp, device), x.dtype)
+        out.append(values)
+    store_groups(x, out, xp)
     return concat_columns(scales, rows, cdt, xp, device), concat_columns(zps, rows, cdt, xp, device)
 
 

@@ -4,7 +4,12 @@ The values are the reference's, to the last digit (they are public API). Everyth
 kernel needs about a codebook is derived here once and checked at import.
 """
 
+import functools
+
+import array_api_compat
 import numpy as np
+
+from nbwoq._arrays import compute_dtype
 
 #: The 16 levels of NF4 (4-bit NormalFloat), ascending, in [-1, 1].
 NF4 = [
@@ -76,6 +81,50 @@ def midpoints(levels):
     """
     levels = np.asarray(levels, dtype=np.float64)
     return (levels[:-1] + levels[1:]) / 2.0
+
+
+#: Midpoint slots the codebook kernels' compare chain tests (the largest codebook has 16
+#: levels), and value slots.
+N_MIDS = 15
+N_VALUES = N_MIDS + 1
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_tables(name, dtype_name):
+    """``(mids, levels, codes, max_level)`` of codebook ``name`` for the kernels.
+
+    Everything is rounded once to the dtype named ``dtype_name`` (the compute dtype) (as the reference rounds its Python
+    floats to the tensor's type): ``mids`` padded to ``N_MIDS`` with ``+inf`` (no value
+    exceeds it, so the padding never picks a level), ``levels``/``codes`` padded to
+    ``N_VALUES`` by repeating the last entry. Read-only arrays.
+    """
+    dt = np.dtype(dtype_name)
+    levels = np.asarray(FLOAT_MAPPING[name], dtype=np.float64)
+    mids = np.full(N_MIDS, np.inf, dtype=dt)
+    mids[: levels.size - 1] = midpoints(levels).astype(dt)
+    padded = []
+    for table in (levels, np.asarray(INT_MAPPING[name], dtype=np.float64)):
+        out = np.full(N_VALUES, table[-1], dtype=dt)
+        out[: table.size] = table.astype(dt)
+        padded.append(out)
+    max_level = dt.type(max(FLOAT_MAPPING[name]))
+    for a in (mids, *padded):
+        a.setflags(write=False)
+    return mids, padded[0], padded[1], max_level
+
+
+def reference_tables(name, x, xp):
+    """``kernel_tables`` of codebook ``name`` for the reference path on array ``x``.
+
+    ``(mids, levels, codes, max_level)``: arrays of namespace ``xp`` in ``x``'s compute
+    dtype on ``x``'s device, and ``max_level`` a Python float.
+    """
+    cdt = compute_dtype(x.dtype, xp)
+    tables = kernel_tables(name, "float64" if cdt == xp.float64 else "float32")
+    device = array_api_compat.device(x)
+    # Python floats of the already-rounded tables: exact in the compute dtype.
+    mids, levels, codes = (xp.asarray(a.tolist(), dtype=cdt, device=device) for a in tables[:3])
+    return mids, levels, codes, float(tables[3])
 
 
 def _check_tables():

@@ -2,9 +2,12 @@
 
 Threading layer
 ---------------
-``_config`` asks Numba for its OpenMP layer first (``NUMBA_THREADING_LAYER_PRIORITY``
+This module asks Numba for its OpenMP layer first (``NUMBA_THREADING_LAYER_PRIORITY``
 ``"omp tbb workqueue"``, unless the user set ``NUMBA_THREADING_LAYER`` or the priority
-themselves). Why OpenMP:
+themselves), in the environment before it imports Numba. It imports nothing of nbwoq, and
+the package's ``__init__`` imports it before any module that imports Numba, so Numba
+reads the setting at its own import (``tests/test_config.py`` proves the order).
+Why OpenMP:
 
 * torch's CPU build runs its intra-op work on GNU OpenMP, and Numba's OpenMP layer binds
   to the same ``libgomp`` (whichever copy the process loaded first). nbwoq's kernels and
@@ -28,6 +31,11 @@ Its costs, accepted knowingly:
   each caller its share (``set_num_threads``, ``torch.set_num_threads``) when running
   nbwoq and torch side by side.
 
+Small calls
+-----------
+``NBWOQ_SERIAL_BELOW``: calls on fewer elements than this run on the calling thread
+alone (default 65536): below it, waking the thread pool costs more than the work.
+
 Thread count
 ------------
 ``set_num_threads`` is process-wide, like ``torch.set_num_threads``. Numba's own count is
@@ -39,12 +47,24 @@ never touches torch's count, and torch's never touches it.
 import ctypes
 import functools
 import operator
+import os
 import threading
 
-import numba
-import numpy as np
+_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+_USER_CHOSE_LAYER = "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ
+if not _USER_CHOSE_LAYER:
+    # Before Numba's import, and kept in the environment so its config reloads agree.
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(_LAYER_PRIORITY)
 
-from nbwoq import _config
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+if not _USER_CHOSE_LAYER:
+    # Only matters when the caller imported Numba before nbwoq: it has read its
+    # environment already.
+    numba.config.THREADING_LAYER_PRIORITY = list(_LAYER_PRIORITY)
+
+SERIAL_BELOW = int(os.environ.get("NBWOQ_SERIAL_BELOW", 1 << 16))
 
 _lock = threading.Lock()
 _local = threading.local()
@@ -172,7 +192,7 @@ class ParallelKernel:
         # A small call runs on the calling thread alone: waking the pool costs more than
         # the work (tens of microseconds when idle, milliseconds on a loaded machine).
         work = next((a.size for a in args if isinstance(a, np.ndarray)), None)
-        if work is not None and work < _config.SERIAL_BELOW and numba.get_num_threads() > 1:
+        if work is not None and work < SERIAL_BELOW and numba.get_num_threads() > 1:
             previous = numba.get_num_threads()
             numba.set_num_threads(1)
             try:

@@ -10,7 +10,7 @@ import operator
 
 import numpy as np
 
-from nbwoq import _arrays
+from nbwoq import _arrays, _kernels_finite, _reference_int
 from nbwoq._tables import DTYPES, SCHEMES
 
 MAX_BITS = 16
@@ -34,6 +34,20 @@ def bits(value, name="bits"):
     if value > MAX_BITS:
         raise ValueError(f"{name} must be at most {MAX_BITS}, got {value!r}")
     return value
+
+
+def positive_bits(value, name="bits"):
+    """``bits`` for the functions where ``bits <= 0`` means nothing (1 to ``MAX_BITS``)."""
+    value = bits(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def full_range_bits(bits, sym, full_range, name="full_range"):
+    """Refuse 1-bit symmetric full range (its scale is not finite)."""
+    if sym and full_range and bits == 1:
+        raise ValueError(f"{name} needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
 
 
 def group_size(value, name="group_size"):
@@ -68,6 +82,52 @@ def quantile_scalar(value, name="quantile"):
     if not (0.0 < value <= 1.0):
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return value
+
+
+def quantile(value, rows, n_groups, xp, name="quantile"):
+    """A float in (0, 1], or an array of them shaped (rows, n_groups) (one clip per group)
+    of the weight's kind (``xp`` None: a NumPy weight, which takes any array)."""
+    if isinstance(value, numbers.Real) or not hasattr(value, "shape"):
+        return quantile_scalar(value, name)
+    shape = tuple(value.shape)
+    if shape != (rows, n_groups):
+        raise ValueError(f"{name} as an array must have shape (rows, n_groups) = {(rows, n_groups)}, got {shape}")
+    qxp = _arrays.namespace(value)
+    if xp is not None and qxp is not xp:  # the reference path computes in the weight's namespace
+        raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(value).__name__}")
+    if not qxp.isdtype(value.dtype, "real floating"):
+        raise TypeError(f"{name} as an array must be floating point, got dtype {value.dtype}")
+    if not bool(qxp.all((value > 0) & (value <= 1))):
+        raise ValueError(f"{name} values must all lie in (0, 1]")
+    return value
+
+
+#: ``weighting`` values of ``search_clip``.
+WEIGHTINGS = (None, "magnitude")
+
+
+def weighting(value):
+    """``search_clip``'s ``weighting``; True for ``"magnitude"``."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"weighting must be None or 'magnitude', got {value!r}")
+    if value not in WEIGHTINGS:
+        raise ValueError(f"weighting must be None or 'magnitude', got {value!r}")
+    return value == "magnitude"
+
+
+def options(kwargs, accepted, func, flags):
+    """``accepted`` (keyword -> default) updated with ``kwargs``; an unknown keyword is a
+    ``TypeError`` (the reference ignores them, which hides typos). The keywords named in
+    ``flags`` must be True or False."""
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"{func}() got unexpected keyword argument(s) {unknown}; accepted: {sorted(accepted)}")
+    result = dict(accepted)
+    result.update(kwargs)
+    for key in flags:
+        if key in result:
+            result[key] = flag(result[key], key)
+    return result
 
 
 def weight(x, name="weight", writable=True):
@@ -121,11 +181,40 @@ def param_array(value, name, shape, xp, integers=False):
     return value
 
 
+class NonFiniteError(ValueError):
+    """The weight holds NaN or Inf; ``row`` is the first row that does."""
+
+    def __init__(self, message, row):
+        super().__init__(message)
+        self.row = row
+
+
+def non_finite(row, skippable=True):
+    """Raise ``NonFiniteError`` naming ``row``; ``skippable``: the caller can pass
+    ``check_finite=False``, and the message says so."""
+    message = f"weight has non-finite values (NaN or Inf), first in row {row}"
+    if skippable:
+        message += "; pass check_finite=False to skip this check"
+    raise NonFiniteError(message, row)
+
+
 def first_bad_row(finite_by_row):
-    """Raise for the first False in a per-row finiteness vector (a NumPy bool array)."""
+    """Raise ``NonFiniteError`` for the first False in a per-row finiteness vector (a
+    NumPy bool array)."""
     bad = np.flatnonzero(~finite_by_row)
     if bad.size:
-        raise ValueError(
-            f"weight has non-finite values (NaN or Inf), first in row {int(bad[0])}; "
-            "pass check_finite=False to skip this check"
-        )
+        non_finite(int(bad[0]))
+
+
+def check_finite(weight, xp):
+    """Scan ``weight`` (validated; ``xp`` None for NumPy) for NaN and Inf and raise
+    ``NonFiniteError`` naming the first row holding one. Reads, never writes."""
+    if xp is None:
+        bits, mask = _arrays.exponent_view(weight)
+        finite = np.empty(weight.shape[0], dtype=np.bool_)
+        _kernels_finite.finite_rows(bits, mask, finite)
+        first_bad_row(finite)
+        return
+    finite = _reference_int.finite_by_row(weight, xp)
+    if not bool(xp.all(finite)):
+        non_finite(int(xp.argmax(xp.astype(~finite, xp.int8))))

@@ -10,9 +10,9 @@ import numbers
 import array_api_compat
 import numpy as np
 
-from nbwoq import _arrays, _codebook, _integer, _kernels_clip, _reference_clip, _validate
+from nbwoq import _arrays, _integer, _kernels_clip, _reference_clip, _validate
 from nbwoq._layout import group_layout
-from nbwoq._tables import DTYPES
+from nbwoq._tables import DTYPES, kernel_tables, reference_tables
 
 #: The reference's candidates: ``1 - i / (N_GRID)`` for ``i < MAX_SHRINK * N_GRID``.
 N_GRID = 200
@@ -65,10 +65,6 @@ def _pick(totals):
         if value < low:
             best, low = k, value
     return best
-
-
-def _non_finite(bad, n_groups):
-    raise ValueError(f"weight has non-finite values (NaN or Inf), first in row {bad // n_groups}")
 
 
 def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False, *,
@@ -147,20 +143,20 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     dtype = _validate.dtype(dtype, allowed=DTYPES)
     full_range = _validate.flag(enable_full_range, "enable_full_range")
     per_group = _validate.flag(per_group, "per_group")
-    weighted = _weighting(weighting)
+    weighted = _validate.weighting(weighting)
     ratios = candidates(grid)
     sym = scheme == "sym"
-    if dtype == "int" and sym and full_range and bits == 1:
-        raise ValueError("enable_full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
+    if dtype == "int":
+        _validate.full_range_bits(bits, sym, full_range, "enable_full_range")
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
-    cdt = _arrays.compute_dtype(weight.dtype) if xp is None else _reference_clip.compute_dtype(weight, xp)
+    cdt = _arrays.compute_dtype(weight.dtype, xp)
     if bits <= 0:
         # quant_tensor leaves the weight as it is (any dtype): every candidate has zero error.
         return _constant(ratios[0], (rows, n_groups), cdt, weight, xp) if per_group else ratios[0]
     result, bad = _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype, weighted)
     if bad >= 0:
-        _non_finite(bad, n_groups)
+        _validate.non_finite(bad // n_groups, skippable=False)
     if per_group:
         return result
     best = _pick(result)
@@ -172,24 +168,10 @@ def search_clip(weight, bits=4, group_size=32, scheme="asym", dtype="int", enabl
     return ratios[best]
 
 
-
-
 def _constant(value, shape, cdt, weight, xp):
     if xp is None:
         return np.full(shape, value, dtype=cdt)
     return xp.full(shape, value, dtype=cdt, device=array_api_compat.device(weight))
-
-
-#: ``weighting`` values of ``search_clip``.
-WEIGHTINGS = (None, "magnitude")
-
-
-def _weighting(weighting):
-    if weighting is not None and not isinstance(weighting, str):
-        raise TypeError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    return weighting == "magnitude"
 
 
 def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group, dtype="int", weighted=False):
@@ -203,17 +185,13 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     codebook = dtype != "int"
     qmin, qmax, divisor = _integer.int_range(bits, sym, full_range) if not codebook else (0, 1, 1)
     if xp is not None:
-        cdt = _reference_clip.compute_dtype(weight, xp)
-        device = array_api_compat.device(weight)
         if codebook:
-            mids, levels, _, max_level = _codebook.kernel_tables(dtype, "float64" if cdt == xp.float64 else "float32")
-            # Python floats of the already-rounded tables: exact in the compute dtype.
-            fmt = ("codebook", xp.asarray(mids.tolist(), dtype=cdt, device=device),
-                   xp.asarray(levels.tolist(), dtype=cdt, device=device), float(max_level))
+            mids, levels, _, max_level = reference_tables(dtype, weight, xp)
+            fmt = ("codebook", mids, levels, max_level)
         else:
             fmt = ("int", float(qmin), float(qmax), float(divisor), sym, full_range)
-        r = xp.asarray(ratios, dtype=cdt, device=device)
-        result, bad = _reference_clip.search(weight, size, n_groups, r, fmt, per_group, xp, weighted)
+        r = xp.asarray(ratios, dtype=_arrays.compute_dtype(weight.dtype, xp), device=array_api_compat.device(weight))
+        result, bad = _reference_clip.search(weight, size, r, fmt, per_group, xp, weighted)
         if not per_group and bad < 0:
             result = [float(result[k]) for k in range(len(ratios))]
         return result, bad
@@ -222,7 +200,7 @@ def _search(weight, xp, ratios, bits, size, n_groups, sym, full_range, per_group
     ctype = cdt.type
     # The kernel takes both formats' arguments; the codebook tables are always real ones
     # (nf4's stand in for the integer format) so that one compiled kernel serves both.
-    mids, levels, _, max_level = _codebook.kernel_tables(dtype if codebook else "nf4", cdt.name)
+    mids, levels, _, max_level = kernel_tables(dtype if codebook else "nf4", cdt.name)
     n_tasks = rows * n_groups
     n_blocks = _kernels_clip.block_count(n_tasks)
     r = np.asarray(ratios, dtype=cdt)

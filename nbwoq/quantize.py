@@ -5,7 +5,7 @@ for NumPy arrays, the array-API reference for any other array) and quantizes in
 place. Nothing is written before all checks have passed.
 """
 
-from nbwoq import _codebook, _double_quant, _given_scale, _integer, _validate
+from nbwoq import _dispatch_codebook, _dispatch_given_scale, _double_quant, _integer, _validate
 from nbwoq._layout import group_layout
 from nbwoq._tables import FLOAT_MAPPING
 
@@ -28,15 +28,7 @@ _FLAGS = ("check_finite", "double_quant", "cast_int", "double_quant_return_int")
 
 
 def _options(kwargs, accepted, func):
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(f"{func}() got unexpected keyword argument(s) {unknown}; accepted: {sorted(accepted)}")
-    options = dict(accepted)
-    options.update(kwargs)
-    for key in _FLAGS:
-        if key in options:
-            options[key] = _validate.flag(options[key], key)
-    return options
+    return _validate.options(kwargs, accepted, func, _FLAGS)
 
 
 def _int_args(weight, bits, group_size, scheme, quantile, return_int, full_range):
@@ -45,15 +37,14 @@ def _int_args(weight, bits, group_size, scheme, quantile, return_int, full_range
     xp = _validate.weight(weight)
     return_int = _validate.flag(return_int, "return_int")
     full_range = _validate.flag(full_range, "full_range")
-    if scheme == "sym" and full_range and bits == 1:
-        raise ValueError("full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
+    _validate.full_range_bits(bits, scheme == "sym", full_range)
     rows, cols = weight.shape
     _, n_groups = group_layout(cols, group_size)
-    quantile = _integer.quantile_argument(quantile, rows, n_groups, xp)
+    quantile = _validate.quantile(quantile, rows, n_groups, xp)
     return xp, return_int, full_range, quantile
 
 
-def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options, func):
+def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options):
     """Shared body of every integer entry point. ``scheme`` is already validated."""
     xp, return_int, full_range, quantile = _int_args(weight, bits, group_size, scheme, quantile, return_int,
                                                      full_range)
@@ -61,7 +52,7 @@ def _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range
     keep = return_int or options.get("double_quant", False)
     scale, zp = _integer.quantize_int(
         weight, xp, bits, group_size, sym, full_range, quantile,
-        store="codes" if keep else "values", keep_params=keep, check=options["check_finite"],
+        store="unscaled" if keep else "scaled", keep_params=keep, check=options["check_finite"],
     )
     if keep:
         return weight, scale, (zp if not sym else None)
@@ -77,12 +68,12 @@ def _codebook_call(weight, group_size, quantile, dtype, return_int, options, nam
     given = options["scale"]
     if given is not None:
         _validate.param_array(given, "scale", (rows, n_groups), xp)
-    quantile = _integer.quantile_argument(quantile, rows, n_groups, xp)
+    quantile = _validate.quantile(quantile, rows, n_groups, xp)
     keep = return_int or options["double_quant"]
-    scale = _codebook.quantize_codebook(
+    scale = _dispatch_codebook.quantize_codebook(
         weight, xp, dtype, group_size, quantile,
         values="codes" if (return_int or options["cast_int"]) else "levels",
-        store="value" if keep else "scaled", scale=given, keep_scale=keep, check=options["check_finite"],
+        store="unscaled" if keep else "scaled", scale=given, keep_scale=keep, check=options["check_finite"],
     )
     if keep:
         return weight, (given if given is not None else scale), None
@@ -185,10 +176,8 @@ def qdq_weight_asym(weight, bits=4, quantile=1.0, return_int=False, **kwargs):
     (array([[0., 1., 2., 3.]], dtype=float32), array([[0.5]], dtype=float32), array([[-0.]], dtype=float32))
     """
     options = _options(kwargs, _ROWWISE_KWARGS, "qdq_weight_asym")
-    bits = _validate.bits(bits)
-    if bits <= 0:
-        raise ValueError(f"bits must be a positive integer, got {bits!r}")
-    return _int_call(weight, bits, -1, "asym", quantile, return_int, False, options, "qdq_weight_asym")
+    bits = _validate.positive_bits(bits)
+    return _int_call(weight, bits, -1, "asym", quantile, return_int, False, options)
 
 
 def qdq_weight_sym(weight, bits=4, quantile=1.0, return_int=False, full_range=False, **kwargs):
@@ -234,10 +223,8 @@ def qdq_weight_sym(weight, bits=4, quantile=1.0, return_int=False, full_range=Fa
     array([[-4., -2.,  1.,  3.]], dtype=float32)
     """
     options = _options(kwargs, _ROWWISE_KWARGS, "qdq_weight_sym")
-    bits = _validate.bits(bits)
-    if bits <= 0:
-        raise ValueError(f"bits must be a positive integer, got {bits!r}")
-    return _int_call(weight, bits, -1, "sym", quantile, return_int, full_range, options, "qdq_weight_sym")
+    bits = _validate.positive_bits(bits)
+    return _int_call(weight, bits, -1, "sym", quantile, return_int, full_range, options)
 
 
 def qdq_weight_actor(weight, bits, scheme, quantile=1.0, dtype="int", return_int=False, full_range=False, **kwargs):
@@ -276,9 +263,7 @@ def qdq_weight_actor(weight, bits, scheme, quantile=1.0, dtype="int", return_int
     ...                  return_int=True)[0]
     array([[ 0., -5., -2., -1.]], dtype=float32)
     """
-    bits = _validate.bits(bits)
-    if bits <= 0:
-        raise ValueError(f"bits must be a positive integer, got {bits!r}")
+    bits = _validate.positive_bits(bits)
     scheme = _validate.scheme(scheme)
     dtype = _validate.dtype(dtype)
     if dtype in FLOAT_MAPPING:
@@ -299,10 +284,7 @@ def _double_quant_options(options):
     """Validate the ``double_quant_*`` keywords (always: a typo raises even without
     ``double_quant``)."""
     options["double_quant_dtype"] = _validate.dtype(options["double_quant_dtype"], "double_quant_dtype")
-    bits = _validate.bits(options["double_quant_bits"], "double_quant_bits")
-    if bits <= 0:
-        raise ValueError(f"double_quant_bits must be a positive integer, got {bits!r}")
-    options["double_quant_bits"] = bits
+    options["double_quant_bits"] = _validate.positive_bits(options["double_quant_bits"], "double_quant_bits")
     options["double_quant_scheme"] = _validate.scheme(options["double_quant_scheme"], "double_quant_scheme")
     options["double_quant_group_size"] = _validate.group_size(options["double_quant_group_size"],
                                                               "double_quant_group_size")
@@ -412,7 +394,7 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
             return_int = _validate.flag(return_int, "return_int")
             _validate.flag(full_range, "full_range")
             rows, cols = weight.shape
-            quantile = _integer.quantile_argument(quantile, rows, group_layout(cols, group_size)[1], xp)
+            quantile = _validate.quantile(quantile, rows, group_layout(cols, group_size)[1], xp)
         else:
             xp, return_int, full_range, quantile = _int_args(weight, bits, group_size, scheme, quantile, return_int,
                                                              full_range)
@@ -421,7 +403,7 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
     if codebook:
         _validate.flag(full_range, "full_range")
         return _codebook_call(weight, group_size, quantile, dtype, return_int, options)
-    return _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options, "quant_tensor")
+    return _int_call(weight, bits, group_size, scheme, quantile, return_int, full_range, options)
 
 
 def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bits=None, *, check_finite=True):
@@ -494,13 +476,13 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
         if bits <= 0:
             raise ValueError(f"bits must be None or a positive integer, got {bits!r}")
     if codebook:
-        _codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="value", scale=scale,
-                                    check=check_finite)
+        _dispatch_codebook.quantize_codebook(weight, xp, dtype, group_size, 1.0, values="codes", store="unscaled",
+                                             scale=scale, check=check_finite)
         return weight
     if check_finite:
-        _integer.check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     qrange = None
     if bits is not None:
         qrange = (0, 2**bits - 1) if zp is not None else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    _given_scale.quant_w_scale(weight, xp, group_size, scale, zp, qrange)
+    _dispatch_given_scale.quant_w_scale(weight, xp, group_size, scale, zp, qrange)
     return weight

@@ -18,7 +18,7 @@ from naive import clip_group_errors as naive_group_errors
 from naive import compute_dtype as _compute
 from naive import fake_quant, first_min
 from nbwoq import _reference_clip, clip
-from nbwoq._codebook import kernel_tables
+from nbwoq._tables import kernel_tables
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 
@@ -56,7 +56,7 @@ def totals(x, ratios=DEFAULT, bits=4, group_size=32, scheme="asym", dtype="int",
 def _twin_group_errors(x, bits=4, group_size=32, scheme="asym", dtype="int", enable_full_range=False):
     xp = array_api_compat.array_namespace(x)
     size, _ = group_layout(x.shape[1], group_size)
-    cdt = _reference_clip.compute_dtype(x, xp)
+    cdt = nbwoq._arrays.compute_dtype(x.dtype, xp)
     if dtype == "int":
         qmin, qmax, divisor = int_range(bits, scheme == "sym", enable_full_range)
         fmt = ("int", float(qmin), float(qmax), float(divisor), scheme == "sym", enable_full_range)
@@ -260,7 +260,7 @@ def test_per_group_end_to_end(fmt):
 def test_same_answer_with_one_and_two_threads(per_group, dtype):
     w = _weight(300, 520, dtype, seed=5)  # 300 * 17 groups: many blocks, uneven split
     # Smaller calls run on the calling thread alone, which would make this test moot.
-    assert w.size >= nbwoq._config.SERIAL_BELOW
+    assert w.size >= nbwoq._threads.SERIAL_BELOW
     kw = dict(bits=4, group_size=32, per_group=per_group)
     before = nbwoq.get_num_threads()
     try:

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 import nbwoq
 from naive import nearest_level as _naive_level
 from naive import quant_tensor_codebook as naive_codebook
-from nbwoq import _codebook, _kernels_codebook, _reference_codebook
+from nbwoq import _kernels_codebook, _reference_codebook, _tables
 from nbwoq._tables import ZERO_INDEX
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -32,10 +32,10 @@ def test_midpoint_tables_recomputed_from_the_levels(name, compute):
     the compute dtype; the kernels' padding can never pick a level."""
     dt = np.dtype(compute)
     levels = nbwoq.FLOAT_MAPPING[name]
-    mids, lv, codes, max_level = _codebook.kernel_tables(name, compute)
+    mids, lv, codes, max_level = _tables.kernel_tables(name, compute)
     n = len(levels)
     assert mids.dtype == lv.dtype == codes.dtype == dt
-    assert mids.shape == (_kernels_codebook.N_MIDS,) and lv.shape == codes.shape == (_kernels_codebook.N_VALUES,)
+    assert mids.shape == (_tables.N_MIDS,) and lv.shape == codes.shape == (_tables.N_VALUES,)
     expected = [dt.type((levels[i] + levels[i + 1]) / 2) for i in range(n - 1)]
     assert mids[: n - 1].tolist() == [float(m) for m in expected]
     assert np.all(np.isposinf(mids[n - 1:]))
@@ -74,7 +74,7 @@ def _kernel_levels(v, mids):
 @pytest.mark.parametrize("compute", ["float32", "float64"])
 def test_nearest_level_kernel_reference_and_rule_agree(name, compute):
     dt = np.dtype(compute)
-    mids, levels, _, _ = _codebook.kernel_tables(name, compute)
+    mids, levels, _, _ = _tables.kernel_tables(name, compute)
     real = mids[np.isfinite(mids)]
     v = np.concatenate([real, np.nextafter(real, np.inf), np.nextafter(real, -np.inf), levels,
                         [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-45]]).astype(dt)

@@ -1,5 +1,6 @@
 """Bad input raises ValueError/TypeError naming the argument, before anything is written."""
 
+import array_api_strict
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -98,6 +99,20 @@ def test_non_finite_weights_name_the_first_bad_row(dtype, bad):
     w[5, 0] = bad
     for name, func in FUNCS.items():
         assert_refused(ValueError, "non-finite .* first in row 4", func, w)
+
+
+def test_the_non_finite_error_carries_the_row():
+    from nbwoq._validate import NonFiniteError
+
+    w = weight(np.float32, (6, 40))
+    w[3, 1] = np.nan
+    for path in (lambda a: a, array_api_strict.asarray):
+        with pytest.raises(NonFiniteError, match="first in row 3; pass check_finite=False") as info:
+            nbwoq.quant_tensor(path(w.copy()))
+        assert info.value.row == 3 and isinstance(info.value, ValueError)
+    with pytest.raises(NonFiniteError, match=r"first in row 3$") as info:
+        nbwoq.search_clip(w)
+    assert info.value.row == 3
 
 
 def test_read_only_arrays_are_refused():

@@ -102,9 +102,9 @@ def serial(shared):
 
 
 def test_jobs_are_big_enough_for_the_pool(shared):
-    from nbwoq import _config
+    from nbwoq import _threads
 
-    assert min(a.size for a in shared.values()) >= _config.SERIAL_BELOW
+    assert min(a.size for a in shared.values()) >= _threads.SERIAL_BELOW
 
 
 def test_threading_layer_with_torch_loaded():

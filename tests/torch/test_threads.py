@@ -129,7 +129,7 @@ def _seen_from_new_thread():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads to tell one from many")
 def test_the_count_holds_in_every_python_thread(monkeypatch):
-    monkeypatch.setattr(nbwoq._config, "SERIAL_BELOW", 0)  # the probe array is small
+    monkeypatch.setattr(nbwoq._threads, "SERIAL_BELOW", 0)  # the probe array is small
     nbwoq.set_num_threads(1)
     out = _seen_from_new_thread()
     assert out[0] == 1 and set(out[1:].tolist()) == {0}
@@ -208,6 +208,6 @@ def test_small_calls_run_on_the_calling_thread_alone(monkeypatch):
     _threads_seen(out)
     assert out[0] == 1 and set(out[1:].tolist()) == {0}
     assert numba.get_num_threads() == 2
-    monkeypatch.setattr(nbwoq._config, "SERIAL_BELOW", 65)
+    monkeypatch.setattr(nbwoq._threads, "SERIAL_BELOW", 65)
     _threads_seen(out)
     assert out[0] == 2

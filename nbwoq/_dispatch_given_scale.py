@@ -7,11 +7,6 @@ from nbwoq import _arrays, _kernels_given_scale, _reference_given_scale
 from nbwoq._layout import group_layout
 
 
-def _kernel_params(weight, *params):
-    cdt = _arrays.compute_dtype(weight.dtype)
-    return cdt, [np.ascontiguousarray(p, dtype=cdt) for p in params]
-
-
 def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
     """Store ``round(w / scale + zp)`` (no zp: ``round(w / scale)``) in ``weight``, clamped
     to ``qrange = (qmin, qmax)`` unless it is None. ``scale``/``zp`` are validated
@@ -21,10 +16,11 @@ def quant_w_scale(weight, xp, group_size, scale, zp, qrange):
     clamp = qrange is not None
     qmin, qmax = qrange if clamp else (0, 0)
     if xp is not None:
-        _reference_given_scale.quant_w_scale(weight, size, n_groups, scale, zp, float(qmin), float(qmax), clamp, xp)
+        _reference_given_scale.quant_w_scale(weight, size, scale, zp, float(qmin), float(qmax), clamp, xp)
         return
-    cdt, (s,) = _kernel_params(weight, scale)
-    z = s if zp is None else np.ascontiguousarray(zp, dtype=cdt)
+    cdt = _arrays.compute_dtype(weight.dtype)
+    s = _arrays.kernel_param(scale, cdt)
+    z = s if zp is None else _arrays.kernel_param(zp, cdt)
     if rows and n_groups:
         _kernels_given_scale.quant_w_scale(
             _arrays.kernel_view(weight), size, n_groups, s, z, zp is not None, cdt.type(qmin), cdt.type(qmax), clamp
