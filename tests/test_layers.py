@@ -153,8 +153,13 @@ def test_import_nbwoq_loads_no_command_modules():
 
 def test_plain_test_run_prints_no_report_block(monkeypatch):
     """The half-rounding statistics are information: shown under ``-v`` only."""
-    import conftest
+    import importlib.util
+
     import half_report
+
+    spec = importlib.util.spec_from_file_location("tests_root_conftest", os.path.join(ROOT, "tests", "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
 
     class Reporter:
         def __init__(self, verbose):
