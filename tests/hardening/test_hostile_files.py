@@ -67,3 +67,115 @@ def test_control_characters_in_a_tensor_name_are_escaped(tmp_path):
         st.read_header(path)
     message = str(info.value)
     assert "\x1b" not in message and "\n" not in message and errors.printable(name) in message
+
+
+# -- 2. GGUF headers ----------------------------------------------------------------
+
+def _s(text):
+    raw = text if isinstance(text, bytes) else text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+_ARCH = _s("general.architecture") + struct.pack("<I", 8) + _s("llama")
+
+
+def _gguf(path, kvs=(_ARCH,), tensors=(), data=b"", n_tensors=None, n_kv=None, version=3):
+    """A GGUF file from raw metadata entries and tensor infos (bytes), padded to 32."""
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
+                                 len(kvs) if n_kv is None else n_kv)
+    body = head + b"".join(kvs) + b"".join(tensors)
+    body += bytes(-len(body) % 32)
+    path.write_bytes(body + data)
+    return str(path)
+
+
+def _tensor(name, dims, ggml_type=0, offset=0):
+    return _s(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", ggml_type, offset)
+
+
+def _array(key, itype, count, items=b""):
+    return _s(key) + struct.pack("<IIQ", 9, itype, count) + items
+
+
+@pytest.mark.parametrize("kvs, tensors, kw, match", [
+    # gguf-py looped (and allocated) for each of the 2**62 declared items of a 94-byte file
+    pytest.param((_ARCH, _array("x", 0, 2**62)), (), {}, "declares 4611686018427387904 items", id="2**62-array-items"),
+    pytest.param((_ARCH, _array("x", 8, 2**61)), (), {}, "declares 2305843009213693952 items", id="2**61-strings"),
+    pytest.param((_ARCH, _s("x") + struct.pack("<I", 8) + struct.pack("<Q", 2**60)), (), {}, r"\(1152921504606846976 bytes\)",
+                 id="2**60-byte-string"),
+    pytest.param((_ARCH,), (), dict(n_kv=2**62), "4611686018427387904 metadata entries declared", id="2**62-kv"),
+    pytest.param((_ARCH,), (), dict(n_tensors=2**62), "4611686018427387904 tensors declared", id="2**62-tensors"),
+    pytest.param((_ARCH, _array("x", 9, 1, struct.pack("<IQ", 0, 0))), (), {}, "nested arrays", id="nested-array"),
+    pytest.param((_ARCH, _array("x", 13, 1)), (), {}, "array of type 13", id="unknown-item-type"),
+    pytest.param((_ARCH, _s("x") + struct.pack("<I", 99)), (), {}, "unknown value type 99", id="unknown-value-type"),
+    pytest.param((_ARCH, _ARCH), (), {}, "'general.architecture' appears twice", id="duplicate-key"),
+    pytest.param((), (), {}, "no general.architecture", id="no-architecture"),
+    pytest.param((_s("general.architecture") + struct.pack("<II", 4, 1),), (), {}, "no general.architecture",
+                 id="architecture-not-a-string"),
+    pytest.param((_ARCH, _s("general.alignment") + struct.pack("<II", 4, 3)), (), {}, "power of two", id="alignment-3"),
+    pytest.param((_ARCH, _s(b"k\xff") + struct.pack("<I", 0) + b"\0"), (), {}, r"b'k\\xff' is not valid UTF-8", id="key-not-utf8"),
+    pytest.param((_ARCH,), (_tensor("w", [2**32, 2**32]),), {}, "beyond int64|ends at byte", id="dims-product-wraps-uint64"),
+    pytest.param((_ARCH,), (_tensor("w", [2**40, 2**30]),), {}, "beyond int64", id="dims-beyond-int64"),
+    pytest.param((_ARCH,), (_tensor("w", [1, 1, 1, 1, 1]),), {}, "5 dimensions; ggml allows at most 4", id="5-dims"),
+    pytest.param((_ARCH,), (_tensor("w", [8, 8], offset=2**40),), {}, "truncated: tensor 'w' ends at byte", id="offset-beyond-file"),
+    pytest.param((_ARCH,), (_tensor("w", [64, 64]),), {}, "truncated: tensor 'w' ends at byte", id="data-beyond-file"),
+    pytest.param((_ARCH,), (_tensor("w", [16], ggml_type=2),), {}, "not whole blocks of 32", id="partial-q4_0-block"),
+    pytest.param((_ARCH,), (_tensor("w", [4], ggml_type=77),), {}, "unknown ggml type 77", id="unknown-ggml-type"),
+    pytest.param((_ARCH,), (_tensor("w", [16]), _tensor("v", [4], offset=32)), {}, "'w' and 'v' overlap", id="overlap"),
+    pytest.param((_ARCH,), (_tensor("w", [4], offset=4),), {}, "not a multiple of the alignment", id="misaligned"),
+    pytest.param((_ARCH,), (_tensor(b"w\xff", [4]),), {}, "is not valid UTF-8", id="name-not-utf8"),
+    pytest.param((_ARCH,), (), dict(version=1), "version 1", id="version-1"),
+])
+def test_hostile_gguf_header_is_one_input_error_at_once(tmp_path, kvs, tensors, kw, match):
+    from nbwoq.formats.source import Source
+
+    path = _gguf(tmp_path / "bad.gguf", kvs, tensors, data=bytes(64), **kw)
+    start = time.perf_counter()
+    with pytest.raises(errors.InputError, match=match) as info:
+        Source(path)
+    assert time.perf_counter() - start < 5
+    assert str(info.value).startswith(path) and "\n" not in str(info.value)
+
+
+def test_94_byte_gguf_declaring_2_62_items_is_refused_before_gguf_py(tmp_path, monkeypatch):
+    import gguf
+
+    from nbwoq.formats.source import Source
+
+    path = _gguf(tmp_path / "bad.gguf", (_ARCH, _array("x", 0, 2**62)))
+    assert os.path.getsize(path) == 96  # 94 bytes of header, padded to 32
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("gguf-py was handed an unchecked file"))
+    with pytest.raises(errors.InputError, match="declares 4611686018427387904 items"):
+        Source(path)
+
+
+def test_gguf_tensor_name_with_control_characters_is_escaped(tmp_path):
+    from nbwoq.formats.source import Source
+
+    name = "w\x1b]0;pwned\x07\nnbwoq: done"
+    path = _gguf(tmp_path / "bad.gguf", (_ARCH,), (_tensor(name, [4]), _tensor(name, [4], offset=32)), bytes(64))
+    with pytest.raises(errors.InputError) as info:
+        Source(path)
+    message = str(info.value)
+    assert "\x1b" not in message and "\n" not in message and "\x07" not in message
+
+
+def test_valid_gguf_still_opens(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from nbwoq.formats.source import Source
+
+    path = str(tmp_path / "ok.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", "b\u00e9"])
+    w.add_tensor("w", np.arange(64, dtype=np.float32).reshape(2, 32))
+    q4_0 = gguf.GGMLQuantizationType.Q4_0
+    w.add_tensor("q", gguf.quants.quantize(np.ones((2, 32), np.float32), q4_0), raw_dtype=q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    source = Source(path)
+    infos = {info.name: info for _, info in source.tensors()}
+    assert infos["w"].shape == (2, 32) and infos["q"].shape == (2, 32) and infos["q"].dtype == "Q4_0"
+    with source.open(infos["w"]) as (array, dtype):
+        np.testing.assert_array_equal(array, np.arange(64, dtype=np.float32).reshape(2, 32))
