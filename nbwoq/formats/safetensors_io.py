@@ -204,12 +204,15 @@ def read_header(path):
             raise FormatError(
                 f"{path}: truncated: tensor {shown} ends at byte {base + end}, file has {size} bytes"
             )
-        expected = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no wrap-around
+        itemsize = DTYPES[dtype].itemsize
+        expected = math.prod(shape) * itemsize  # Python ints: no wrap-around
         if end - begin != expected:
             raise FormatError(
                 f"{path}: tensor {shown} shape {shape} x {dtype} needs {expected} bytes, "
                 f"header gives {end - begin}"
             )
+        if math.prod(d for d in shape if d) * itemsize >= 1 << 63:  # an empty one NumPy cannot shape
+            raise FormatError(f"{path}: tensor {shown} has shape {shape}, too large for an array")
         tensors.append(TensorInfo(name, path, dtype, tuple(shape), base + begin, base + end))
     tensors.sort(key=lambda t: t.start)
     for a, b in zip(tensors, tensors[1:]):

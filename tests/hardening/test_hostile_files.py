@@ -36,6 +36,7 @@ _W = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
     pytest.param({"w": dict(_W, shape=[2**40, 2**40], data_offsets=[0, 0])}, None, "needs 4835703278458516698824704 bytes, header gives 0",
                  id="shape-product-wraps-int64"),
     pytest.param({"w": dict(_W, shape=[2**32, 2**32], data_offsets=[0, 0])}, None, "needs", id="shape-product-wraps-to-0"),
+    pytest.param({"w": dict(_W, shape=[2**70, 0], data_offsets=[0, 0])}, None, "too large for an array", id="empty-but-huge"),
     pytest.param({"w": dict(_W, shape=[True, 4])}, None, "dimensions must be integers", id="bool-dim"),
     pytest.param({"w": dict(_W, shape=[2.0, 2.0])}, None, "dimensions must be integers", id="float-dim"),
     pytest.param({"w": dict(_W, shape=["2", "2"])}, None, "dimensions must be integers", id="str-dim"),
@@ -179,3 +180,144 @@ def test_valid_gguf_still_opens(tmp_path):
     assert infos["w"].shape == (2, 32) and infos["q"].shape == (2, 32) and infos["q"].dtype == "Q4_0"
     with source.open(infos["w"]) as (array, dtype):
         np.testing.assert_array_equal(array, np.arange(64, dtype=np.float32).reshape(2, 32))
+
+
+# -- 3. nbwoq-format files ----------------------------------------------------------
+
+_ROWS, _COLS = 4, 64
+
+
+def _saved(tmp_path, **settings):
+    """(metadata of ``a.weight``, its parts) of a real nbwoq file with ``settings``."""
+    w = np.random.default_rng(0).standard_normal((_ROWS, _COLS)).astype(np.float32)
+    good = str(tmp_path / "good.safetensors")
+    nbwoq.save({"a.weight": w}, good, **settings)
+    tensors, metadata = st.read_header(good)
+    parts = {}
+    for name, info in tensors.items():
+        with st.TensorMap(info) as a:
+            parts[name] = (info.dtype, np.array(a))
+    return json.loads(metadata["nbwoq.tensors"])["a.weight"], parts
+
+
+def _nbwoq_file(path, meta, parts, tensors_json=None):
+    """An nbwoq-format file holding ``parts`` (name -> (dtype name, array)) and, as the
+    metadata of ``a.weight``, ``meta`` (or the raw ``tensors_json``)."""
+    metadata = {"format": "nbwoq", "nbwoq.version": "1",
+                "nbwoq.tensors": json.dumps({"a.weight": meta}) if tensors_json is None else tensors_json}
+    st.save_file(str(path), [(n, d, a) for n, (d, a) in parts.items()], metadata)
+    return str(path)
+
+
+@pytest.mark.parametrize("settings", [
+    pytest.param(dict(bits=4, group_size=16, scheme="sym"), id="int4-sym"),
+    pytest.param(dict(bits=4, group_size=16, dtype="nf4"), id="nf4"),
+])
+def test_stray_zeros_part_is_refused_not_ignored(tmp_path, settings):
+    # load read a .zeros part the scheme does not use, and dequantize handed it to the
+    # unchecked kernel: a (1, 1) one made it index zp[r, g] far beyond its end
+    meta, parts = _saved(tmp_path, **settings)
+    parts["a.weight.zeros"] = ("U8", np.zeros((1, 1), np.uint8))
+    path = _nbwoq_file(tmp_path / "bad.safetensors", meta, parts)
+    with pytest.raises(ValueError, match="stray part 'a.weight.zeros'"):
+        nbwoq.load(path)
+    codes, scales = parts["a.weight.codes"][1], parts["a.weight.scales"][1]
+    tensor = nbwoq.load(_nbwoq_file(tmp_path / "ok.safetensors", meta, {k: v for k, v in parts.items() if "zeros" not in k}))
+    tensor = tensor["a.weight"]
+    tensor.zeros = np.zeros((1, 1), np.uint8)
+    with pytest.raises(ValueError, match="zeros given"):
+        nbwoq.dequantize(tensor)
+    assert codes.shape == tensor.codes.shape and scales.shape == tensor.scales.shape
+
+
+@pytest.mark.parametrize("edit, match", [
+    pytest.param(dict(shape=[4.0, 64]), "shape must be a list of two non-negative integers", id="float-rows"),
+    pytest.param(dict(shape=[4, 64.9]), "shape must be", id="float-cols"),
+    pytest.param(dict(shape=[True, 64]), "shape must be", id="bool-rows"),
+    pytest.param(dict(shape=["4", "64"]), "shape must be", id="str-dims"),
+    pytest.param(dict(shape=[-4, 64]), "shape must be", id="negative-rows"),
+    pytest.param(dict(shape=[4, 64, 1]), "shape must be", id="3-d-shape"),
+    pytest.param(dict(qmin=-8.0), "qmin must be an integer", id="float-qmin"),
+    pytest.param(dict(bits=True), "bits must be an integer", id="bool-bits"),
+    pytest.param(dict(group_size=16.0), "group_size must be an integer", id="float-group-size"),
+    pytest.param(dict(group_size=-2), "group_size must be -1 or a positive integer", id="group-size--2"),
+    pytest.param(dict(bits=17), "bits must be 1 to 16", id="bits-17"),
+    pytest.param(dict(full_range="yes"), "full_range must be true or false", id="str-full-range"),
+    pytest.param(dict(dtype="F99"), "unknown source dtype 'F99'", id="unknown-dtype"),
+    pytest.param(dict(dtype=None), "unknown source dtype None", id="null-dtype"),
+    pytest.param(dict(scheme=["sym"]), "unknown codebook", id="unhashable-scheme"),
+])
+def test_nbwoq_metadata_values_are_type_checked(tmp_path, edit, match):
+    meta, parts = _saved(tmp_path, bits=4, group_size=16, scheme="sym")
+    path = _nbwoq_file(tmp_path / "bad.safetensors", dict(meta, **edit), parts)
+    with pytest.raises(ValueError, match=match):
+        nbwoq.load(path)
+
+
+@pytest.mark.parametrize("part, dtype, array, match", [
+    pytest.param("a.weight.codes", "I8", np.zeros((4, 32), np.int8), "codes must be uint8", id="int8-codes"),
+    pytest.param("a.weight.scales", "F16", np.zeros((4, 4), np.float16), "scales must be float32", id="f16-scales"),
+    pytest.param("a.weight.scales", "F32", np.zeros((4, 1), np.float32), r"scales must be float32 of shape \(4, 4\)", id="short-scales"),
+    pytest.param("a.weight.zeros", "BF16", np.zeros((4, 4), np.uint16), "zeros must be uint8 or uint16", id="bf16-zeros"),
+])
+def test_nbwoq_parts_are_checked_against_the_header_before_reading(tmp_path, monkeypatch, part, dtype, array, match):
+    from nbwoq.formats import nbwoq_io
+
+    meta, parts = _saved(tmp_path, bits=4, group_size=16)
+    parts[part] = (dtype, array)
+    path = _nbwoq_file(tmp_path / "bad.safetensors", meta, parts)
+    monkeypatch.setattr(nbwoq_io, "_read", lambda info: pytest.fail(f"read {info.name} before checking it"))
+    with pytest.raises(ValueError, match=match):
+        nbwoq.load(path)
+
+
+def test_zero_columns_with_2_60_rows_allocates_nothing(tmp_path):
+    # np.zeros((rows, 1)) stood in for the absent zero points: 4 EiB for a 0-byte file
+    meta, _ = _saved(tmp_path, bits=4, group_size=16, scheme="sym")
+    rows = 2**60
+    parts = {"a.weight.codes": ("U8", np.zeros((rows, 0), np.uint8)),
+             "a.weight.scales": ("F32", np.zeros((rows, 0), np.float32))}
+    path = _nbwoq_file(tmp_path / "empty.safetensors", dict(meta, shape=[rows, 0]), parts)
+    out = nbwoq.dequantize(nbwoq.load(path)["a.weight"])
+    assert out.shape == (rows, 0) and out.nbytes == 0
+
+
+@pytest.mark.parametrize("tensors_json, match", [
+    pytest.param("[" * 50_000 + "]" * 50_000, "nests 50000 levels", id="deep-nesting"),
+    pytest.param('{"a.weight": {}, "a.weight": {}}', "key 'a.weight' twice", id="duplicate-name"),
+    pytest.param('{"a.weight": 1}', "expected an object of objects", id="not-objects"),
+])
+def test_nbwoq_tensors_metadata_is_strict_json(tmp_path, tensors_json, match):
+    _, parts = _saved(tmp_path, bits=4, group_size=16)
+    path = _nbwoq_file(tmp_path / "bad.safetensors", None, parts, tensors_json=tensors_json)
+    with pytest.raises(ValueError, match=match):
+        nbwoq.load(path)
+
+
+def test_quantized_name_also_stored_plain_is_refused(tmp_path):
+    meta, parts = _saved(tmp_path, bits=4, group_size=16)
+    parts["a.weight"] = ("F32", np.zeros((4, 64), np.float32))
+    with pytest.raises(ValueError, match="both quantized and as a plain tensor"):
+        nbwoq.load(_nbwoq_file(tmp_path / "bad.safetensors", meta, parts))
+
+
+def test_tensor_in_two_shards_is_refused(tmp_path):
+    meta, parts = _saved(tmp_path, bits=4, group_size=16)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _nbwoq_file(folder / "a.safetensors", meta, parts)
+    _nbwoq_file(folder / "b.safetensors", meta, parts)
+    with pytest.raises(ValueError, match="'a.weight' is also in"):
+        nbwoq.load(str(folder))
+
+
+# -- 4. names in messages -----------------------------------------------------------
+
+def test_nbwoq_tensor_name_with_control_characters_is_escaped(tmp_path):
+    meta, parts = _saved(tmp_path, bits=4, group_size=16)
+    name = "a\x1b[2J\rweight"
+    parts = {name + k[len("a.weight"):]: v for k, v in parts.items() if not k.endswith(".scales")}
+    path = _nbwoq_file(tmp_path / "bad.safetensors", None, parts, tensors_json=json.dumps({name: meta}))
+    with pytest.raises(ValueError) as info:
+        nbwoq.load(path)
+    assert "lacks its part" in str(info.value) and "\x1b" not in str(info.value) and "\r" not in str(info.value)
