@@ -105,6 +105,28 @@ class _Reader:
             self.fail(f"{what} {printable(raw)} is not valid UTF-8")
 
 
+    def strings(self, count, key):
+        """Skip ``count`` strings (a tokenizer's vocabulary: keep it tight), checking each
+        length against the file and each string's UTF-8."""
+        length = struct.Struct(self.order + "Q").unpack_from
+        buf, pos, size = self.buf, self.pos, self.size
+        for i in range(count):
+            if size - pos < 8:
+                self.pos = pos
+                self.need(8, f"the length of item {i} of {printable(key)}")
+            (n,) = length(buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.need(n, f"item {i} of {printable(key)} ({n} bytes)")
+            try:
+                str(buf[pos:pos + n], "utf-8")
+            except UnicodeDecodeError:
+                self.fail(f"item {i} of {printable(key)}, {printable(buf[pos:pos + n])}, is not valid UTF-8")
+            pos += n
+        self.pos = pos
+
+
 def scan(path):
     """Check the header of the GGUF file ``path`` and return what it declares.
 
@@ -179,8 +201,7 @@ def _scan(r, block_sizes, ggml_types):
             if items > MAX_ARRAY_ITEMS:
                 r.fail(f"metadata arrays hold more than {MAX_ARRAY_ITEMS} items in all (at {printable(key)})")
             if itype == STRING:
-                for i in range(count):
-                    r.string(f"item {i} of {printable(key)}")
+                r.strings(count, key)
             else:
                 r.pos += count * width
         else:

@@ -321,3 +321,16 @@ def test_nbwoq_tensor_name_with_control_characters_is_escaped(tmp_path):
     with pytest.raises(ValueError) as info:
         nbwoq.load(path)
     assert "lacks its part" in str(info.value) and "\x1b" not in str(info.value) and "\r" not in str(info.value)
+
+
+def test_gguf_check_value_table_matches_gguf_py():
+    gguf = pytest.importorskip("gguf")
+    from nbwoq.formats import gguf_check
+
+    for code, (name, fmt) in gguf_check.SCALARS.items():
+        vtype = gguf.GGUFValueType(code)
+        assert vtype.name == name
+        assert struct.calcsize("<" + fmt) == np.dtype(gguf.GGUFReader.gguf_scalar_to_np[vtype]).itemsize
+    assert gguf.GGUFValueType(gguf_check.STRING).name == "STRING" and gguf.GGUFValueType(gguf_check.ARRAY).name == "ARRAY"
+    assert set(gguf_check.SCALARS) | {gguf_check.STRING, gguf_check.ARRAY} == {int(v) for v in gguf.GGUFValueType}
+    assert gguf_check.MAGIC == struct.pack("<I", gguf.GGUF_MAGIC) and gguf_check.DEFAULT_ALIGNMENT == gguf.GGUF_DEFAULT_ALIGNMENT
