@@ -9,8 +9,9 @@ import numpy as np
 
 from nbwoq._layout import group_layout
 from nbwoq._tables import DTYPES, FLOAT_MAPPING, INT_MAPPING, SCHEMES
-from nbwoq.formats import packing, quantizer, storage
+from nbwoq.formats import nbwoq_format, packing, quantizer, storage
 from nbwoq.formats import safetensors_io as st
+from nbwoq.formats.errors import printable
 from nbwoq.formats.nbwoq_format import FORMAT_NAME, VERSION, NbwoqWriter, tensor_meta
 from nbwoq.formats.options import QuantOptions
 from nbwoq.formats.writer import encode_tensor
@@ -44,33 +45,78 @@ class QuantizedTensor:
         return f"QuantizedTensor(shape={self.shape}, {kind}, group_size={m['group_size']})"
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _known_dtype(name):
+    """A source dtype name nbwoq writes: a safetensors dtype or a GGML type (GGUF sources)."""
+    if not isinstance(name, str):
+        return False
+    if name in storage.DTYPES:
+        return True
+    try:
+        import gguf
+    except ImportError:  # pragma: no cover - gguf is a dependency
+        return False
+    return name in gguf.GGMLQuantizationType.__members__
+
+
+def _layout(m):
+    """Check the metadata ``m`` of one quantized tensor, value by value, and return
+    ``(rows, cols, parts)``: ``parts`` maps each part suffix the scheme stores to its
+    required shape and dtype names. Raises ``ValueError`` naming the bad value."""
+    if not isinstance(m, dict):
+        raise ValueError(f"metadata must be an object, got {type(m).__name__}")
+    missing = [k for k in ("shape", "dtype", "bits", "slot", "group_size", "scheme", "codebook", "qmin") if k not in m]
+    if missing:
+        raise ValueError(f"metadata needs a 2-D shape, dtype, bits, slot, group_size, scheme, codebook and qmin; "
+                         f"{', '.join(missing)} missing")
+    shape = m["shape"]
+    if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(_is_int(d) and 0 <= d < 1 << 63 for d in shape):
+        raise ValueError(f"shape must be a list of two non-negative integers, got {shape!r}")
+    for key in ("bits", "slot", "group_size", "qmin"):
+        if not _is_int(m[key]):
+            raise ValueError(f"{key} must be an integer, got {m[key]!r}")
+    bits, group_size, full_range = m["bits"], m["group_size"], m.get("full_range", False)
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be 1 to 16, got {bits}")
+    if not (group_size == -1 or group_size > 0):
+        raise ValueError(f"group_size must be -1 or a positive integer, got {group_size}")
+    if m["codebook"] not in DTYPES or m["scheme"] not in SCHEMES:
+        raise ValueError(f"unknown codebook {m['codebook']!r} or scheme {m['scheme']!r}")
+    if not isinstance(full_range, bool):
+        raise ValueError(f"full_range must be true or false, got {full_range!r}")
+    if not _known_dtype(m["dtype"]):
+        raise ValueError(f"unknown source dtype {m['dtype']!r}")
+    codebook = m["codebook"] != "int"
+    want_qmin, qmax, want_slot = packing.code_layout(bits, m["scheme"], full_range, codebook)
+    if (m["qmin"], m["slot"]) != (want_qmin, want_slot):
+        raise ValueError(f"metadata gives qmin={m['qmin']}, slot={m['slot']}; {m!r} needs qmin={want_qmin}, slot={want_slot}")
+    rows, cols = shape
+    n_groups = group_layout(cols, group_size)[1]
+    parts = {".codes": ((rows, packing.packed_cols(cols, want_slot)), ("uint8",)),
+             ".scales": ((rows, n_groups), ("float32",))}
+    if not codebook and m["scheme"] == "asym":
+        parts[".zeros"] = ((rows, n_groups), ("uint8", "uint16"))
+    return rows, cols, parts
+
+
 def _check(tensor):
     """Raise ``ValueError`` unless ``tensor``'s metadata and parts agree. The decoding
     kernel indexes without bounds checks: a corrupt layout must never reach it."""
-    m, codes, scales, zeros = tensor.meta, tensor.codes, tensor.scales, tensor.zeros
-    try:
-        rows, cols = (int(d) for d in m["shape"])
-        codebook, scheme, group_size, slot, qmin = m["codebook"], m["scheme"], m["group_size"], m["slot"], m["qmin"]
-        bits, full_range = m["bits"], m.get("full_range", False)
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("metadata needs a 2-D shape, bits, slot, group_size, scheme, codebook and qmin") from None
-    ints = (bits, slot, group_size, qmin)
-    if rows < 0 or cols < 0 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) \
-            or codebook not in DTYPES or scheme not in SCHEMES or not isinstance(full_range, bool) \
-            or not 1 <= bits <= 16 or not (group_size == -1 or group_size > 0):
-        raise ValueError(f"invalid metadata {m!r}")
-    want_qmin, _, want_slot = packing.code_layout(bits, scheme, full_range, codebook != "int")
-    if (qmin, slot) != (want_qmin, want_slot):
-        raise ValueError(f"metadata gives qmin={qmin}, slot={slot}; {m!r} needs qmin={want_qmin}, slot={want_slot}")
-    n_groups = group_layout(cols, group_size)[1]
-    parts = [("codes", codes, (rows, packing.packed_cols(cols, slot)), ("uint8",)),
-             ("scales", scales, (rows, n_groups), ("float32",))]
-    if codebook == "int" and scheme == "asym":
-        parts.append(("zeros", zeros, (rows, n_groups), ("uint8", "uint16")))
-    for name, part, shape, dtypes in parts:
+    _, _, parts = _layout(tensor.meta)
+    given = {".codes": tensor.codes, ".scales": tensor.scales, ".zeros": tensor.zeros}
+    for suffix, part in given.items():
+        name = suffix[1:]
+        if suffix not in parts:
+            if part is not None:  # a scheme without zero points: a stray part is corruption, not extra data
+                raise ValueError(f"{name} given, but {tensor.meta!r} stores none")
+            continue
+        shape, dtypes = parts[suffix]
         if not isinstance(part, np.ndarray) or part.shape != shape or part.dtype.name not in dtypes:
             got = f"{part.dtype.name} {part.shape}" if isinstance(part, np.ndarray) else type(part).__name__
-            raise ValueError(f"{name} must be {' or '.join(dtypes)} of shape {shape} for {m!r}, got {got}")
+            raise ValueError(f"{name} must be {' or '.join(dtypes)} of shape {shape} for {tensor.meta!r}, got {got}")
 
 
 def _files(path):
@@ -122,35 +168,61 @@ def load(path):
     True
     """
     result = {}
+    origin = {}  # name -> file, across the shards of a folder
     for file in _files(path):
         tensors, metadata = st.read_header(file)
         if metadata.get("format") != FORMAT_NAME:
             raise ValueError(f"{file}: not an nbwoq-format file (metadata format={metadata.get('format')!r})")
         if metadata.get("nbwoq.version") != VERSION:
             raise ValueError(f"{file}: nbwoq format version {metadata.get('nbwoq.version')!r}, this reader knows {VERSION!r}")
-        quantized = json.loads(metadata.get("nbwoq.tensors", "{}"))
+        quantized = st.strict_json(metadata.get("nbwoq.tensors", "{}"), f"{file}: corrupt nbwoq.tensors metadata:")
         if not isinstance(quantized, dict) or not all(isinstance(m, dict) for m in quantized.values()):
             raise ValueError(f"{file}: corrupt nbwoq.tensors metadata (expected an object of objects)")
         parts = set()
+        found = {}
         for name, meta in quantized.items():
+            shown = printable(name)
+            # Every part checked against the header (shape, dtype, none missing, none
+            # stray) before a byte of it is read.
             try:
-                codes = _read(tensors[name + ".codes"])
-                scales = _read(tensors[name + ".scales"])
-                zeros = _read(tensors[name + ".zeros"]) if name + ".zeros" in tensors else None
-            except KeyError as exc:
-                raise ValueError(f"{file}: quantized tensor {name!r} lacks its part {exc.args[0]!r}") from None
-            parts.update(name + s for s in (".codes", ".scales", ".zeros"))
+                _, _, layout = _layout(meta)
+            except ValueError as exc:
+                raise ValueError(f"{file}: quantized tensor {shown} is corrupt: {exc}") from None
+            if name in tensors:
+                raise ValueError(f"{file}: {shown} is stored both quantized and as a plain tensor")
+            for suffix in nbwoq_format.SUFFIXES:
+                info = tensors.get(name + suffix)
+                if suffix not in layout:
+                    if info is not None:
+                        raise ValueError(f"{file}: quantized tensor {shown} is corrupt: it has a stray part "
+                                         f"{printable(name + suffix)}, which {meta!r} does not store")
+                    continue
+                if info is None:
+                    raise ValueError(f"{file}: quantized tensor {shown} lacks its part {printable(name + suffix)}")
+                shape, dtypes = layout[suffix]
+                if info.shape != shape or info.dtype not in [storage.from_numpy(d) for d in dtypes]:
+                    raise ValueError(f"{file}: quantized tensor {shown} is corrupt: {suffix[1:]} must be "
+                                     f"{' or '.join(dtypes)} of shape {shape} for {meta!r}, got {info.dtype} {info.shape}")
+                parts.add(name + suffix)
+            found[name] = (meta, layout)
+        for name, (meta, layout) in found.items():
+            codes, scales = _read(tensors[name + ".codes"]), _read(tensors[name + ".scales"])
+            zeros = _read(tensors[name + ".zeros"]) if ".zeros" in layout else None
+            tensor = QuantizedTensor(codes, scales, zeros, meta)
             try:
-                tensor = QuantizedTensor(codes, scales, zeros, meta)
                 _check(tensor)
             except ValueError as exc:
-                raise ValueError(f"{file}: quantized tensor {name!r} is corrupt: {exc}") from None
+                raise ValueError(f"{file}: quantized tensor {printable(name)} is corrupt: {exc}") from None
             result[name] = tensor
         for name, info in tensors.items():
             if name in parts:
                 continue
             array = _read(info)
             result[name] = storage.widen(array, "BF16") if info.dtype == "BF16" else array
+        for name in list(found) + [n for n in tensors if n not in parts]:
+            if name in origin:
+                raise ValueError(f"{file}: tensor {printable(name)} is also in {origin[name]}")
+            origin[name] = file
     return result
 
 
@@ -184,17 +256,18 @@ def dequantize(tensor, dtype=np.float32):
         return np.asarray(tensor)
     _check(tensor)
     m = tensor.meta
-    rows, cols = tensor.shape
+    rows, cols = m["shape"]  # checked: the codes hold rows x cols codes (none when either is 0)
     size, n_groups = group_layout(cols, m["group_size"])
     out = np.empty((rows, cols), dtype=np.float32)
+    if not (rows and cols):
+        return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
     codebook = m["codebook"] != "int"
     if codebook:
         lut = packing.codebook_lut(FLOAT_MAPPING[m["codebook"]], INT_MAPPING[m["codebook"]], m["qmin"], m["slot"])
     else:
         lut = np.zeros(1, dtype=np.float32)
     zeros = tensor.zeros.astype(np.float32) if tensor.zeros is not None else np.zeros((rows, max(n_groups, 1)), np.float32)
-    if rows and cols:
-        packing.unpack_rows(tensor.codes, tensor.scales, zeros, size, np.float32(m["qmin"]), m["slot"], lut, codebook, out)
+    packing.unpack_rows(tensor.codes, tensor.scales, zeros, size, np.float32(m["qmin"]), m["slot"], lut, codebook, out)
     return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
 
 
@@ -246,7 +319,7 @@ def save(tensors, path, bits=4, group_size=128, scheme="asym", dtype="int", full
         if isinstance(value, QuantizedTensor):
             _check(value)
             plan.append((name, value, None))
-            quantized_meta[name] = dict(value.meta, shape=list(value.shape))
+            quantized_meta[name] = dict(value.meta, shape=list(value.meta["shape"]))  # the checked shape
             continue
         array = np.asarray(value)
         dtype_name = storage.from_numpy(array.dtype)

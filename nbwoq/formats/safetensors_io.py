@@ -12,14 +12,17 @@ tensors stream to disk in order and are never held together in memory.
 """
 
 import json
+import math
 import mmap
 import os
+import re
 import struct
 import zlib
 
 import numpy as np
 
 from nbwoq.formats import storage
+from nbwoq.formats.errors import printable
 
 #: Safetensors dtype name -> NumPy dtype its bytes are read as (``storage`` holds the table).
 DTYPES = storage.DTYPES
@@ -48,14 +51,96 @@ class TensorInfo:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def __repr__(self):
         return f"TensorInfo({self.name!r}, {self.dtype}, {self.shape})"
 
 
+def _is_int(value):
+    """A JSON integer: ``int`` but not ``bool`` (``true`` is not a dimension)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Strings (with their escapes) removed before the brackets are counted.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+#: Deepest nesting a header may have: a real one has 3 (header, entry, shape).
+MAX_JSON_DEPTH = 64
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key):
+        self.key = key
+
+
+def _no_duplicates(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _json_depth(raw):
+    """Deepest bracket nesting of the JSON text ``raw`` (bytes), in C-speed passes and
+    bounded memory, so a hostile 100 MB header of ``[`` is measured, not recursed into."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    depth = deepest = 0
+    chunk = 1 << 20
+    for i in range(0, brackets.size, chunk):
+        part = brackets[i:i + chunk]
+        steps = np.where((part == ord("[")) | (part == ord("{")), 1, -1).astype(np.int32)
+        running = np.cumsum(steps, dtype=np.int64) + depth
+        deepest = max(deepest, int(running.max()))
+        depth = int(running[-1])
+    return deepest
+
+
+def strict_json(raw, what):
+    """Parse the JSON ``raw`` (bytes or str) read from a file, refusing what the
+    safetensors library refuses: text that is not UTF-8, a key given twice in one object
+    (``json.loads`` would silently keep the last), nesting deeper than
+    ``MAX_JSON_DEPTH`` (``json.loads`` would raise ``RecursionError``), and numbers
+    Python will not parse. Raises ``FormatError`` starting with ``what``."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError(f"{what} is not valid UTF-8 (a lone surrogate)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    depth = _json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise FormatError(f"{what} nests {depth} levels deep; at most {MAX_JSON_DEPTH} are read")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise FormatError(f"{what} gives key {printable(exc.key)} twice") from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits, say
+        raise FormatError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _utf8_name(name):
+    """True when ``name`` can be written back as UTF-8 (a ``\\ud800`` escape cannot)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_header(path):
     """Parse and check the header of ``path``.
+
+    Every size in the header is untrusted: dimensions and offsets must be JSON integers,
+    shape products are computed with Python integers (no int64 wrap-around), and every
+    byte range must lie inside the file before anything is mapped or allocated.
 
     Returns
     -------
@@ -67,8 +152,10 @@ def read_header(path):
     ------
     FormatError
         Naming the file and what is wrong: too short, header length beyond the file,
-        invalid JSON, unknown dtype, shape/size mismatch, data beyond the end of the
-        file (truncated), overlapping tensors.
+        a header that is not UTF-8 or not valid JSON (or nests too deep, or repeats a
+        key), a ``__metadata__`` that is not an object of strings, an entry without
+        dtype, integer shape and two integer data offsets, unknown dtype, shape/size
+        mismatch, data beyond the end of the file (truncated), overlapping tensors.
     """
     path = os.fspath(path)
     size = os.path.getsize(path)
@@ -82,44 +169,56 @@ def read_header(path):
                 f"{path}: truncated or corrupt safetensors header (header claims {n} bytes, file has {size})"
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: corrupt safetensors header (not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc})") from None
+    header = strict_json(raw, f"{path}: corrupt safetensors header:")
     if not isinstance(header, dict):
         raise FormatError(f"{path}: corrupt safetensors header (expected a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise FormatError(f"{path}: corrupt safetensors header (__metadata__ must be an object)")
+    # The safetensors library reads __metadata__ as a map of strings to strings (or null).
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(f"{path}: corrupt safetensors header (__metadata__ must be an object of strings)")
+    if not all(_utf8_name(k) and _utf8_name(v) for k, v in metadata.items()):
+        raise FormatError(f"{path}: corrupt safetensors header (__metadata__ is not valid UTF-8)")
     base = 8 + n
     tensors = []
     for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: corrupt entry for tensor {name!r} (needs dtype, shape, data_offsets)") from None
+        if not _utf8_name(name):
+            raise FormatError(f"{path}: tensor name {printable(name)} is not valid UTF-8")
+        shown = printable(name)
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
+            raise FormatError(f"{path}: corrupt entry for tensor {shown} (needs dtype, shape, data_offsets)")
+        if not all(_is_int(d) for d in shape):
+            raise FormatError(f"{path}: tensor {shown} has shape {shape!r}; dimensions must be integers")
+        if len(offsets) != 2 or not all(_is_int(v) for v in offsets):
+            raise FormatError(f"{path}: tensor {shown} has data_offsets {offsets!r}; two integers expected")
         if dtype not in DTYPES:
-            raise FormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}; known: {', '.join(DTYPES)}")
+            raise FormatError(f"{path}: tensor {shown} has unsupported dtype {printable(dtype)}; known: {', '.join(DTYPES)}")
+        begin, end = offsets
         if any(d < 0 for d in shape) or not 0 <= begin <= end:
-            raise FormatError(f"{path}: tensor {name!r} has a negative shape or byte range")
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        if end - begin != expected:
-            raise FormatError(
-                f"{path}: tensor {name!r} shape {list(shape)} x {dtype} needs {expected} bytes, "
-                f"header gives {end - begin}"
-            )
+            raise FormatError(f"{path}: tensor {shown} has a negative shape or byte range")
         if base + end > size:
             raise FormatError(
-                f"{path}: truncated: tensor {name!r} ends at byte {base + end}, file has {size} bytes"
+                f"{path}: truncated: tensor {shown} ends at byte {base + end}, file has {size} bytes"
             )
-        tensors.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
+        itemsize = DTYPES[dtype].itemsize
+        expected = math.prod(shape) * itemsize  # Python ints: no wrap-around
+        if end - begin != expected:
+            raise FormatError(
+                f"{path}: tensor {shown} shape {shape} x {dtype} needs {expected} bytes, "
+                f"header gives {end - begin}"
+            )
+        if math.prod(d for d in shape if d) * itemsize >= 1 << 63:  # an empty one NumPy cannot shape
+            raise FormatError(f"{path}: tensor {shown} has shape {shape}, too large for an array")
+        tensors.append(TensorInfo(name, path, dtype, tuple(shape), base + begin, base + end))
     tensors.sort(key=lambda t: t.start)
     for a, b in zip(tensors, tensors[1:]):
         if b.start < a.stop:
-            raise FormatError(f"{path}: tensors {a.name!r} and {b.name!r} overlap")
-    return {t.name: t for t in tensors}, {str(k): str(v) for k, v in metadata.items()}
+            raise FormatError(f"{path}: tensors {printable(a.name)} and {printable(b.name)} overlap")
+    return {t.name: t for t in tensors}, dict(metadata)
 
 
 class TensorMap:
@@ -272,11 +371,11 @@ class StreamWriter:
 
     def _check_next(self, name, nbytes):
         if self._next >= len(self._plan):
-            raise RuntimeError(f"{self.path}: tensor {name!r} is beyond the planned header")
+            raise RuntimeError(f"{self.path}: tensor {printable(name)} is beyond the planned header")
         planned, expected = self._plan[self._next]
         if name != planned or nbytes != expected:
             raise RuntimeError(
-                f"{self.path}: expected tensor {planned!r} ({expected} bytes), got {name!r} ({nbytes} bytes)"
+                f"{self.path}: expected tensor {printable(planned)} ({expected} bytes), got {printable(name)} ({nbytes} bytes)"
             )
 
     def _submit(self, job, *args):

@@ -144,16 +144,22 @@ class Source:
             import gguf
         except ImportError:  # pragma: no cover - gguf is a dependency of the CLI
             raise InputError("reading a GGUF source needs the 'gguf' package (pip install gguf)") from None
+        from nbwoq.formats import gguf_check
+        from nbwoq.formats.errors import printable
+
+        # gguf-py trusts every count and length in the file; ours are checked first.
+        header = gguf_check.scan(self.path)
         try:
             reader = gguf.GGUFReader(self.path, "r")
         except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on bad files
-            raise InputError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: "
+                             f"{printable(str(exc))[1:-1]})") from None
         self.gguf = reader
-        infos = []
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
-            info = st.TensorInfo(t.name, self.path, t.tensor_type.name, shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
-            infos.append(info)
+        read = [(t.name, int(t.data_offset), int(t.data_offset) + int(t.n_bytes)) for t in reader.tensors]
+        if read != [(t.name, t.start, t.stop) for t in header.tensors]:  # two readers of one layout disagree
+            raise InputError(f"{self.path}: not a readable GGUF file (gguf-py reads its tensors differently)")
+        infos = [st.TensorInfo(t.name, self.path, t.type_name, tuple(reversed(t.dims)), t.start, t.stop)
+                 for t in header.tensors]
         self._gguf_by_name = {t.name: t for t in reader.tensors}
         self.shards = [(os.path.basename(self.path), infos)]
 

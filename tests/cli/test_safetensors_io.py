@@ -48,6 +48,8 @@ def test_readable_by_safetensors_library(tmp_path):
     ("size_mismatch", "needs 16 bytes, header gives 12"),
     ("truncated_data", "truncated: tensor 'w' ends at byte"),
     ("overlap", "overlap"),
+    ("bool_dim", "dimensions must be integers"),
+    ("duplicate_name", "gives key 'w' twice"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
 def test_broken_files_raise_naming_the_problem(tmp_path, case, match):
     path = tmp_path / "bad.safetensors"
@@ -66,6 +68,11 @@ def test_broken_files_raise_naming_the_problem(tmp_path, case, match):
         _write(path, {"w": w}, bytes(10))
     elif case == "overlap":
         _write(path, {"w": w, "v": dict(w, data_offsets=[8, 24])}, bytes(24))
+    elif case == "bool_dim":  # int(True) == 1 passed as a dimension
+        _write(path, {"w": dict(w, shape=[True, 4])}, bytes(16))
+    elif case == "duplicate_name":  # json.loads kept the last of two entries
+        raw = b'{"w": %s, "w": %s}' % (json.dumps(w).encode(), json.dumps(w).encode())
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
     with pytest.raises(st.FormatError, match=match):
         st.read_header(str(path))
 

@@ -1,0 +1,258 @@
+"""A GGUF file's header, checked with Python integers before gguf-py reads it.
+
+gguf-py's ``GGUFReader`` trusts the file: it loops over every declared metadata item and
+tensor, building NumPy views as it goes, so a 94-byte file declaring 2**62 array items
+or a 2**60-byte string makes it loop (or allocate) without end, and a wrapped uint64
+shape product passes its size arithmetic. ``scan`` walks the same layout first, with
+``struct`` and Python integers over a read-only map of the file, and checks every count
+and length against the bytes left in the file before it loops or reads, as llama.cpp's
+loader does. Only a file that passes is handed to gguf-py.
+
+Layout (gguf-py's ``gguf_reader.py``; all integers little-endian, or big-endian in a
+file whose version reads byte-swapped):
+
+- ``b"GGUF"``, version (u32: 2 or 3), tensor count (u64), metadata count (u64);
+- per metadata entry: key (string), value type (u32), value; a string is a u64 length
+  and that many UTF-8 bytes; an array is an item type (u32), a count (u64) and the items;
+- per tensor: name (string), n_dims (u32), n_dims dimensions (u64, innermost first),
+  ggml type (u32), offset (u64) from the start of the data;
+- padding to ``general.alignment`` (u32, a power of two; default 32), then the data.
+"""
+
+import math
+import mmap
+import os
+import struct
+from typing import NamedTuple
+
+from nbwoq.formats.errors import InputError, printable
+
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+#: ggml's GGML_MAX_DIMS: a tensor has at most this many dimensions.
+MAX_DIMS = 4
+STRING, ARRAY = 8, 9
+#: Fixed-size GGUF value types -> (name, struct code). STRING and ARRAY are variable.
+SCALARS = {0: ("UINT8", "B"), 1: ("INT8", "b"), 2: ("UINT16", "H"), 3: ("INT16", "h"), 4: ("UINT32", "I"),
+           5: ("INT32", "i"), 6: ("FLOAT32", "f"), 7: ("BOOL", "?"), 10: ("UINT64", "Q"), 11: ("INT64", "q"),
+           12: ("FLOAT64", "d")}
+UINT32 = 4
+# Smallest encodings, for bounding a declared count by the bytes left before looping:
+# a metadata entry is an empty key (8), a type (4) and a one-byte value; a tensor info
+# an empty name (8), n_dims (4), no dimension, a type (4) and an offset (8).
+_MIN_KV, _MIN_TENSOR = 8 + 4 + 1, 8 + 4 + 4 + 8
+#: Most metadata array items read in all. gguf-py holds several NumPy views per item
+#: (about 700 bytes and 30 us each), so a file of a few megabytes of one-byte items
+#: would take it gigabytes and minutes; the largest tokenizers hold under a million.
+MAX_ARRAY_ITEMS = 1 << 21
+#: Most tensors read (gguf-py builds several views per tensor; real models have thousands).
+MAX_TENSORS = 1 << 18
+
+
+class GgufTensor(NamedTuple):
+    """One tensor as the header declares it: absolute byte range ``[start, stop)``."""
+
+    name: str
+    type_name: str
+    dims: tuple  # innermost first, as stored
+    start: int
+    stop: int
+
+
+class GgufHeader(NamedTuple):
+    version: int
+    alignment: int
+    data_start: int
+    architecture: str
+    tensors: list
+
+
+class _Reader:
+    """Python-int cursor over the mapped file; every read is bounded by its size."""
+
+    def __init__(self, path, buf, order):
+        self.path, self.buf, self.order, self.pos, self.size = path, buf, order, 0, len(buf)
+
+    def fail(self, what):
+        raise InputError(f"{self.path}: not a readable GGUF file: {what}")
+
+    def need(self, n, what):
+        if n > self.size - self.pos:
+            self.fail(f"{what} needs {n} bytes at byte {self.pos}; the file has {self.size - self.pos} left")
+
+    def unpack(self, code, what):
+        fmt = self.order + code
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def raw_string(self, what):
+        n = self.unpack("Q", f"the length of {what}")
+        self.need(n, f"{what} ({n} bytes)")
+        start = self.pos
+        self.pos += n
+        return start, n
+
+    def string(self, what):
+        start, n = self.raw_string(what)
+        raw = bytes(self.buf[start:start + n])
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(f"{what} {printable(raw)} is not valid UTF-8")
+
+
+    def strings(self, count, key):
+        """Skip ``count`` strings (a tokenizer's vocabulary: keep it tight), checking each
+        length against the file and each string's UTF-8."""
+        length = struct.Struct(self.order + "Q").unpack_from
+        buf, pos, size = self.buf, self.pos, self.size
+        for i in range(count):
+            if size - pos < 8:
+                self.pos = pos
+                self.need(8, f"the length of item {i} of {printable(key)}")
+            (n,) = length(buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.need(n, f"item {i} of {printable(key)} ({n} bytes)")
+            try:
+                str(buf[pos:pos + n], "utf-8")
+            except UnicodeDecodeError:
+                self.fail(f"item {i} of {printable(key)}, {printable(buf[pos:pos + n])}, is not valid UTF-8")
+            pos += n
+        self.pos = pos
+
+
+def scan(path):
+    """Check the header of the GGUF file ``path`` and return what it declares.
+
+    Returns
+    -------
+    GgufHeader
+        version, alignment, absolute data start, ``general.architecture`` and the
+        tensors (``GgufTensor``, in header order).
+
+    Raises
+    ------
+    InputError
+        One line naming the file and the first thing wrong: bad magic or version, a
+        count or length beyond what the file holds (checked before any loop), a key,
+        string or tensor name that is not UTF-8, a duplicate key or tensor name, an
+        unknown value or tensor type, a nested array, more than ``MAX_DIMS``
+        dimensions, a shape whose size overflows or is not whole blocks, tensor data
+        outside the file, misaligned or overlapping, or no ``general.architecture``.
+    """
+    import gguf  # the block sizes of every ggml type: gguf-py's table
+
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if size < 24:
+        raise InputError(f"{path}: not a readable GGUF file: {size} bytes, shorter than the 24-byte GGUF header")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return _scan(_Reader(path, buf, "<"), gguf.GGML_QUANT_SIZES, gguf.GGMLQuantizationType)
+
+
+def _scan(r, block_sizes, ggml_types):
+    if bytes(r.buf[:4]) != MAGIC:
+        r.fail(f"bad magic {printable(bytes(r.buf[:4]))} (a GGUF file starts with b'GGUF')")
+    r.pos = 4
+    version = struct.unpack_from("<I", r.buf, 4)[0]
+    if version & 0xFFFF == 0:  # written on a machine of the other byte order (as gguf-py reads it)
+        r.order = ">"
+    version = r.unpack("I", "the version")
+    if version not in VERSIONS:
+        r.fail(f"version {version}; readable versions are {', '.join(map(str, VERSIONS))}")
+    n_tensors = r.unpack("Q", "the tensor count")
+    n_kv = r.unpack("Q", "the metadata count")
+    if n_kv > (r.size - r.pos) // _MIN_KV:
+        r.fail(f"{n_kv} metadata entries declared; the {r.size}-byte file has room for at most "
+               f"{(r.size - r.pos) // _MIN_KV}")
+    keys = {}
+    items = 0
+    alignment = DEFAULT_ALIGNMENT
+    for _ in range(n_kv):
+        key = r.string("a metadata key")
+        if key in keys:
+            r.fail(f"metadata key {printable(key)} appears twice")
+        vtype = r.unpack("I", f"the type of {printable(key)}")
+        value = None
+        if vtype in SCALARS:
+            value = r.unpack(SCALARS[vtype][1], f"the value of {printable(key)}")
+        elif vtype == STRING:
+            value = r.string(f"the value of {printable(key)}")
+        elif vtype == ARRAY:
+            itype = r.unpack("I", f"the item type of {printable(key)}")
+            count = r.unpack("Q", f"the item count of {printable(key)}")
+            if itype in SCALARS:
+                width = struct.calcsize(r.order + SCALARS[itype][1])
+            elif itype == STRING:
+                width = 8  # at least its length
+            else:
+                r.fail(f"metadata key {printable(key)} is an array of type {itype}"
+                       f"{' (nested arrays are not read)' if itype == ARRAY else ''}")
+            if count > (r.size - r.pos) // width:
+                r.fail(f"metadata key {printable(key)} declares {count} items of at least {width} bytes; "
+                       f"the file has {r.size - r.pos} bytes left")
+            items += count
+            if items > MAX_ARRAY_ITEMS:
+                r.fail(f"metadata arrays hold more than {MAX_ARRAY_ITEMS} items in all (at {printable(key)})")
+            if itype == STRING:
+                r.strings(count, key)
+            else:
+                r.pos += count * width
+        else:
+            r.fail(f"metadata key {printable(key)} has unknown value type {vtype}")
+        keys[key] = (vtype, value)
+    if "general.alignment" in keys:
+        vtype, alignment = keys["general.alignment"]
+        if vtype != UINT32 or alignment == 0 or alignment & (alignment - 1):
+            r.fail(f"general.alignment must be a power of two of type UINT32, got {alignment!r} (type {vtype})")
+    arch = keys.get("general.architecture")
+    if arch is None or arch[0] != STRING:
+        r.fail("no general.architecture (a string naming the model's architecture) in its metadata")
+    if n_tensors > min(MAX_TENSORS, (r.size - r.pos) // _MIN_TENSOR):
+        r.fail(f"{n_tensors} tensors declared; the {r.size}-byte file has room for at most "
+               f"{(r.size - r.pos) // _MIN_TENSOR} (and at most {MAX_TENSORS} are read)")
+    declared = []
+    names = set()
+    for _ in range(n_tensors):
+        name = r.string("a tensor name")
+        shown = printable(name)
+        if name in names:
+            r.fail(f"tensor {shown} appears twice")
+        names.add(name)
+        n_dims = r.unpack("I", f"the dimension count of {shown}")
+        if n_dims > MAX_DIMS:
+            r.fail(f"tensor {shown} has {n_dims} dimensions; ggml allows at most {MAX_DIMS}")
+        dims = tuple(r.unpack("Q", f"a dimension of {shown}") for _ in range(n_dims))
+        raw_type = r.unpack("I", f"the type of {shown}")
+        offset = r.unpack("Q", f"the data offset of {shown}")
+        try:
+            gtype = ggml_types(raw_type)
+            block, type_size = block_sizes[gtype]
+        except (ValueError, KeyError):
+            r.fail(f"tensor {shown} has unknown ggml type {raw_type}")
+        n = math.prod(dims)  # Python ints: no uint64 wrap-around
+        if any(d >= 1 << 63 for d in dims) or n >= 1 << 63:
+            r.fail(f"tensor {shown} has shape {list(dims)}, beyond int64")
+        if block > 1 and (not dims or dims[0] % block):
+            r.fail(f"tensor {shown} of type {gtype.name} has shape {list(dims)}: rows are not whole blocks of {block}")
+        declared.append((name, gtype.name, dims, offset, n // block * type_size))
+    data_start = r.pos + (-r.pos % alignment)
+    tensors = []
+    for name, type_name, dims, offset, nbytes in declared:
+        if offset % alignment:
+            r.fail(f"tensor {printable(name)} starts at data offset {offset}, not a multiple of the alignment {alignment}")
+        start = data_start + offset
+        if start + nbytes > r.size:
+            r.fail(f"truncated: tensor {printable(name)} ends at byte {start + nbytes}, file has {r.size} bytes")
+        tensors.append(GgufTensor(name, type_name, dims, start, start + nbytes))
+    by_start = sorted(tensors, key=lambda t: t.start)
+    for a, b in zip(by_start, by_start[1:]):
+        if b.start < a.stop:
+            r.fail(f"tensors {printable(a.name)} and {printable(b.name)} overlap")
+    return GgufHeader(version, alignment, data_start, arch[1], tensors)
