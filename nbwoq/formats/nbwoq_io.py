@@ -128,6 +128,13 @@ def _files(path):
         return files
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is neither a folder nor a regular file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        raise ValueError(f"{path}: a GGUF file, not nbwoq's format (safetensors); read it with gguf-py or "
+                         "llama.cpp, or load it with transformers' GGUF loader")
     return [path]
 
 

@@ -222,7 +222,7 @@ class Source:
         try:
             values = gguf.quants.dequantize(data, qtype)
         except NotImplementedError:
-            raise InputError(f"{self.path}: tensor {info.name!r} has GGUF type {name}, which gguf-py cannot decode") from None
+            raise InputError(f"{self.path}: tensor {printable(info.name)} has GGUF type {name}, which gguf-py cannot decode") from None
         return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape), "F32"
 
     def fingerprint(self):

@@ -117,3 +117,13 @@ def test_help_states_the_defaults(capsys, argv, needles):
     text = " ".join(capsys.readouterr().out.split())
     for needle in needles:
         assert needle in text
+
+
+def test_load_names_the_real_format_of_a_gguf_file(tiny_bf16, tmp_path):
+    pytest.importorskip("gguf")
+    import nbwoq
+
+    out = tmp_path / "m.gguf"
+    assert main(["quantize", tiny_bf16, str(out), "--quiet"]) == 0
+    with pytest.raises(ValueError, match="a GGUF file, not nbwoq's format"):
+        nbwoq.load(out)
