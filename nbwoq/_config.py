@@ -72,10 +72,57 @@ KERNEL = dict(nogil=True, cache=CACHE, parallel=PARALLEL, fastmath=False, error_
 REDUCTION = dict(nogil=True, cache=CACHE, fastmath={"nnan", "nsz", "reassoc"}, error_model="numpy")
 
 
+_CORRUPT_WARNED = []
+
+
+def _tolerant_cache(dispatcher):
+    """Give ``dispatcher`` an on-disk cache that survives a corrupt cache file: a file
+    that cannot be read is removed with one ``RuntimeWarning`` per process and the
+    kernel is compiled (and cached afresh), instead of every call failing."""
+    from numba.core.caching import FunctionCache
+
+    class TolerantCache(FunctionCache):
+        def load_overload(self, sig, target_context):
+            try:
+                return super().load_overload(sig, target_context)
+            except Exception as exc:  # unpickling garbage raises anything
+                self._discard(exc)
+                return None
+
+        def save_overload(self, sig, data):
+            try:
+                super().save_overload(sig, data)
+            except Exception as exc:
+                self._discard(exc)
+
+        def _discard(self, exc):
+            path = getattr(self._cache_file, "_index_path", None)
+            if path:
+                try:
+                    os.remove(path)  # the index names the data files: without it they are unused
+                except OSError:
+                    pass
+            if not _CORRUPT_WARNED:
+                _CORRUPT_WARNED.append(True)
+                warnings.warn(f"nbwoq: a Numba cache file could not be read ({type(exc).__name__}: {exc}); "
+                              "it was removed and the kernel compiled again", RuntimeWarning, stacklevel=3)
+
+    if CACHE and getattr(dispatcher, "_cache", None) is not None:
+        dispatcher._cache = TolerantCache(dispatcher.py_func)
+    return dispatcher
+
+
+def njit(**options):
+    """``numba.njit(**options)`` with the cache that survives corrupt files."""
+    def decorate(func):
+        return _tolerant_cache(numba.njit(**options)(func))
+    return decorate
+
+
 def njit_kernel(func):
     """Compile ``func`` as a parallel kernel with the project's settings.
 
     The dispatcher is wrapped so that each call from Python runs with nbwoq's thread
     count (``_threads.ParallelKernel``); jitted callers still call it directly.
     """
-    return _threads.ParallelKernel(numba.njit(**KERNEL)(func))
+    return _threads.ParallelKernel(njit(**KERNEL)(func))

@@ -18,12 +18,11 @@ LLVM keeps the flags per instruction when it inlines the helper.
 The array-API twin is ``_reference_clip``; tests hold them equal.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
 from nbwoq._codecs import decode, encode
-from nbwoq._config import REDUCTION, njit_kernel
+from nbwoq._config import REDUCTION, njit, njit_kernel
 from nbwoq._layout import group_segment
 from nbwoq._kernels_codebook import codebook_scale, group_absmax, level_value, mids_tuple, values_tuple
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
@@ -46,7 +45,7 @@ def block_count(n_tasks):
     return min(n_tasks, MAX_BLOCKS)
 
 
-@numba.njit(**_SUM_OPTIONS)
+@njit(**_SUM_OPTIONS)
 def sum_squares(buf, n):
     """Sum of ``buf[:n]`` in float64 (the values are squared errors in the compute type)."""
     acc = np.float64(0)
@@ -55,7 +54,7 @@ def sum_squares(buf, n):
     return acc
 
 
-@numba.njit(**_SUM_OPTIONS)
+@njit(**_SUM_OPTIONS)
 def group_rms(seg):
     """``sqrt(mean(x**2))`` of the group in float64 (squares and sum in float64)."""
     acc = np.float64(0)

@@ -95,8 +95,8 @@ def quantile(value, rows, n_groups, xp, name="quantile"):
     qxp = _arrays.namespace(value)
     if xp is not None and qxp is not xp:  # the reference path computes in the weight's namespace
         raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(value).__name__}")
-    if not qxp.isdtype(value.dtype, "real floating"):
-        raise TypeError(f"{name} as an array must be floating point, got dtype {value.dtype}")
+    if not qxp.isdtype(value.dtype, "real floating") or value.dtype not in (qxp.float32, qxp.float64):
+        raise TypeError(f"{name} as an array must be float32 or float64, got dtype {value.dtype}")
     if not bool(qxp.all((value > 0) & (value <= 1))):
         raise ValueError(f"{name} values must all lie in (0, 1]")
     return value
@@ -142,6 +142,11 @@ def weight(x, name="weight", writable=True):
                 f"{name} is read-only; this function writes its result into {name} in place, "
                 f"so pass a writable array (e.g. {name}.copy())"
             )
+        if writable and overlapping(x.shape, x.strides, x.itemsize):
+            raise ValueError(
+                f"{name}'s elements overlap in memory (strides {x.strides} for shape {x.shape}, as from "
+                f"as_strided or broadcast_to); writing in place would mix rows, so pass {name}.copy()"
+            )
         return None
     try:
         xp = _arrays.namespace(x)
@@ -153,6 +158,19 @@ def weight(x, name="weight", writable=True):
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (rows, cols), got shape {tuple(x.shape)}")
     return xp
+
+
+def overlapping(shape, strides, itemsize):
+    """Whether two elements of an array of ``shape`` and ``strides`` (in any unit, with
+    ``itemsize`` in the same unit) share memory: the strides of the dimensions longer than
+    one, smallest first, must each step past everything the smaller ones span. The one
+    rule for NumPy arrays and torch tensors alike."""
+    extent = itemsize
+    for stride, size in sorted((abs(s), n) for s, n in zip(strides, shape) if n > 1):
+        if stride < extent:
+            return True
+        extent = stride * size
+    return False
 
 
 def param_array(value, name, shape, xp, integers=False):

@@ -18,6 +18,8 @@ from nbwoq._tables import DTYPES, kernel_tables, reference_tables
 N_GRID = 200
 MAX_SHRINK = 0.2
 DEFAULT_COUNT = int(MAX_SHRINK * N_GRID)
+#: Most candidates one search scores: every element is scored once per candidate.
+MAX_CANDIDATES = 10_000
 
 
 def candidates(grid=None):
@@ -31,13 +33,15 @@ def candidates(grid=None):
         grid = DEFAULT_COUNT
     if isinstance(grid, (numbers.Integral, np.integer)) and not isinstance(grid, (bool, np.bool_)):
         n = int(grid)
-        if n < 1:
-            raise ValueError(f"grid as a count must be a positive integer, got {grid!r}")
+        if not 1 <= n <= MAX_CANDIDATES:
+            raise ValueError(f"grid as a count must be an integer from 1 to {MAX_CANDIDATES}, got {grid!r}")
         # An integer, 5 * n: 200 for the reference's 40, so the very same float operations.
         spacing = n * N_GRID // DEFAULT_COUNT
         return [1 - i / spacing for i in range(n)]
     if isinstance(grid, (str, bytes, bool, np.bool_)) or not hasattr(grid, "__len__"):
         raise TypeError(f"grid must be None, a positive integer or a sequence of ratios in (0, 1], got {grid!r}")
+    if len(grid) > MAX_CANDIDATES:
+        raise ValueError(f"grid as a sequence may hold at most {MAX_CANDIDATES} ratios, got {len(grid)}")
     values = [_validate.quantile_scalar(_scalar(v), "grid values") for v in _elements(grid)]
     if not values:
         raise ValueError("grid as a sequence must hold at least one ratio, got an empty sequence")

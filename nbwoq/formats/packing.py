@@ -22,13 +22,12 @@ GPTQ
     of output ``o``, lowest bits first (``per = 32 // bits``).
 """
 
-import numba
 import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
 from nbwoq._codecs import decode
-from nbwoq._config import PARALLEL, REDUCTION, njit_kernel
+from nbwoq._config import PARALLEL, REDUCTION, njit, njit_kernel
 from nbwoq._integer import int_range
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
 from nbwoq._llvm import half_bits_to_float
@@ -86,8 +85,8 @@ def _stored_value(u, g, srow_scale, zrow, qmin, lut, use_lut):
 # to vectorize, which changes their last bits, never a stored byte. They live in their
 # own functions: fastmath flags sit on each instruction, so a kernel that calls them
 # (and decides codes) keeps its own exact arithmetic.
-_measure = numba.njit(**REDUCTION)
-_measure_kernel = numba.njit(**dict(REDUCTION, parallel=PARALLEL))
+_measure = njit(**REDUCTION)
+_measure_kernel = njit(**dict(REDUCTION, parallel=PARALLEL))
 
 
 @_measure
