@@ -31,7 +31,8 @@ def nearest_int(v):
 
 def fp16_bits(v):
     """``GGML_FP32_TO_FP16``: round to the nearest half (ties to even); its uint16 bits."""
-    return np.asarray(v, dtype=np.float32).astype(np.float16).view(np.uint16)
+    with np.errstate(over="ignore"):  # beyond 65504 is Inf, as in llama.cpp
+        return np.asarray(v, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
 def fp16_value(bits):

@@ -8,7 +8,7 @@ matrix), in float32 and in llama.cpp's order of operations, built without FMA
 contraction (the portable build); decoding is llama.cpp's ``dequantize_row_*``.
 
 ``encode_rows`` and ``decode_rows`` validate their arguments and call the parallel
-Numba kernels (``_ggml_kernels``); ``_ggml_reference`` holds the slow, obvious twins
+Numba kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins
 the tests compare them with. Nothing here imports ``gguf``: the test suite checks the
 table against ``gguf.GGML_QUANT_SIZES``.
 """
@@ -82,3 +82,106 @@ def row_bytes(type_name, cols):
 def _check_cols(cols, t):
     if not isinstance(cols, (int, np.integer)) or isinstance(cols, bool) or cols <= 0 or cols % t.block_values:
         raise ValueError(f"cols must be a positive multiple of {t.block_values} (the {t.name} block); got {cols!r}")
+
+
+#: Block types ``encode_rows``/``decode_rows`` implement (the table also names Q2_K and Q3_K).
+SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+
+
+def _supported(type_name):
+    t = block_type(type_name)
+    if t.name not in SUPPORTED:
+        raise ValueError(f"type_name {type_name!r} is not implemented yet; use one of {', '.join(SUPPORTED)}")
+    return t
+
+
+def _check_matrix(a, name, dtype):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, columns), got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray)")
+
+
+def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
+    """Encode each row of ``values`` as GGML blocks of ``type_name``, as llama.cpp does.
+
+    The bytes equal those of llama.cpp's data-free ``quantize_row_<type>_ref`` (no
+    importance matrix), row by row, blocks in order along the row.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32, shape (rows, cols), C-contiguous; ``cols`` a multiple of the block size
+        (32, or 256 for K-quants and IQ4_XS). Every value finite.
+    type_name : str
+        One of ``SUPPORTED``.
+    return_error : bool
+        Also return, per row, the sum of squared error of the stored values (decoded as
+        llama.cpp decodes them) and the sum of squared values (float64).
+    iq4_nl_search : bool
+        IQ4_NL only: search 15 trial scales per block as ``llama-quantize`` does without an
+        importance matrix (``quantize_iq4_nl``) instead of ``quantize_row_iq4_nl_ref``'s
+        single least-squares scale.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        uint8 (rows, bytes per row); with ``return_error``, ``(raw, err, norm)``.
+
+    Raises
+    ------
+    ValueError
+        On a wrong array (type, dtype, shape, layout), an unknown type, or a row holding
+        NaN or Inf (llama.cpp's bytes are undefined there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq.formats.ggml_blocks import encode_rows, decode_rows
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> raw = encode_rows(x, "Q4_K")
+    >>> raw.shape
+    (1, 144)
+    >>> float(np.abs(decode_rows(raw, "Q4_K", 256) - x).max()) < 0.07
+    True
+    """
+    t = _supported(type_name)
+    _check_matrix(values, "values", np.float32)
+    rows, cols = values.shape
+    _check_cols(cols, t)
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    out = np.empty((rows, cols // t.block_values * t.block_bytes), dtype=np.uint8)
+    err = np.empty(rows, dtype=np.float64)
+    norm = np.empty(rows, dtype=np.float64)
+    bad = np.zeros(rows, dtype=np.bool_)
+    ntry = 7 if iq4_nl_search else -1
+    _ggml_rows.encode_blocks(values, _ggml_encode.KIND[t.name], ntry, out, err, norm, bad)
+    if bad.any():
+        raise ValueError(f"values: row {int(np.argmax(bad))} holds NaN or Inf; GGML blocks cannot store it")
+    return (out, err, norm) if return_error else out
+
+
+def decode_rows(raw, type_name, cols):
+    """The float32 values (rows, cols) of GGML blocks ``raw`` (rows, bytes per row), as
+    llama.cpp's ``dequantize_row_<type>`` computes them.
+
+    Raises ``ValueError`` when ``raw`` is not a C-contiguous 2-D uint8 array of
+    ``cols // block_values * block_bytes`` columns, or ``cols`` is not a positive multiple
+    of the block size.
+    """
+    t = _supported(type_name)
+    _check_matrix(raw, "raw", np.uint8)
+    _check_cols(cols, t)
+    want = cols // t.block_values * t.block_bytes
+    if raw.shape[1] != want:
+        raise ValueError(f"raw must have {want} bytes per row for {cols} {t.name} values, got {raw.shape[1]}")
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    out = np.empty((raw.shape[0], int(cols)), dtype=np.float32)
+    _ggml_rows.decode_blocks(raw, _ggml_encode.KIND[t.name], out)
+    return out

@@ -126,3 +126,15 @@ def decode(lib, raw, type_name, cols):
     for r in range(raw.shape[0]):
         fn(raw[r].ctypes.data, out[r].ctypes.data, cols)
     return out
+
+
+def encode_iq4_nl_search(lib, values):
+    """llama.cpp's ``quantize_iq4_nl`` without importance matrix (what llama-quantize writes)."""
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    rows, cols = x.shape
+    out = np.zeros((rows, cols // 32 * 18), dtype=np.uint8)
+    fn = lib.quantize_iq4_nl
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    fn(x.ctypes.data, out.ctypes.data, rows, cols, None)
+    return out
