@@ -385,7 +385,9 @@ def _enc_q6_k(x, o, L, scales):
 # -- IQ4 ---------------------------------------------------------------------------------
 @njit_helper
 def _best_index(v):
-    """Nearest level of ``KV``; a tie goes to the upper one (branch-free binary search)."""
+    """Nearest level of ``KV``; a tie goes to the upper one (binary search over ``MID2``).
+    NaN gets level 0, as in current llama.cpp (releases before its branch-free search gave
+    15); it only arises when float32 sums overflow, and the block's scale is then Inf."""
     v2 = v + v
     idx = 0
     for step in (8, 4, 2, 1):

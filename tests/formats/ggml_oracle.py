@@ -10,8 +10,9 @@ Nothing of llama.cpp is kept in this repository: the source is read from
 * otherwise ``llama_cpp_python-*.tar.gz`` in ``~/.cache/nbwoq`` or ``/tmp/kq_oracle``
   (``pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36``).
 
-It is compiled with ``-O2`` and no ``-march`` flag, so no FMA contraction: the portable
-arithmetic nbwoq reproduces.
+It is compiled as a release build (``-O2 -DNDEBUG``: llama.cpp's ``nearest_int`` asserts
+on out-of-range values in debug builds) with no ``-march`` flag, so no FMA contraction:
+the portable arithmetic nbwoq reproduces.
 """
 
 import ctypes
@@ -84,7 +85,7 @@ def load():
     cc = shutil.which("cc") or shutil.which("gcc")
     if src is None or cc is None:
         return None
-    key = hashlib.sha256(f"{os.path.abspath(src)}:{os.path.getmtime(src)}:1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{os.path.abspath(src)}:{os.path.getmtime(src)}:2".encode()).hexdigest()[:16]
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nbwoq-tests")
     lib = os.path.join(cache, f"ggml_quants_{key}.so")
     if not os.path.exists(lib):
@@ -96,7 +97,7 @@ def load():
                 f.write(_STUBS)
             out = os.path.join(tmp, "lib.so")
             inc = [f"-I{tmp}/ggml/include", f"-I{tmp}/ggml/src"]
-            cmd = [cc, "-O2", "-fPIC", "-shared", "-std=gnu11", *inc, f"{tmp}/ggml/src/ggml-quants.c",
+            cmd = [cc, "-O2", "-DNDEBUG", "-fPIC", "-shared", "-std=gnu11", *inc, f"{tmp}/ggml/src/ggml-quants.c",
                    f"{tmp}/stubs.c", "-o", out, "-lm"]
             if subprocess.run(cmd, capture_output=True).returncode != 0:
                 return None
