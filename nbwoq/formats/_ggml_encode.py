@@ -56,6 +56,13 @@ def _nearest_int(v):
 
 
 @njit_helper
+def _nearest_clamp32(v, hi):
+    """``MAX(0, MIN(hi, nearest_int(v)))`` in int32 arithmetic (so that lane loops vectorize)."""
+    l = (_f32_bits(v + MAGIC) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+    return max(np.int32(0), min(hi, l))
+
+
+@njit_helper
 def _cvtt(v):
     """C's float -> int conversion as x86 does it (0x80000000 when out of range or NaN)."""
     if v > np.float32(-2147483648.0) and v < np.float32(2147483648.0):
@@ -182,66 +189,88 @@ def _enc_q8_0(x, o):
 
 
 # -- K-quants --------------------------------------------------------------------------
+_LANES = 8  # sub-blocks searched side by side: a literal, so LLVM unrolls and vectorizes
+
+
 @njit_helper
-def _make_qkx2(x, w, L, Laux, nmax, rmin, rdelta, nstep):
-    """llama.cpp's ``make_qkx2_quants`` (squared error): codes into ``L``; (scale, the_min)."""
-    n = x.shape[0]
-    lo = x[0]
-    hi = x[0]
-    sum_w = w[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < lo:
-            lo = x[i]
-        if x[i] > hi:
-            hi = x[i]
-        sum_w += w[i]
-        sum_x += w[i] * x[i]
-    if lo > F0:
-        lo = F0
-    if hi == lo:
-        for i in range(n):
-            L[i] = 0
-        return F0, -lo
+def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, st, scale_out, min_out):
+    """llama.cpp's ``make_qkx2_quants`` (squared error) of the sub-blocks in the columns of
+    ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
+    equals the scalar routine bit for bit, and the lane loops vectorize. Codes go to ``L``
+    (n, lanes); ``scale_out``/``min_out`` get each lane's scale and ``the_min``."""
+    n = xt.shape[0]
+    lo, hi, sw, sx, isc, scale, best = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
+    sl, sl2, sxl, ts, tm, cur, take = st[7], st[8], st[9], st[10], st[11], st[12], st[13]
     fn = np.float32(nmax)
-    iscale = fn / (hi - lo)
-    scale = F1 / iscale
-    best = F0
+    n32 = np.int32(nmax)
+    for s in range(_LANES):
+        lo[s] = xt[0, s]
+        hi[s] = xt[0, s]
+        sw[s] = wt[0, s]
+        sx[s] = wt[0, s] * xt[0, s]
+    for i in range(1, n):
+        for s in range(_LANES):
+            v = xt[i, s]
+            lo[s] = v if v < lo[s] else lo[s]
+            hi[s] = v if v > hi[s] else hi[s]
+            sw[s] += wt[i, s]
+            sx[s] += wt[i, s] * v
+    for s in range(_LANES):
+        lo[s] = F0 if lo[s] > F0 else lo[s]
+        take[s] = F1 if hi[s] == lo[s] else F0  # flat: every code 0, scale 0
+        isc[s] = fn / (hi[s] - lo[s])
+        scale[s] = F1 / isc[s]
+        best[s] = F0
     for i in range(n):
-        l = max(0, min(nmax, _nearest_int(iscale * (x[i] - lo))))
-        L[i] = l
-        diff = scale * np.float32(l) + lo - x[i]
-        best += w[i] * (diff * diff)
+        for s in range(_LANES):
+            l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+            L[i, s] = l
+            diff = scale[s] * np.float32(l) + lo[s] - xt[i, s]
+            best[s] += wt[i, s] * (diff * diff)
+    for s in range(_LANES):
+        scale_out[s] = F0 if take[s] != F0 else scale[s]
+        min_out[s] = lo[s]
     for step in range(nstep + 1):
-        iscale = (rmin + rdelta * np.float32(step) + fn) / (hi - lo)
-        sl = F0
-        sl2 = F0
-        sxl = F0
+        for s in range(_LANES):
+            isc[s] = (rmin + rdelta * np.float32(step) + fn) / (hi[s] - lo[s])
+            sl[s] = F0
+            sl2[s] = F0
+            sxl[s] = F0
         for i in range(n):
-            l = max(0, min(nmax, _nearest_int(iscale * (x[i] - lo))))
-            Laux[i] = l
-            wl = w[i] * np.float32(l)
-            sl += wl
-            sl2 += wl * np.float32(l)
-            sxl += wl * x[i]
-        D = sum_w * sl2 - sl * sl
-        if D > F0:
-            this_scale = (sum_w * sxl - sum_x * sl) / D
-            this_min = (sl2 * sum_x - sl * sxl) / D
-            if this_min > F0:
-                this_min = F0
-                this_scale = sxl / sl2
-            cur = F0
+            for s in range(_LANES):
+                l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+                La[i, s] = l
+                wl = wt[i, s] * np.float32(l)
+                sl[s] += wl
+                sl2[s] += wl * np.float32(l)
+                sxl[s] += wl * xt[i, s]
+        for s in range(_LANES):
+            D = sw[s] * sl2[s] - sl[s] * sl[s]
+            a = (sw[s] * sxl[s] - sx[s] * sl[s]) / D
+            b = (sl2[s] * sx[s] - sl[s] * sxl[s]) / D
+            ts[s] = sxl[s] / sl2[s] if b > F0 else a
+            tm[s] = F0 if b > F0 else b
+            cur[s] = F0
+            sl[s] = F1 if D > F0 else F0  # reused: this trial counts
+        for i in range(n):
+            for s in range(_LANES):
+                diff = ts[s] * np.float32(La[i, s]) + tm[s] - xt[i, s]
+                cur[s] += wt[i, s] * (diff * diff)
+        for s in range(_LANES):
+            sl[s] = F1 if (sl[s] != F0 and cur[s] < best[s]) else F0
+            best[s] = cur[s] if sl[s] != F0 else best[s]
+            scale[s] = ts[s] if sl[s] != F0 else scale[s]
+            lo[s] = tm[s] if sl[s] != F0 else lo[s]  # later trials start from the accepted min
+        for i in range(n):
+            for s in range(_LANES):
+                L[i, s] = La[i, s] if sl[s] != F0 else L[i, s]
+    for s in range(_LANES):
+        flat = take[s] != F0
+        scale_out[s] = F0 if flat else scale[s]
+        min_out[s] = -min_out[s] if flat else -lo[s]
+        if flat:
             for i in range(n):
-                diff = this_scale * np.float32(Laux[i]) + this_min - x[i]
-                cur += w[i] * (diff * diff)
-            if cur < best:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best = cur
-                scale = this_scale
-                lo = this_min  # llama.cpp's later trials start from the accepted minimum
-    return scale, -lo
+                L[i, s] = np.int32(0)
 
 
 @njit_helper
@@ -284,28 +313,34 @@ def _make_qx(x, L, nmax):
 
 
 @njit_helper
-def _enc_qk_asym(x, o, five, L, Laux, w, scales, mins, ls, lm):
-    """Q4_K (``five`` False) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins."""
+def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
+    """Q4_K (``five`` False) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
+    The sub-blocks are searched side by side: ``xt[i, j] = x[32 * j + i]``."""
     nmax = 31 if five else 15
     rmin = np.float32(-0.5) if five else np.float32(-1.0)
     nstep = 15 if five else 20
+    for j in range(8):
+        for i in range(32):
+            xt[i, j] = x[32 * j + i]
+    s2 = st[14]
+    for j in range(8):
+        s2[j] = F0
+    for i in range(32):
+        for j in range(8):
+            s2[j] += xt[i, j] * xt[i, j]
+    for j in range(8):
+        s2[j] = np.sqrt(s2[j] / F32V)
+    for i in range(32):
+        for j in range(8):
+            wt[i, j] = s2[j] + abs(xt[i, j])
+    _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, F0_1, nstep, st, scales, mins)
     max_scale = F0
     max_min = F0
     for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        s2 = F0
-        for i in range(32):
-            s2 += xs[i] * xs[i]
-        av_x = np.sqrt(s2 / F32V)
-        for i in range(32):
-            w[i] = av_x + abs(xs[i])
-        sc, mn = _make_qkx2(xs, w, L[32 * j:32 * j + 32], Laux, nmax, rmin, F0_1, nstep)
-        scales[j] = sc
-        mins[j] = mn
-        if sc > max_scale:
-            max_scale = sc
-        if mn > max_min:
-            max_min = mn
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     inv_scale = F63 / max_scale if max_scale > F0 else F0
     inv_min = F63 / max_min if max_min > F0 else F0
     for j in range(8):
@@ -330,20 +365,20 @@ def _enc_qk_asym(x, o, five, L, Laux, w, scales, mins, ls, lm):
             continue
         dm = m0 * np.float32(lm[j])
         for i in range(32):
-            L[32 * j + i] = max(0, min(nmax, _nearest_int((x[32 * j + i] + dm) / d)))
+            L[i, j] = max(0, min(nmax, _nearest_int((x[32 * j + i] + dm) / d)))
     if five:
         for i in range(32):
             o[16 + i] = 0
         for t in range(4):
             for i in range(32):
-                l1 = L[64 * t + i]
-                l2 = L[64 * t + 32 + i]
+                l1 = L[i, 2 * t]
+                l2 = L[i, 2 * t + 1]
                 o[16 + i] |= np.uint8(((l1 >> 4) << (2 * t)) | ((l2 >> 4) << (2 * t + 1)))
                 o[48 + 32 * t + i] = np.uint8((l1 & 15) | ((l2 & 15) << 4))
     else:
         for t in range(4):
             for i in range(32):
-                o[16 + 32 * t + i] = np.uint8(L[64 * t + i] | (L[64 * t + 32 + i] << 4))
+                o[16 + 32 * t + i] = np.uint8(L[i, 2 * t] | (L[i, 2 * t + 1] << 4))
 
 
 @njit_helper

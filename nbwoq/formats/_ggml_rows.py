@@ -37,8 +37,11 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
             norm[r] = np.nan
             continue
         L = np.zeros(256, np.int64)
-        Laux = np.zeros(32, np.int64)
-        w = np.zeros(32, np.float32)
+        xt = np.zeros((32, 8), np.float32)
+        wt = np.zeros((32, 8), np.float32)
+        Lt = np.zeros((32, 8), np.int32)
+        La = np.zeros((32, 8), np.int32)
+        st = np.zeros((16, 8), np.float32)
         scales = np.zeros(16, np.float32)
         mins = np.zeros(8, np.float32)
         ls = np.zeros(8, np.int64)
@@ -56,7 +59,7 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
             elif kind == Q8_0:
                 _enc_q8_0(xb, ob)
             elif kind == Q4_K or kind == Q5_K:
-                _enc_qk_asym(xb, ob, kind == Q5_K, L, Laux, w, scales, mins, ls, lm)
+                _enc_qk_asym(xb, ob, kind == Q5_K, xt, wt, Lt, La, st, scales, mins, ls, lm)
             elif kind == Q6_K:
                 _enc_q6_k(xb, ob, L, scales)
             elif kind == IQ4_NL:
