@@ -1,8 +1,8 @@
-"""Slow, obvious reference encoders and decoders of GGML block types.
+"""Slow, obvious reference encoders of GGML block types.
 
 Each ``encode_<type>(blocks)`` takes float32 blocks ``(n, block_values)`` and returns
 their bytes ``(n, block_bytes)`` as llama.cpp's data-free ``quantize_row_<type>_ref``
-writes them; ``decode(raw, type_name)`` is its ``dequantize_row_<type>``. They work on
+writes them (``_ggml_reference_decode`` holds the decoders). They work on
 all blocks at once but walk the values of a block one by one, so every sum is
 accumulated in llama.cpp's order; every operation is float32 (NumPy keeps float32 with
 float32 operands; integers are converted with ``_f`` where C converts them), and
@@ -267,20 +267,6 @@ def _pack_scale_min_k4(ls, lm):
     return s.astype(np.uint8)
 
 
-def _unpack_scale_min_k4(s):
-    s = s.astype(np.int64)
-    sc = np.zeros((s.shape[0], 8), np.int64)
-    m = np.zeros((s.shape[0], 8), np.int64)
-    for j in range(8):
-        if j < 4:
-            sc[:, j] = s[:, j] & 63
-            m[:, j] = s[:, j + 4] & 63
-        else:
-            sc[:, j] = (s[:, j + 4] & 15) | ((s[:, j - 4] >> 6) << 4)
-            m[:, j] = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
-    return sc, m
-
-
 def _encode_qk_asym(x, nmax, rmin, nstep):
     """Q4_K (nmax 15) and Q5_K (nmax 31): scales, mins and codes of 8 sub-blocks of 32."""
     n = x.shape[0]
@@ -311,6 +297,121 @@ def _encode_qk_asym(x, nmax, rmin, nstep):
             L[:, 32 * j:32 * j + 32] = np.where((d != 0)[:, None], q, L[:, 32 * j:32 * j + 32])
     head = np.concatenate([_u16_bytes(d16), _u16_bytes(m16), _pack_scale_min_k4(ls, lm)], axis=1)
     return head, L
+
+
+def _pack_2bit(L):
+    """Q2_K/Q3_K codes: byte ``32 * h + l`` holds values ``128 * h + l + 32 * k`` at bits ``2k``."""
+    parts = []
+    for j in (0, 128):
+        q = L[:, j:j + 32] | L[:, j + 32:j + 64] << 2 | L[:, j + 64:j + 96] << 4 | L[:, j + 96:j + 128] << 6
+        parts.append((q & 255).astype(np.uint8))
+    return np.concatenate(parts, axis=1)
+
+
+def encode_q2_k(x):
+    n = x.shape[0]
+    L = np.zeros((n, QK_K), np.int64)
+    scales = np.zeros((n, 16), np.float32)
+    mins = np.zeros((n, 16), np.float32)
+    max_scale = np.zeros(n, np.float32)
+    max_min = np.zeros(n, np.float32)
+    with np.errstate(all="ignore"):
+        for j in range(16):
+            xs = x[:, 16 * j:16 * j + 16]
+            scales[:, j], mins[:, j], L[:, 16 * j:16 * j + 16] = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
+            max_scale = _where(scales[:, j] > max_scale, scales[:, j], max_scale)
+            max_min = _where(mins[:, j] > max_min, mins[:, j], max_min)
+        pos = max_scale > 0
+        sb = np.where(pos[:, None], nearest_int(_div(_f(15), max_scale)[:, None] * scales) & 255, 0)
+        d16 = fp16_bits(_where(pos, _div(max_scale, _f(15)), _f(0)))
+        posm = max_min > 0
+        sb = np.where(posm[:, None], (sb | nearest_int(_div(_f(15), max_min)[:, None] * mins) << 4) & 255, sb)
+        m16 = fp16_bits(_where(posm, _div(max_min, _f(15)), _f(0)))
+        for j in range(16):
+            d = fp16_value(d16) * _f(sb[:, j] & 15)
+            dm = fp16_value(m16) * _f(sb[:, j] >> 4)
+            q = np.clip(nearest_int(_div(x[:, 16 * j:16 * j + 16] + dm[:, None], d[:, None])), 0, 3)
+            L[:, 16 * j:16 * j + 16] = np.where((d != 0)[:, None], q, L[:, 16 * j:16 * j + 16])
+    return np.concatenate([sb.astype(np.uint8), _pack_2bit(L), _u16_bytes(d16), _u16_bytes(m16)], axis=1)
+
+
+def make_q3_quants(x, nmax):
+    """llama.cpp's ``make_q3_quants`` with ``do_rmse``: codes -nmax..nmax-1 refined one at a
+    time (5 passes at most) by weighted least squares, weights ``x**2``. Returns (scale, L + nmax)."""
+    n, k = x.shape
+    with np.errstate(all="ignore"):
+        mx, amax = _absmax_signed(x)
+        zero = amax < GROUP_MAX_EPS
+        iscale = _div(_f(-nmax), mx)
+        L = np.zeros((n, k), np.int64)
+        slx = np.zeros(n, np.float32)
+        sl2 = np.zeros(n, np.float32)
+        for i in range(k):
+            L[:, i] = np.clip(nearest_int(iscale * x[:, i]), -nmax, nmax - 1)
+            w = x[:, i] * x[:, i]
+            slx = slx + w * x[:, i] * _f(L[:, i])
+            sl2 = sl2 + w * _f(L[:, i]) * _f(L[:, i])
+        active = np.ones(n, bool)
+        for _ in range(5):
+            changed = np.zeros(n, bool)
+            for i in range(k):
+                w = x[:, i] * x[:, i]
+                tlx = slx - w * x[:, i] * _f(L[:, i])
+                tl2 = sl2 - w * _f(L[:, i]) * _f(L[:, i])
+                new = np.clip(nearest_int(_div(x[:, i] * tl2, tlx)), -nmax, nmax - 1)
+                tlx = tlx + w * x[:, i] * _f(new)
+                tl2 = tl2 + w * _f(new) * _f(new)
+                ok = active & (slx - w * x[:, i] * _f(L[:, i]) > 0) & (new != L[:, i])
+                ok &= (tl2 > 0) & (tlx * tlx * sl2 > slx * slx * tl2)
+                L[:, i] = np.where(ok, new, L[:, i])
+                slx = _where(ok, tlx, slx)
+                sl2 = _where(ok, tl2, sl2)
+                changed |= ok
+            active &= changed
+        scale = _where(sl2 > 0, _div(slx, sl2), _f(0))
+        scale = _where(zero, _f(0), scale)
+        L = np.where(zero[:, None], 0, L + nmax)
+    return scale, L
+
+
+def encode_q3_k(x):
+    n = x.shape[0]
+    L = np.zeros((n, QK_K), np.int64)
+    scales = np.zeros((n, 16), np.float32)
+    max_scale = np.zeros(n, np.float32)
+    amax = np.zeros(n, np.float32)
+    with np.errstate(all="ignore"):
+        for j in range(16):
+            scales[:, j], L[:, 16 * j:16 * j + 16] = make_q3_quants(x[:, 16 * j:16 * j + 16], 4)
+            a = np.abs(scales[:, j])
+            up = a > amax
+            amax = _where(up, a, amax)
+            max_scale = _where(up, scales[:, j], max_scale)
+        nz = max_scale != 0
+        iscale = _div(_f(-32), max_scale)
+        l8 = ((nearest_int(iscale[:, None] * scales) & 255) ^ 128) - 128  # stored in an int8_t
+        lv = np.where(nz[:, None], np.clip(l8, -32, 31) + 32, 0)
+        sb = np.zeros((n, 12), np.int64)
+        for j in range(16):
+            if j < 8:
+                sb[:, j] |= lv[:, j] & 15
+            else:
+                sb[:, j - 8] |= (lv[:, j] & 15) << 4
+            sb[:, 8 + j % 4] |= (lv[:, j] >> 4) << (2 * (j // 4))
+        sb = np.where(nz[:, None], sb, 0)
+        d16 = fp16_bits(_where(nz, _div(_f(1), iscale), _f(0)))
+        for j in range(16):
+            sc = (sb[:, j] & 15) if j < 8 else (sb[:, j - 8] >> 4)
+            sc = (sc | ((sb[:, 8 + j % 4] >> (2 * (j // 4))) & 3) << 4) - 32
+            d = fp16_value(d16) * _f(sc)
+            q = np.clip(nearest_int(_div(x[:, 16 * j:16 * j + 16], d[:, None])), -4, 3) + 4
+            L[:, 16 * j:16 * j + 16] = np.where((d != 0)[:, None], q, L[:, 16 * j:16 * j + 16])
+    hmask = np.zeros((n, 32), np.int64)
+    for j in range(QK_K):
+        high = L[:, j] > 3
+        hmask[:, j % 32] |= np.where(high, 1 << (j // 32), 0)
+        L[:, j] = np.where(high, L[:, j] - 4, L[:, j])
+    return np.concatenate([hmask.astype(np.uint8), _pack_2bit(L), sb.astype(np.uint8), _u16_bytes(d16)], axis=1)
 
 
 def encode_q4_k(x):
@@ -457,123 +558,9 @@ def encode_iq4_xs(x, ntry=7):
     return np.concatenate([_u16_bytes(fp16_bits(d)), _u16_bytes(sh), sl.astype(np.uint8), _iq4_qs(L)], axis=1)
 
 
-# -- decoders (llama.cpp's dequantize_row_*) -------------------------------------------
-def _half(raw, at):
-    return fp16_value(raw[:, at].astype(np.uint16) | raw[:, at + 1].astype(np.uint16) << 8)
-
-
-def _low_high(qs):
-    """Values j (low nibbles) then j + 16 (high nibbles) of 16 bytes."""
-    q = qs.astype(np.int64)
-    return np.concatenate([q & 15, q >> 4], axis=1)
-
-
-def _qh32(raw, at):
-    h = np.zeros(raw.shape[0], np.int64)
-    for k in range(4):
-        h |= raw[:, at + k].astype(np.int64) << (8 * k)
-    return np.stack([(h >> j) & 1 for j in range(32)], axis=1)
-
-
-def decode_q4_0(b):
-    return _half(b, 0)[:, None] * _f(_low_high(b[:, 2:18]) - 8)
-
-
-def decode_q4_1(b):
-    return _half(b, 0)[:, None] * _f(_low_high(b[:, 4:20])) + _half(b, 2)[:, None]
-
-
-def decode_q5_0(b):
-    q = _low_high(b[:, 6:22]) | _qh32(b, 2) << 4
-    return _half(b, 0)[:, None] * _f(q - 16)
-
-
-def decode_q5_1(b):
-    q = _low_high(b[:, 8:24]) | _qh32(b, 4) << 4
-    return _half(b, 0)[:, None] * _f(q) + _half(b, 2)[:, None]
-
-
-def decode_q8_0(b):
-    return _half(b, 0)[:, None] * _f(b[:, 2:].view(np.int8))
-
-
-def _decode_qk_asym(b, qh_at):
-    d, dmin = _half(b, 0), _half(b, 2)
-    sc, m = _unpack_scale_min_k4(b[:, 4:16])
-    qs_at = 16 if qh_at is None else qh_at + 32
-    out = np.zeros((b.shape[0], QK_K), np.float32)
-    for t in range(4):
-        q = b[:, qs_at + 32 * t:qs_at + 32 * t + 32].astype(np.int64)
-        for half, code in ((0, q & 15), (1, q >> 4)):
-            j = 2 * t + half
-            if qh_at is not None:
-                code = code + ((b[:, qh_at:qh_at + 32].astype(np.int64) >> j) & 1) * 16
-            dl = d * _f(sc[:, j])
-            ml = dmin * _f(m[:, j])
-            out[:, 32 * j:32 * j + 32] = dl[:, None] * _f(code) - ml[:, None]
-    return out
-
-
-def decode_q4_k(b):
-    return _decode_qk_asym(b, None)
-
-
-def decode_q5_k(b):
-    return _decode_qk_asym(b, 16)
-
-
-def decode_q6_k(b):
-    d = _half(b, 208)
-    sc = b[:, 192:208].view(np.int8)
-    out = np.zeros((b.shape[0], QK_K), np.float32)
-    for h in range(2):
-        ql = b[:, 64 * h:64 * h + 64].astype(np.int64)
-        qh = b[:, 128 + 32 * h:128 + 32 * h + 32].astype(np.int64)
-        parts = ((ql[:, :32] & 15) | ((qh >> 0) & 3) << 4, (ql[:, 32:] & 15) | ((qh >> 2) & 3) << 4,
-                 (ql[:, :32] >> 4) | ((qh >> 4) & 3) << 4, (ql[:, 32:] >> 4) | ((qh >> 6) & 3) << 4)
-        for p, q in enumerate(parts):
-            for half in range(2):
-                j = 128 * h + 32 * p + 16 * half
-                s = sc[:, 8 * h + 2 * p + half]
-                out[:, j:j + 16] = (d * _f(s))[:, None] * _f(q[:, 16 * half:16 * half + 16] - 32)
-    return out
-
-
-def decode_iq4_nl(b):
-    return _half(b, 0)[:, None] * KVALUES_IQ4NL.astype(np.float32)[_low_high(b[:, 2:18])]
-
-
-def decode_iq4_xs(b):
-    d = _half(b, 0)
-    sh = b[:, 2].astype(np.int64) | b[:, 3].astype(np.int64) << 8
-    out = np.zeros((b.shape[0], QK_K), np.float32)
-    kv = KVALUES_IQ4NL.astype(np.float32)
-    for ib in range(8):
-        ls = ((b[:, 4 + ib // 2].astype(np.int64) >> (4 * (ib % 2))) & 15) | ((sh >> (2 * ib)) & 3) << 4
-        dl = d * _f(ls - 32)
-        out[:, 32 * ib:32 * ib + 32] = dl[:, None] * kv[_low_high(b[:, 8 + 16 * ib:24 + 16 * ib])]
-    return out
-
-
-DECODERS = {
-    "Q4_0": decode_q4_0, "Q4_1": decode_q4_1, "Q5_0": decode_q5_0, "Q5_1": decode_q5_1, "Q8_0": decode_q8_0,
-    "Q4_K": decode_q4_k, "Q5_K": decode_q5_k, "Q6_K": decode_q6_k,
-    "IQ4_NL": decode_iq4_nl, "IQ4_XS": decode_iq4_xs,
-}
-
-
-def decode(raw, type_name, cols):
-    """Reference ``decode_rows``: uint8 (rows, bytes per row) -> float32 (rows, cols)."""
-    t = BLOCK_TYPES[type_name]
-    b = np.ascontiguousarray(raw, dtype=np.uint8)
-    with np.errstate(all="ignore"):
-        out = DECODERS[type_name](b.reshape(-1, t.block_bytes))
-    return out.astype(np.float32).reshape(b.shape[0], cols)
-
-
 ENCODERS = {
     "Q4_0": encode_q4_0, "Q4_1": encode_q4_1, "Q5_0": encode_q5_0, "Q5_1": encode_q5_1, "Q8_0": encode_q8_0,
-    "Q4_K": encode_q4_k, "Q5_K": encode_q5_k, "Q6_K": encode_q6_k,
+    "Q2_K": encode_q2_k, "Q3_K": encode_q3_k, "Q4_K": encode_q4_k, "Q5_K": encode_q5_k, "Q6_K": encode_q6_k,
     "IQ4_NL": encode_iq4_nl, "IQ4_XS": encode_iq4_xs,
 }
 
