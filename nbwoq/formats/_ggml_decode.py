@@ -4,7 +4,7 @@ helper of the decode kernel and of the encoder's error measurement (``_ggml_rows
 import numpy as np
 
 from nbwoq._config import njit_helper
-from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, KV, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
+from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, KV, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
                                          _get_half, _int8)
 
 
@@ -89,6 +89,25 @@ def decode_block(b, kind, y):
                 y[128 * h + 32 + i] = d * np.float32(_int8(np.int64(b[192 + s + 2]))) * np.float32(q2)
                 y[128 * h + 64 + i] = d * np.float32(_int8(np.int64(b[192 + s + 4]))) * np.float32(q3)
                 y[128 * h + 96 + i] = d * np.float32(_int8(np.int64(b[192 + s + 6]))) * np.float32(q4)
+    elif kind == Q2_K or kind == Q3_K:
+        # value v = 128 h + 32 k + 16 s + l: code byte qs[32 h + 16 s + l] >> 2k, scale v // 16
+        qs = 16 if kind == Q2_K else 32
+        d = _get_half(b, 80 if kind == Q2_K else 108)
+        dmin = _get_half(b, 82) if kind == Q2_K else np.float32(0)
+        for v in range(256):
+            h = v // 128
+            k = (v // 32) % 4
+            q = (np.int64(b[qs + 32 * h + v % 32]) >> (2 * k)) & 3
+            j = v // 16
+            if kind == Q2_K:
+                sc = np.int64(b[j])
+                y[v] = (d * np.float32(sc & 15)) * np.float32(q) - dmin * np.float32(sc >> 4)
+            else:
+                low = (np.int64(b[96 + j]) & 15) if j < 8 else (np.int64(b[96 + j - 8]) >> 4)
+                sc = (low | (((np.int64(b[104 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
+                if ((np.int64(b[v % 32]) >> (v // 32)) & 1) == 0:
+                    q -= 4
+                y[v] = (d * np.float32(sc)) * np.float32(q)
     elif kind == IQ4_XS:
         d = _get_half(b, 0)
         sh = np.int64(b[2]) | (np.int64(b[3]) << 8)

@@ -193,9 +193,9 @@ _LANES = 8  # sub-blocks searched side by side: a literal, so LLVM unrolls and v
 
 
 @njit_helper
-def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, st, scale_out, min_out):
-    """llama.cpp's ``make_qkx2_quants`` (squared error) of the sub-blocks in the columns of
-    ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
+def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_out, min_out):
+    """llama.cpp's ``make_qkx2_quants`` (``mad``: absolute error) of the sub-blocks in the
+    columns of ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
     equals the scalar routine bit for bit, and the lane loops vectorize. Codes go to ``L``
     (n, lanes); ``scale_out``/``min_out`` get each lane's scale and ``the_min``."""
     n = xt.shape[0]
@@ -226,7 +226,7 @@ def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, st, scale_out, mi
             l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
             L[i, s] = l
             diff = scale[s] * np.float32(l) + lo[s] - xt[i, s]
-            best[s] += wt[i, s] * (diff * diff)
+            best[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
     for s in range(_LANES):
         scale_out[s] = F0 if take[s] != F0 else scale[s]
         min_out[s] = lo[s]
@@ -255,7 +255,7 @@ def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, st, scale_out, mi
         for i in range(n):
             for s in range(_LANES):
                 diff = ts[s] * np.float32(La[i, s]) + tm[s] - xt[i, s]
-                cur[s] += wt[i, s] * (diff * diff)
+                cur[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
         for s in range(_LANES):
             sl[s] = F1 if (sl[s] != F0 and cur[s] < best[s]) else F0
             best[s] = cur[s] if sl[s] != F0 else best[s]
@@ -333,7 +333,7 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
     for i in range(32):
         for j in range(8):
             wt[i, j] = s2[j] + abs(xt[i, j])
-    _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, F0_1, nstep, st, scales, mins)
+    _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, F0_1, nstep, False, st, scales, mins)
     max_scale = F0
     max_min = F0
     for j in range(8):

@@ -7,9 +7,10 @@ from numba import prange
 
 from nbwoq._config import njit_kernel
 from nbwoq.formats._ggml_decode import decode_block
-from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, _BB, _BV,
+from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, _BB, _BV,
                                         _enc_iq4_nl, _enc_iq4_xs, _enc_q4, _enc_q5, _enc_q6_k, _enc_q8_0,
                                         _enc_qk_asym)
+from nbwoq.formats._ggml_encode_k23 import _enc_q2_k, _enc_q3_k
 
 
 @njit_kernel
@@ -43,7 +44,7 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
         La = np.zeros((32, 8), np.int32)
         st = np.zeros((16, 8), np.float32)
         scales = np.zeros(16, np.float32)
-        mins = np.zeros(8, np.float32)
+        mins = np.zeros(16, np.float32)
         ls = np.zeros(8, np.int64)
         lm = np.zeros(8, np.int64)
         y = np.zeros(256, np.float32)
@@ -60,6 +61,10 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
                 _enc_q8_0(xb, ob)
             elif kind == Q4_K or kind == Q5_K:
                 _enc_qk_asym(xb, ob, kind == Q5_K, xt, wt, Lt, La, st, scales, mins, ls, lm)
+            elif kind == Q2_K:
+                _enc_q2_k(xb, ob, xt, wt, Lt, La, st, scales, mins, L)
+            elif kind == Q3_K:
+                _enc_q3_k(xb, ob, L, scales)
             elif kind == Q6_K:
                 _enc_q6_k(xb, ob, L, scales)
             elif kind == IQ4_NL:

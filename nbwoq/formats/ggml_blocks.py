@@ -84,8 +84,8 @@ def _check_cols(cols, t):
         raise ValueError(f"cols must be a positive multiple of {t.block_values} (the {t.name} block); got {cols!r}")
 
 
-#: Block types ``encode_rows``/``decode_rows`` implement (the table also names Q2_K and Q3_K).
-SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+#: Block types ``encode_rows``/``decode_rows`` implement.
+SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 
 
 def _supported(type_name):
