@@ -1,0 +1,187 @@
+"""GGML block types: one table of their facts, and row-wise encode/decode for each.
+
+The table (``BLOCK_TYPES``) says, for every block type nbwoq reads and writes, its GGML
+type id, how many values a block holds and how many bytes it takes; the layouts are
+spelled out beside the reference encoders (``_ggml_reference``). Encoding reproduces
+llama.cpp's data-free ``quantize_row_*_ref`` routines byte for byte (no importance
+matrix), in float32 and in llama.cpp's order of operations, built without FMA
+contraction (the portable build); decoding is llama.cpp's ``dequantize_row_*``.
+
+``encode_rows`` and ``decode_rows`` validate their arguments and call the parallel
+Numba kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins
+the tests compare them with. Nothing here imports ``gguf``: the test suite checks the
+table against ``gguf.GGML_QUANT_SIZES``.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+#: One GGML block type: its name, GGML type id, values per block and bytes per block.
+BlockType = namedtuple("BlockType", "name type_id block_values block_bytes")
+
+QK_K = 256  # values per K-quant super-block
+
+BLOCK_TYPES = {
+    t.name: t
+    for t in (
+        BlockType("Q4_0", 2, 32, 18),  # d, qs[16]
+        BlockType("Q4_1", 3, 32, 20),  # d, m, qs[16]
+        BlockType("Q5_0", 6, 32, 22),  # d, qh[4], qs[16]
+        BlockType("Q5_1", 7, 32, 24),  # d, m, qh[4], qs[16]
+        BlockType("Q8_0", 8, 32, 34),  # d, qs[32] (int8)
+        BlockType("Q2_K", 10, QK_K, 84),  # scales[16], qs[64], d, dmin
+        BlockType("Q3_K", 11, QK_K, 110),  # hmask[32], qs[64], scales[12], d
+        BlockType("Q4_K", 12, QK_K, 144),  # d, dmin, scales[12], qs[128]
+        BlockType("Q5_K", 13, QK_K, 176),  # d, dmin, scales[12], qh[32], qs[128]
+        BlockType("Q6_K", 14, QK_K, 210),  # ql[128], qh[64], scales[16] (int8), d
+        BlockType("IQ4_NL", 20, 32, 18),  # d, qs[16] (indices into KVALUES_IQ4NL)
+        BlockType("IQ4_XS", 23, QK_K, 136),  # d, scales_h (uint16), scales_l[4], qs[128]
+    )
+}
+
+#: The 16 levels of IQ4_NL and IQ4_XS (llama.cpp's ``kvalues_iq4nl``), sorted.
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+
+
+def _check_table():
+    """Facts that follow from the layouts: raised at import when an entry is mistyped."""
+    fp16 = 2
+    expected = {
+        "Q4_0": fp16 + 16, "Q4_1": 2 * fp16 + 16, "Q5_0": fp16 + 4 + 16, "Q5_1": 2 * fp16 + 4 + 16,
+        "Q8_0": fp16 + 32, "Q2_K": 16 + 64 + 2 * fp16, "Q3_K": 32 + 64 + 12 + fp16,
+        "Q4_K": 2 * fp16 + 12 + 128, "Q5_K": 2 * fp16 + 12 + 32 + 128, "Q6_K": 128 + 64 + 16 + fp16,
+        "IQ4_NL": fp16 + 16, "IQ4_XS": fp16 + 2 + 4 + 128,
+    }
+    for name, t in BLOCK_TYPES.items():
+        if t.block_bytes != expected[name] or t.block_values not in (32, QK_K):
+            raise RuntimeError(f"ggml_blocks: inconsistent table entry {t}")
+    if not np.all(np.diff(KVALUES_IQ4NL.astype(np.int32)) > 0):
+        raise RuntimeError("ggml_blocks: KVALUES_IQ4NL must be strictly increasing")
+
+
+_check_table()
+
+
+def block_type(type_name):
+    """The ``BlockType`` named ``type_name``, or ``ValueError`` listing the known ones."""
+    t = BLOCK_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if t is None:
+        raise ValueError(f"type_name must be one of {', '.join(BLOCK_TYPES)}; got {type_name!r}")
+    return t
+
+
+def row_bytes(type_name, cols):
+    """Bytes of one row of ``cols`` values stored as ``type_name`` (``cols`` a multiple of
+    the block size)."""
+    t = block_type(type_name)
+    _check_cols(cols, t)
+    return cols // t.block_values * t.block_bytes
+
+
+def _check_cols(cols, t):
+    if not isinstance(cols, (int, np.integer)) or isinstance(cols, bool) or cols <= 0 or cols % t.block_values:
+        raise ValueError(f"cols must be a positive multiple of {t.block_values} (the {t.name} block); got {cols!r}")
+
+
+#: Block types ``encode_rows``/``decode_rows`` implement.
+SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+
+
+def _supported(type_name):
+    t = block_type(type_name)
+    if t.name not in SUPPORTED:
+        raise ValueError(f"type_name {type_name!r} is not implemented yet; use one of {', '.join(SUPPORTED)}")
+    return t
+
+
+def _check_matrix(a, name, dtype):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, columns), got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray)")
+
+
+def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
+    """Encode each row of ``values`` as GGML blocks of ``type_name``, as llama.cpp does.
+
+    The bytes equal those of llama.cpp's data-free ``quantize_row_<type>_ref`` (no
+    importance matrix), row by row, blocks in order along the row.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        float32, shape (rows, cols), C-contiguous; ``cols`` a multiple of the block size
+        (32, or 256 for K-quants and IQ4_XS). Every value finite.
+    type_name : str
+        One of ``SUPPORTED``.
+    return_error : bool
+        Also return, per row, the sum of squared error of the stored values (decoded as
+        llama.cpp decodes them) and the sum of squared values (float64).
+    iq4_nl_search : bool
+        IQ4_NL only: search 15 trial scales per block as ``llama-quantize`` does without an
+        importance matrix (``quantize_iq4_nl``) instead of ``quantize_row_iq4_nl_ref``'s
+        single least-squares scale.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        uint8 (rows, bytes per row); with ``return_error``, ``(raw, err, norm)``.
+
+    Raises
+    ------
+    ValueError
+        On a wrong array (type, dtype, shape, layout), an unknown type, or a row holding
+        NaN or Inf (llama.cpp's bytes are undefined there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq.formats.ggml_blocks import encode_rows, decode_rows
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> raw = encode_rows(x, "Q4_K")
+    >>> raw.shape
+    (1, 144)
+    >>> float(np.abs(decode_rows(raw, "Q4_K", 256) - x).max()) < 0.07
+    True
+    """
+    t = _supported(type_name)
+    _check_matrix(values, "values", np.float32)
+    rows, cols = values.shape
+    _check_cols(cols, t)
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    out = np.empty((rows, cols // t.block_values * t.block_bytes), dtype=np.uint8)
+    err = np.empty(rows, dtype=np.float64)
+    norm = np.empty(rows, dtype=np.float64)
+    bad = np.zeros(rows, dtype=np.bool_)
+    ntry = 7 if iq4_nl_search else -1
+    _ggml_rows.encode_blocks(values, _ggml_encode.KIND[t.name], ntry, out, err, norm, bad)
+    if bad.any():
+        raise ValueError(f"values: row {int(np.argmax(bad))} holds NaN or Inf; GGML blocks cannot store it")
+    return (out, err, norm) if return_error else out
+
+
+def decode_rows(raw, type_name, cols):
+    """The float32 values (rows, cols) of GGML blocks ``raw`` (rows, bytes per row), as
+    llama.cpp's ``dequantize_row_<type>`` computes them.
+
+    Raises ``ValueError`` when ``raw`` is not a C-contiguous 2-D uint8 array of
+    ``cols // block_values * block_bytes`` columns, or ``cols`` is not a positive multiple
+    of the block size.
+    """
+    t = _supported(type_name)
+    _check_matrix(raw, "raw", np.uint8)
+    _check_cols(cols, t)
+    want = cols // t.block_values * t.block_bytes
+    if raw.shape[1] != want:
+        raise ValueError(f"raw must have {want} bytes per row for {cols} {t.name} values, got {raw.shape[1]}")
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    out = np.empty((raw.shape[0], int(cols)), dtype=np.float32)
+    _ggml_rows.decode_blocks(raw, _ggml_encode.KIND[t.name], out)
+    return out
