@@ -119,6 +119,16 @@ def njit(**options):
     return decorate
 
 
+#: Serial helpers called from kernels (and from Python in tests): the kernel settings
+#: without the parallel pass.
+HELPER = dict(nogil=True, cache=CACHE, fastmath=False, error_model="numpy")
+
+
+def njit_helper(func):
+    """Compile ``func`` as a serial helper with the project's settings."""
+    return njit(**HELPER)(func)
+
+
 def njit_kernel(func):
     """Compile ``func`` as a parallel kernel with the project's settings.
 

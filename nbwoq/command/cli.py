@@ -53,7 +53,17 @@ def _parser():
                         "default: keeps the large weights a model needs) or none (plain squared error, "
                         "the reference's criterion)")
     q.add_argument("--format", choices=("nbwoq", "gguf", "gptq"), default=None,
-                   help="output format (default: gguf when OUT ends in .gguf, else nbwoq)")
+                   help="output format (default: gguf when OUT ends in .gguf or --type is given, else nbwoq)")
+    q.add_argument("--type", metavar="TYPE",
+                   help="GGUF: a llama-quantize file type (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q4_0, Q4_1, "
+                        "Q5_0, Q5_1, IQ4_NL, F16, BF16, F32) with llama.cpp's per-tensor mix rules; implies "
+                        "--format gguf (default: none, the integer settings above as Q4_0/Q4_1/Q8_0)")
+    q.add_argument("--method", choices=("reference",), default="reference",
+                   help="with --type: how blocks are encoded; reference is llama.cpp's own data-free encoder, "
+                        "byte for byte (default reference)")
+    q.add_argument("--pure", action="store_true",
+                   help="with --type: every quantized tensor gets the type's default block type (llama-quantize "
+                        "--pure; default off: the mix rules)")
     q.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize tensors whose name matches this glob (repeatable; default: the 2-D "
                         "weights of the linear layers inside the blocks)")
@@ -94,11 +104,13 @@ def parse_grid(text):
         raise InputError(f"--clip-grid must be a count or comma-separated ratios, got {text!r}") from None
 
 
-def _output_format(fmt, out):
-    """``--format``, or what OUT's name implies: a ``.gguf`` OUT is a GGUF file."""
+def _output_format(fmt, out, gguf_type=None):
+    """``--format``, or what OUT's name (or ``--type``) implies: a ``.gguf`` OUT is a GGUF file."""
     is_gguf = out is not None and out.lower().endswith(".gguf")
+    if gguf_type is not None and fmt not in (None, "gguf"):
+        raise InputError(f"--type {gguf_type} writes GGUF, but --format {fmt} was asked for")
     if fmt is None:
-        return "gguf" if is_gguf else "nbwoq"
+        return "gguf" if is_gguf or gguf_type is not None else "nbwoq"
     if is_gguf and fmt != "gguf":
         raise InputError(f"OUT {out!r} ends in .gguf, but --format {fmt} writes a folder; "
                          "drop --format (or use --format gguf), or name OUT without .gguf")
@@ -110,7 +122,9 @@ def _quantize(args):
     from nbwoq.command.run import quantize_checkpoint
     from nbwoq.formats.options import QuantOptions
 
-    args.format = _output_format(args.format, args.out)
+    args.format = _output_format(args.format, args.out, args.type)
+    if args.type is None and (args.pure or args.method != "reference"):
+        raise InputError("--pure and --method apply to --type")
     if args.format == "gguf":
         group_size = 32 if args.group_size is None else args.group_size
         scheme = args.scheme or "sym"
@@ -125,7 +139,8 @@ def _quantize(args):
     grid = None if args.clip_grid is None else parse_grid(args.clip_grid)
     options = QuantOptions(args.bits, group_size, scheme, args.dtype, full_range, args.clip,
                            args.include, args.exclude, clip_grid=grid,
-                           clip_weighting=None if args.clip_weighting == "none" else args.clip_weighting)
+                           clip_weighting=None if args.clip_weighting == "none" else args.clip_weighting,
+                           gguf_type=args.type, method=args.method, pure=args.pure)
     cleanup = []
     try:
         src, out = args.src, args.out

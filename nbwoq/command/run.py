@@ -82,12 +82,15 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
     for shard, infos in source.shards:
         items = []
         for info in infos:
-            selected = options.selects(info.name, info.shape, info.dtype)
+            selected = writer.select(info, options.selects(info.name, info.shape, info.dtype))
             writer.check_tensor(info, selected)
             items.append((info, selected))
         plan.append((shard, items))
     if not any(sel for _, items in plan for _, sel in items):
-        raise InputError("no tensor selected for quantization (check --include/--exclude)")
+        if options.gguf_type is None:
+            raise InputError("no tensor selected for quantization (check --include/--exclude)")
+        if log:
+            log(f"every tensor is already stored as --type {options.gguf_type} asks: copying them")
     requantized = sorted({info.dtype for _, items in plan for info, sel in items if sel and info.dtype not in storage.DTYPES})
     if requantized and log:
         log(f"warning: the source is already quantized ({', '.join(requantized)}); its tensors are decoded and "
@@ -189,8 +192,8 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
                 with source.open(info) as (array, dtype_name):
                     encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
                     nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
-                rows.append(tensor_row(info, shard, label, encoded, nbytes, time.perf_counter() - t0,
-                                       first(encoded, info.dtype)))
+                rows.append(tensor_row(info, shard, writer.stored_as(info, label), encoded, nbytes,
+                                       time.perf_counter() - t0, first(encoded, info.dtype)))
                 index += 1
                 if bar is not None:
                     bar.update(info.nbytes)
@@ -331,8 +334,8 @@ class _ShardStream:
                 nbytes += arr.nbytes
             if selected:
                 last_use[self.parity] = ticket
-        return tensor_row(info, name, self.label, encoded, nbytes, time.perf_counter() - t0,
-                          self.first(encoded, info.dtype))
+        return tensor_row(info, name, self.writer.stored_as(info, self.label), encoded, nbytes,
+                          time.perf_counter() - t0, self.first(encoded, info.dtype))
 
 
 def _write_aux(source, writer, folder, weight_map, n_shards, log):

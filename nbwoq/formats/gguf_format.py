@@ -22,14 +22,16 @@ key rows are permuted to llama.cpp's rotary layout, and the metadata is written 
 ``config.json`` (and ``tokenizer.json`` when present).
 """
 
+import fnmatch
 import json
 import os
 
 import numpy as np
 
 from nbwoq._version import __version__
-from nbwoq.formats import packing, storage
+from nbwoq.formats import ggml_blocks, packing, quantizer, storage
 from nbwoq.formats.errors import InputError, printable
+from nbwoq.formats.gguf_mix import FILE_TYPES, plan_types
 from nbwoq.formats.hf_config import llama_shape
 from nbwoq.formats.source import read_json
 from nbwoq.formats.writer import Encoding, FileWriter
@@ -56,6 +58,24 @@ def gguf_type(options):
                      f"got int{o.bits} {o.scheme}")
 
 
+_FLOATS = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
+
+
+def _to_float_type(x, target, out):
+    """Store float32 rows ``x`` as ``target`` into ``out``; returns the stored values
+    widened back to float64 (bfloat16 rounded to nearest even, as llama.cpp does)."""
+    if target == "F32":
+        out[...] = x
+        return x.astype(np.float64)
+    if target == "F16":
+        out[...] = x.astype(np.float16)
+        return out.astype(np.float64)
+    bits = x.view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    out[...] = rounded.astype(np.uint16)
+    return (out.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
 def _is_index(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 31)
 
@@ -75,9 +95,13 @@ class GgufWriter(FileWriter):
         except ImportError:  # pragma: no cover
             raise InputError("--format gguf needs the 'gguf' package (pip install gguf)") from None
         self.gguf = gguf
-        self.type_name = gguf_type(options)
-        self.kind = _KINDS[self.type_name]
-        self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
+        self.file_type = options.gguf_type  # a llama.cpp file type (--type), or None: the core's codes
+        if self.file_type is None:
+            self.type_name = gguf_type(options)
+            self.kind = _KINDS[self.type_name]
+            self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
+        else:
+            self.type_name = self.file_type
         if source.kind == "gguf":
             self.arch = str(self._field("general.architecture"))
             self.name_map = None
@@ -91,6 +115,42 @@ class GgufWriter(FileWriter):
             self.arch = "llama"
             self.shape = llama_shape(cfg)
             self.name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, self.shape["layers"])
+        self.types = self._plan_types() if self.file_type is not None else None
+
+    def _plan_types(self):
+        """Every tensor's GGML type under ``--type`` (``gguf_mix``), by its GGUF name."""
+        tensors = [(self.out_name(info), info.shape) for _, infos in self.source.shards for info in infos]
+        if self.source.kind == "gguf":
+            layers = self._int_field(f"{self.arch}.block_count", 1)
+            experts = self._int_field(f"{self.arch}.expert_count", 1)
+            heads = self._int_field(f"{self.arch}.attention.head_count", 1)
+            kv_heads = self._int_field(f"{self.arch}.attention.head_count_kv", heads)
+        else:
+            layers, heads, kv_heads = self.shape["layers"], self.shape["heads"], self.shape["kv_heads"]
+            experts = 1
+        return plan_types(tensors, self.file_type, self.arch, max(layers, 1), max(experts, 1),
+                          max(heads, 1) // max(kv_heads, 1), pure=self.options.pure)
+
+    def _int_field(self, key, default):
+        """An integer key of the source's metadata (a per-layer array or anything else: ``default``)."""
+        field = self.source.gguf.fields.get(key)
+        value = None if field is None else field.contents()
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+    def stored_as(self, info, label):
+        if self.types is None:
+            return label
+        return self.types.get(self.out_name(info)) or label
+
+    def select(self, info, chosen):
+        """Under ``--type``, llama.cpp's rules pick the tensors; one already stored in its
+        target type is copied byte for byte."""
+        if self.types is None:
+            return chosen
+        target = self.types.get(self.out_name(info))
+        if target is None or any(fnmatch.fnmatchcase(info.name, p) for p in self.options.exclude):
+            return False
+        return target != info.dtype
 
     def _field(self, key):
         field = self.source.gguf.fields.get(key)
@@ -108,6 +168,8 @@ class GgufWriter(FileWriter):
         return name
 
     def check_tensor(self, info, selected):
+        if self.types is not None:
+            return  # the plan fell back to a type whose blocks fit every row
         if selected and info.shape[1] % 32:
             raise InputError(f"--format gguf: tensor {info.name!r} has {info.shape[1]} columns, "
                              "not a multiple of the 32-value block; exclude it with --exclude")
@@ -131,6 +193,17 @@ class GgufWriter(FileWriter):
         """Register tensor ``info`` with the gguf-py writer (shape and type, no data)."""
         name = self.out_name(info)
         gguf = self.gguf
+        if selected and self.types is not None:
+            target = self.types[name]
+            if target in _FLOATS:
+                dtype = _FLOATS[target]
+                gguf_writer.add_tensor_info(name, info.shape, dtype, info.size * dtype.itemsize,
+                                            raw_dtype=gguf.GGMLQuantizationType.BF16 if target == "BF16" else None)
+            else:
+                byte_shape = (*info.shape[:-1], ggml_blocks.row_bytes(target, info.shape[-1]))
+                gguf_writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
+                                            raw_dtype=gguf.GGMLQuantizationType[target])
+            return
         if selected:
             rows, cols = info.shape
             _, bsize = packing.GGUF_BLOCK[self.kind]
@@ -172,7 +245,7 @@ class GgufWriter(FileWriter):
                 gguf_writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
         else:
             self._llama_metadata(gguf_writer)
-        gguf_writer.add_file_type(_FILE_TYPE[self.type_name])
+        gguf_writer.add_file_type(FILE_TYPES[self.file_type][0] if self.file_type else _FILE_TYPE[self.type_name])
         gguf_writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gguf_writer.add_string("general.quantized_by", f"nbwoq {__version__} ({self.options.label()})")
 
@@ -265,6 +338,38 @@ class GgufWriter(FileWriter):
         out = np.ascontiguousarray(array)
         perm = self.permutation(info)
         return [(name, out[perm] if perm is not None else out)]
+
+    def one_pass(self):
+        return self.types is not None
+
+    def quantize_encode(self, info, array, dtype_name, scratch):
+        """Under ``--type``: the tensor's GGML type, encoded by llama.cpp's data-free rule
+        (``ggml_blocks``) in blocks of rows from the source; or a float type."""
+        name = self.out_name(info)
+        target = self.types[name]
+        cols = info.shape[-1]
+        values = array.reshape(-1, cols)
+        quantizer.clip_ratios(values, dtype_name, self.options, info.name)  # NaN/Inf: one error naming the row
+        n = values.shape[0]
+        if target in _FLOATS:
+            out = np.empty((n, cols), dtype=np.float32 if target == "F32" else np.uint16 if target == "BF16" else np.float16)
+        else:
+            out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
+        err = np.zeros(n, dtype=np.float64)
+        norm = np.zeros(n, dtype=np.float64)
+        for start, stop in quantizer.row_blocks(n, cols):
+            x = storage.widen(values[start:stop], dtype_name, out=scratch.get("work", (stop - start, cols), np.float32))
+            if target in _FLOATS:
+                stored = _to_float_type(x, target, out[start:stop])
+                err[start:stop] = ((stored - x.astype(np.float64)) ** 2).sum(axis=1)
+                norm[start:stop] = (x.astype(np.float64) ** 2).sum(axis=1)
+                continue
+            raw, e, nn = ggml_blocks.encode_rows(x, target, return_error=True, iq4_nl_search=True)
+            out[start:stop], err[start:stop], norm[start:stop] = raw, e, nn
+        perm = self.permutation(info)
+        if perm is not None:
+            out = out[perm]
+        return [(name, out.reshape(*info.shape[:-1], out.shape[-1]))], float(err.sum()), float(norm.sum())
 
     def begin(self, info, scratch):
         rows, cols = info.shape

@@ -19,6 +19,9 @@ from nbwoq.formats.errors import InputError
 from nbwoq.quantize import quant_tensor
 
 CLIP_MODES = ("none", "tensor", "group")
+#: How GGML block types (--type) are encoded: "reference" is llama.cpp's data-free
+#: quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte.
+METHODS = ("reference",)
 
 # Default selection: 2-D ``.weight`` tensors inside the repeated blocks (``layers.3.``,
 # ``blk.3.``, ``h.3.``) that are not norms. That is every linear layer of a decoder
@@ -32,7 +35,8 @@ class QuantOptions:
     """The quantization settings of one run, validated against the core up front."""
 
     def __init__(self, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, clip="none",
-                 include=(), exclude=(), clip_grid=None, clip_weighting="magnitude", python_names=False):
+                 include=(), exclude=(), clip_grid=None, clip_weighting="magnitude", python_names=False,
+                 gguf_type=None, method="reference", pure=False):
         def arg(name):  # errors name the setting as the caller spelled it
             return name if python_names else "--" + name.replace("_", "-")
 
@@ -54,6 +58,23 @@ class QuantOptions:
         self.clip_weighting = clip_weighting
         self.include = tuple(include or ())
         self.exclude = tuple(exclude or ())
+        # A llama.cpp file type (--type): its GGML block types decide the codes, not the
+        # integer settings above; method "reference" is llama.cpp's own data-free encoder.
+        self.gguf_type = None if gguf_type is None else str(gguf_type).upper()
+        if self.gguf_type is not None:
+            from nbwoq.formats.gguf_mix import file_type
+
+            file_type(self.gguf_type)
+            if clip != "none":
+                raise InputError("--clip applies to the integer formats; --type chooses GGML block types, whose "
+                                 "encoders search their own scales")
+            if self.include:
+                raise InputError("--include has no effect with --type (llama.cpp's rules pick the tensors); "
+                                 "use --exclude to keep some unquantized")
+        if method not in METHODS:
+            raise InputError(f"--method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.pure = bool(pure)
         self.codebook = self.dtype != "int"
         self.qmin, self.qmax, self.slot = packing.code_layout(self.bits, self.scheme, self.full_range, self.codebook)
         self._probe()
@@ -85,6 +106,8 @@ class QuantOptions:
         return search_clip(w, weighting=self.clip_weighting, **kwargs)
 
     def label(self):
+        if self.gguf_type is not None:
+            return f"{self.gguf_type}{' pure' if self.pure else ''}, method {self.method}"
         if self.codebook:
             text = f"{self.dtype} g{self.group_size}"
         else:
@@ -99,8 +122,8 @@ class QuantOptions:
         return dict(bits=self.bits, group_size=self.group_size, scheme=self.scheme, dtype=self.dtype,
                     full_range=self.full_range, clip=self.clip, clip_grid=_grid_json(self.clip_grid),
                     clip_weighting=self.clip_weighting if self.clip != "none" else None,
-                    include=list(self.include),
-                    exclude=list(self.exclude))
+                    include=list(self.include), exclude=list(self.exclude),
+                    gguf_type=self.gguf_type, method=self.method, pure=self.pure)
 
     def codebook_lut(self):
         if not self.codebook:

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from nbwoq.formats import ggml_blocks
 from nbwoq.formats import safetensors_io as st
 from nbwoq.formats.errors import InputError, printable
 
@@ -219,6 +220,11 @@ class Source:
             return np.asarray(data).reshape(info.shape), name
         if name == "BF16":
             return np.asarray(data).view(np.uint16).reshape(info.shape), "BF16"
+        if name in ggml_blocks.SUPPORTED and info.shape:
+            # our parallel decoders (llama.cpp's dequantize_row_*), not gguf-py's NumPy ones
+            cols = info.shape[-1]
+            raw = np.ascontiguousarray(np.asarray(data).reshape(-1, ggml_blocks.row_bytes(name, cols)))
+            return ggml_blocks.decode_rows(raw, name, cols).reshape(info.shape), "F32"
         try:
             values = gguf.quants.dequantize(data, qtype)
         except NotImplementedError:

@@ -58,6 +58,15 @@ class Writer:
         self.options = options
         self.source = source
 
+    def select(self, info, chosen):
+        """Whether tensor ``info`` is quantized, given what the options chose (``chosen``).
+        A format with its own rules (GGUF's file types) overrides this."""
+        return chosen
+
+    def stored_as(self, info, label):
+        """The report's name for how tensor ``info`` is stored (``label``: the run's)."""
+        return label
+
     def check_tensor(self, info, selected):
         """Raise ``InputError`` when tensor ``info`` cannot be stored as planned. Called for
         every tensor before anything is written."""
