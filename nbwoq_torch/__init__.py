@@ -26,19 +26,10 @@ from nbwoq._tables import (
     NF4,
     NF4_BIT,
 )
-from nbwoq_torch._capture import (
-    BlockInputs,
-    capture_block_inputs,
-    capture_module_io,
-    forward_wrapper,
-    get_example_input,
-    get_module_input_output,
-    model_forward,
-    move_input_to_device,
-    recover_forward,
-    replace_forward,
-)
+from nbwoq_torch._batches import forward_wrapper, get_example_input, model_forward, move_input_to_device
+from nbwoq_torch._block_capture import BlockInputs, capture_block_inputs, recover_forward, replace_forward
 from nbwoq_torch._graph import GraphNode, GraphTrace, get_absorb_layers, get_parent
+from nbwoq_torch._module_io import capture_module_io, get_module_input_output
 from nbwoq_torch._modules import fetch_module, get_block_prefix, get_module, set_module
 from nbwoq_torch.clip import search_clip
 from nbwoq_torch.quantize import (
