@@ -30,6 +30,7 @@ from nbwoq_torch._batches import forward_wrapper, get_example_input, model_forwa
 from nbwoq_torch._block_capture import BlockInputs, capture_block_inputs, recover_forward, replace_forward
 from nbwoq_torch._graph import GraphNode, GraphTrace, get_absorb_layers, get_parent
 from nbwoq_torch._module_io import capture_module_io, get_module_input_output
+from nbwoq_torch._patch import patch_reference
 from nbwoq_torch._modules import fetch_module, get_block_prefix, get_module, set_module
 from nbwoq_torch.clip import search_clip
 from nbwoq_torch.quantize import (
@@ -79,4 +80,5 @@ __all__ = [
     "GraphNode",
     "capture_block_inputs",
     "capture_module_io",
+    "patch_reference",
 ]

@@ -57,7 +57,8 @@ def move_input_to_device(input, device=torch.device("cpu")):  # noqa: A002 (refe
 def _binds_positionally(model, args):
     """Whether ``model.forward`` accepts ``args`` as positional arguments."""
     try:
-        signature = inspect.signature(model.forward)
+        # A plain callable (a wrapper, a test's mock) has no ``forward``: inspect it instead.
+        signature = inspect.signature(getattr(model, "forward", model))
     except (TypeError, ValueError):  # no introspectable signature: just try
         return True
     try:
@@ -67,13 +68,14 @@ def _binds_positionally(model, args):
     return True
 
 
-def forward_wrapper(model, input, device=torch.device("cpu")):  # noqa: A002 (reference name)
+def forward_wrapper(model, input, device=torch.device("cpu"), move_model=False):  # noqa: A002 (reference name)
     """Run ``model`` on one calibration input.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model; moved to ``device`` first.
+    model : callable
+        The model, usually a ``torch.nn.Module``; any callable works (it is left where
+        it is unless ``move_model``).
     input : object
         A dict (or ``UserDict``) is passed as keyword arguments, a list or
         tuple as positional arguments, anything else as the only argument. A
@@ -81,7 +83,12 @@ def forward_wrapper(model, input, device=torch.device("cpu")):  # noqa: A002 (re
         positionally is passed whole, as one argument (the reference tried
         that after *any* error, hiding the model's own errors).
     device : torch.device or str or None, optional
-        Where to run; ``None`` leaves model and input where they are.
+        Where the input's tensors are moved; ``None`` leaves them where they are.
+    move_model : bool, optional
+        New: also move the model with ``model.to(device)`` first. Off by default: the
+        model stays where the caller put it (the reference calls ``model.to(device)`` and
+        swallows any failure of it, which also skips moving the input; see the migration
+        guide).
 
     Returns
     -------
@@ -95,8 +102,11 @@ def forward_wrapper(model, input, device=torch.device("cpu")):  # noqa: A002 (re
     >>> forward_wrapper(model, (torch.ones(4, 3),)).shape
     torch.Size([4, 2])
     """
+    if move_model is not False and move_model is not True:
+        raise TypeError(f"move_model must be True or False, got {move_model!r}")
     if device is not None:
-        model.to(device)
+        if move_model:
+            model.to(device)
         input = move_input_to_device(input, device)  # noqa: A001
     if isinstance(input, (dict, UserDict)):
         return model(**input)
@@ -124,7 +134,7 @@ def _check_iters(iters):
         raise ValueError(f"iters must be -1 (all batches) or a positive integer, got {iters!r}")
 
 
-def model_forward(model, dataloader, iters, device):
+def model_forward(model, dataloader, iters, device, move_model=False):
     """Run calibration batches through ``model``.
 
     Parameters
@@ -139,6 +149,9 @@ def model_forward(model, dataloader, iters, device):
         Number of batches to run; ``-1`` runs them all.
     device : torch.device or str or None
         Passed to :func:`forward_wrapper`.
+    move_model : bool, optional
+        New, off by default: move the model to ``device`` first (see
+        :func:`forward_wrapper`).
 
     Returns
     -------
@@ -159,7 +172,7 @@ def model_forward(model, dataloader, iters, device):
     _check_iters(iters)
     count = 0
     for batch in dataloader:
-        forward_wrapper(model, _batch_input(batch), device)
+        forward_wrapper(model, _batch_input(batch), device, move_model=move_model)
         count += 1
         if iters != -1 and count >= iters:
             break

@@ -29,10 +29,13 @@ UNDOCUMENTED = {
 # Parameters nbwoq adds after the seed's (keyword arguments with defaults, never a
 # changed meaning), and why.
 EXTENSIONS = {
-    "quant_weight_w_scale": {"bits"},  # SPEC deviation 2: clamp codes to the format's range
+    "quant_weight_w_scale": {"bits", "scale_bf16_to_fp8", "fp8_aware"},  # SPEC deviation 2: clamp codes to the
+    # format's range; issue 18: the reference 3.10's keywords (its positional form is accepted too)
     "search_clip": {"per_group", "grid", "weighting"},  # issue 4: per-group search, other candidates;
     # issue 7: the magnitude-weighted error (the reference's plain error stays the default)
     "get_absorb_layers": {"backend"},  # issue 6: torch.export when TorchScript fails
+    "forward_wrapper": {"move_model"},  # issue 18: the model stays put unless asked
+    "model_forward": {"move_model"},
 }
 
 
