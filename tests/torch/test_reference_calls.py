@@ -223,3 +223,49 @@ def test_cast_int_is_read_by_value():
     w = _weight()
     codes, scale, _ = quantize_4bit(w.clone(), dtype="nf4", return_int=True)
     assert torch.equal(codes_times_scale, codes * scale)
+
+
+# -- patch_reference, on a stand-in for the reference (no neural_compressor needed) ---------
+
+
+def test_patch_reference_swaps_and_restores_a_module(monkeypatch):
+    import sys
+    import types
+
+    def quant_tensor(weight, **kwargs):  # the stand-in's own function
+        return "reference"
+
+    def cast_fp8(tensor):  # a name the seed does not have
+        return "reference"
+
+    quant_tensor.__module__ = cast_fp8.__module__ = "fakeref.utility"
+    package, utility, algorithm = (types.ModuleType(n) for n in ("fakeref", "fakeref.utility", "fakeref.algo"))
+    utility.quant_tensor, utility.cast_fp8 = quant_tensor, cast_fp8
+    package.utility = utility
+    algorithm.quant_tensor = quant_tensor  # ``from .utility import quant_tensor``
+    algorithm.unrelated = len  # not the reference module's: left alone
+    for module in (package, utility, algorithm):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    with nbwoq_torch.patch_reference("fakeref.utility") as substitute:
+        assert sys.modules["fakeref.utility"] is substitute and package.utility is substitute
+        assert algorithm.quant_tensor is nbwoq_torch.quant_tensor
+        assert substitute.quant_tensor is nbwoq_torch.quant_tensor
+        assert substitute.get_absorb_layers is nbwoq_torch.get_absorb_layers
+        assert substitute.cast_fp8 is cast_fp8 and algorithm.unrelated is len
+        with pytest.raises(RuntimeError, match="already patched"):
+            with nbwoq_torch.patch_reference("fakeref.utility"):
+                pass
+    assert sys.modules["fakeref.utility"] is utility and package.utility is utility
+    assert algorithm.quant_tensor is quant_tensor and utility.quant_tensor is quant_tensor
+
+    with pytest.raises(KeyError):
+        with nbwoq_torch.patch_reference("fakeref.utility"):
+            raise KeyError("inside")
+    assert sys.modules["fakeref.utility"] is utility and algorithm.quant_tensor is quant_tensor
+
+
+def test_patch_reference_needs_the_reference():
+    with pytest.raises(ModuleNotFoundError):
+        with nbwoq_torch.patch_reference("nbwoq_no_such_reference.utility"):
+            pass
