@@ -6,7 +6,9 @@ tensors go to the Numba kernels without a copy and are overwritten in place; ten
 any other device take the array-API reference path on that device. The core validates
 every argument before the first write, so a failed call leaves the tensor untouched.
 Semantics, argument checks and the deliberate deviations from the reference are the
-core's; see its docstrings.
+core's; see its docstrings. The torch face adds what the reference's own algorithms pass
+(SPEC deviation 7, ``_reference_calls``): the keywords they misspell are ignored with a
+one-time warning, and ``quant_weight_w_scale`` takes the reference 3.10's call form too.
 """
 
 import torch
@@ -29,7 +31,12 @@ def quantize_4bit(tensor, quantile=1.0, dtype="nf4", return_int=False, **kwargs)
         Store the codes of ``INT_MAPPING[dtype]`` and return the scales.
     **kwargs
         As for ``nbwoq.quantize_4bit``: ``scale`` (a (rows, 1) tensor on the same device),
-        ``cast_int``, ``double_quant``, ``check_finite``.
+        ``cast_int``, ``double_quant``, ``check_finite``. ``cast_int`` is read by its
+        value: ``cast_int=True`` stores the codes and scales them like levels,
+        ``cast_int=False`` is the same as leaving it out (the reference tests only the
+        key's presence, so its ``cast_int=False`` stores codes; a deliberate difference,
+        see the migration guide). ``num_bits`` and ``data_type``, which the reference
+        ignores, are ignored with a one-time warning.
 
     Returns
     -------
@@ -214,7 +221,10 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
         Symmetric only: use the code ``-2**(bits-1)`` too.
     **kwargs
         As for ``nbwoq.quant_tensor`` (``check_finite``, ``double_quant`` and its
-        ``double_quant_*`` options).
+        ``double_quant_*`` options). The reference's callers' misspellings ``num_bits``
+        and ``data_type``, and a bool ``double_quant_scheme`` while ``double_quant`` is
+        off, are ignored with a one-time warning, as the reference ignores them; any
+        other unknown keyword raises ``TypeError``.
 
     Returns
     -------
