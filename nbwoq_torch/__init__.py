@@ -10,6 +10,9 @@ CPU tensors (float32, float64, float16, bfloat16) are quantized in their own mem
 nbwoq's parallel Numba kernels, and the very tensor passed in is returned; tensors on
 any other device run the array-API reference path on that device. nbwoq's thread count
 is ``nbwoq.set_num_threads`` (it never changes torch's).
+
+The reference's own RTN, AWQ, TEQ and GPTQ run on nbwoq_torch inside
+``with nbwoq_torch.patch_reference():`` (see the migration guide).
 """
 
 # torch first: Numba's OpenMP layer then binds to the libgomp torch loaded, and both

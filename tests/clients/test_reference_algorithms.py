@@ -88,3 +88,26 @@ def test_patch_reference_substitutes_and_restores():
                 pass
     assert sys.modules[utility.__name__] is original
     assert (rtn.quant_tensor, awq.get_absorb_layers) == before
+
+
+@pytest.mark.parametrize("fp8_aware", [False, True], ids=["plain", "fp8"])
+@pytest.mark.parametrize("zp", [True, False], ids=["asym", "sym"])
+@pytest.mark.parametrize("group_size", [-1, 8, 12], ids=["g-1", "g8", "g12-tail"])
+@pytest.mark.parametrize("dtype", ["int", "nf4"])
+def test_quant_weight_w_scale_in_gptqs_call_form_matches_the_reference(fp8_aware, zp, group_size, dtype):
+    """The reference 3.10's own function, called as its GPTQ calls it; on the tail case the
+    reference's codes are compared where it computes them (all columns)."""
+    from neural_compressor.torch.algorithms.weight_only import utility
+
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, 32, generator=generator)
+    n_groups = 1 if group_size == -1 else -(-32 // group_size)
+    scale = torch.rand(6, n_groups, generator=generator) / 8 + 0.05
+    scale = scale * 1000 if fp8_aware else scale  # values were divided by the fp8 scale
+    zero = torch.full((6, n_groups), 8.0) if (zp and dtype == "int") else None
+    s8 = torch.tensor([0.002])
+    expected = utility.quant_weight_w_scale(weight.clone(), scale, s8, zero, group_size, dtype=dtype,
+                                            fp8_aware=fp8_aware)
+    ours = nbwoq_torch.quant_weight_w_scale(weight.clone(), scale, s8, zero, group_size, dtype=dtype,
+                                            fp8_aware=fp8_aware)
+    assert torch.equal(ours, expected)
