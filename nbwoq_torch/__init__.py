@@ -10,6 +10,9 @@ CPU tensors (float32, float64, float16, bfloat16) are quantized in their own mem
 nbwoq's parallel Numba kernels, and the very tensor passed in is returned; tensors on
 any other device run the array-API reference path on that device. nbwoq's thread count
 is ``nbwoq.set_num_threads`` (it never changes torch's).
+
+The reference's own RTN, AWQ, TEQ and GPTQ run on nbwoq_torch inside
+``with nbwoq_torch.patch_reference():`` (see the migration guide).
 """
 
 # torch first: Numba's OpenMP layer then binds to the libgomp torch loaded, and both
@@ -26,19 +29,11 @@ from nbwoq._tables import (
     NF4,
     NF4_BIT,
 )
-from nbwoq_torch._capture import (
-    BlockInputs,
-    capture_block_inputs,
-    capture_module_io,
-    forward_wrapper,
-    get_example_input,
-    get_module_input_output,
-    model_forward,
-    move_input_to_device,
-    recover_forward,
-    replace_forward,
-)
+from nbwoq_torch._batches import forward_wrapper, get_example_input, model_forward, move_input_to_device
+from nbwoq_torch._block_capture import BlockInputs, capture_block_inputs, recover_forward, replace_forward
 from nbwoq_torch._graph import GraphNode, GraphTrace, get_absorb_layers, get_parent
+from nbwoq_torch._module_io import capture_module_io, get_module_input_output
+from nbwoq_torch._patch import patch_reference
 from nbwoq_torch._modules import fetch_module, get_block_prefix, get_module, set_module
 from nbwoq_torch.clip import search_clip
 from nbwoq_torch.quantize import (
@@ -88,4 +83,5 @@ __all__ = [
     "GraphNode",
     "capture_block_inputs",
     "capture_module_io",
+    "patch_reference",
 ]

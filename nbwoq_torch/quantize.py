@@ -6,11 +6,15 @@ tensors go to the Numba kernels without a copy and are overwritten in place; ten
 any other device take the array-API reference path on that device. The core validates
 every argument before the first write, so a failed call leaves the tensor untouched.
 Semantics, argument checks and the deliberate deviations from the reference are the
-core's; see its docstrings.
+core's; see its docstrings. The torch face adds what the reference's own algorithms pass
+(SPEC deviation 7, ``_reference_calls``): the keywords they misspell are ignored with a
+one-time warning, and ``quant_weight_w_scale`` takes the reference 3.10's call form too.
 """
 
+import torch
+
 from nbwoq import quantize as _core
-from nbwoq_torch import _interop
+from nbwoq_torch import _interop, _reference_calls
 
 
 def quantize_4bit(tensor, quantile=1.0, dtype="nf4", return_int=False, **kwargs):
@@ -27,7 +31,12 @@ def quantize_4bit(tensor, quantile=1.0, dtype="nf4", return_int=False, **kwargs)
         Store the codes of ``INT_MAPPING[dtype]`` and return the scales.
     **kwargs
         As for ``nbwoq.quantize_4bit``: ``scale`` (a (rows, 1) tensor on the same device),
-        ``cast_int``, ``double_quant``, ``check_finite``.
+        ``cast_int``, ``double_quant``, ``check_finite``. ``cast_int`` is read by its
+        value: ``cast_int=True`` stores the codes and scales them like levels,
+        ``cast_int=False`` is the same as leaving it out (the reference tests only the
+        key's presence, so its ``cast_int=False`` stores codes; a deliberate difference,
+        see the migration guide). ``num_bits`` and ``data_type``, which the reference
+        ignores, are ignored with a one-time warning.
 
     Returns
     -------
@@ -49,6 +58,7 @@ def quantize_4bit(tensor, quantile=1.0, dtype="nf4", return_int=False, **kwargs)
     >>> out is t, out.tolist(), scale.tolist()
     (True, [[7.0, 0.0, -4.0, -1.0]], [[1.0]])
     """
+    kwargs = _reference_calls.drop_ignored_keywords("quantize_4bit", kwargs)
     return _interop.call(_core.quantize_4bit, tensor, name="tensor", quantile=quantile, dtype=dtype,
                          return_int=return_int, **kwargs)
 
@@ -90,6 +100,7 @@ def qdq_weight_asym(weight, bits=4, quantile=1.0, return_int=False, **kwargs):
     >>> q is w, q.tolist(), scale.item(), zp.item()
     (True, [[0.0, 1.0, 2.0, 3.0]], 0.5, -0.0)
     """
+    kwargs = _reference_calls.drop_ignored_keywords("qdq_weight_asym", kwargs)
     return _interop.call(_core.qdq_weight_asym, weight, bits=bits, quantile=quantile, return_int=return_int,
                          **kwargs)
 
@@ -133,6 +144,7 @@ def qdq_weight_sym(weight, bits=4, quantile=1.0, return_int=False, full_range=Fa
     >>> q is w, q.dtype, q.tolist()
     (True, torch.bfloat16, [[-4.0, -2.0, 1.0, 3.0]])
     """
+    kwargs = _reference_calls.drop_ignored_keywords("qdq_weight_sym", kwargs)
     return _interop.call(_core.qdq_weight_sym, weight, bits=bits, quantile=quantile, return_int=return_int,
                          full_range=full_range, **kwargs)
 
@@ -171,6 +183,7 @@ def qdq_weight_actor(weight, bits, scheme, quantile=1.0, dtype="int", return_int
     >>> qdq_weight_actor(w, 2, "asym", return_int=True)[0].tolist()
     [[0.0, 1.0, 2.0, 3.0]]
     """
+    kwargs = _reference_calls.drop_ignored_keywords("qdq_weight_actor", kwargs)
     return _interop.call(_core.qdq_weight_actor, weight, bits=bits, scheme=scheme, quantile=quantile, dtype=dtype,
                          return_int=return_int, full_range=full_range, **kwargs)
 
@@ -208,7 +221,10 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
         Symmetric only: use the code ``-2**(bits-1)`` too.
     **kwargs
         As for ``nbwoq.quant_tensor`` (``check_finite``, ``double_quant`` and its
-        ``double_quant_*`` options).
+        ``double_quant_*`` options). The reference's callers' misspellings ``num_bits``
+        and ``data_type``, and a bool ``double_quant_scheme`` while ``double_quant`` is
+        off, are ignored with a one-time warning, as the reference ignores them; any
+        other unknown keyword raises ``TypeError``.
 
     Returns
     -------
@@ -235,16 +251,23 @@ def quant_tensor(weight, bits=4, group_size=-1, scheme="asym", quantile=1.0, dty
     >>> quant_tensor(w, bits=4, group_size=32) is w, w.data_ptr() == ptr
     (True, True)
     """
+    kwargs = _reference_calls.drop_ignored_keywords("quant_tensor", kwargs)
     return _interop.call(_core.quant_tensor, weight, bits=bits, group_size=group_size, scheme=scheme,
                          quantile=quantile, dtype=dtype, return_int=return_int, full_range=full_range, **kwargs)
 
 
-def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bits=None):
+def quant_weight_w_scale(weight, scale, *args, **kwargs):
     """Quantize ``weight`` with known scales (and zero points) into codes, in place.
 
     Integer ``dtype``: ``code = round(w / scale)``, or ``round(w / scale + zp)`` with a zero
     point (added before rounding, as the reference does); a 4-bit codebook: the codes of
     ``quantize_4bit`` with the given scale. Groups as in ``quant_tensor``.
+
+    Two call forms are accepted: the seed's, shown by the signature,
+    ``(weight, scale, zp=None, group_size=-1, dtype="int", bits=None)``, and the
+    reference 3.10's, ``(weight, scale, scale_bf16_to_fp8, zp=None, group_size=-1,
+    dtype="int", fp8_aware=False)``, which its GPTQ uses. See Notes for how a positional
+    call is read.
 
     Parameters
     ----------
@@ -260,6 +283,13 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
         New (SPEC deviation 2): with it, integer codes are clamped to the format's range
         (``[0, 2**bits - 1]`` with ``zp``, else ``[-2**(bits-1), 2**(bits-1) - 1]``);
         without it they are not clamped, as in the reference.
+    scale_bf16_to_fp8 : torch.Tensor or None, default None
+        3.10's per-tensor (or broadcastable) float8 scale; read only with ``fp8_aware``.
+    fp8_aware : bool, default False
+        3.10's fp8-aware quantization: the weight is first divided by
+        ``scale_bf16_to_fp8`` (as a multiplication by its reciprocal, in the weight's
+        dtype), clamped to the float8 E4M3 protective range, rounded through
+        ``torch.float8_e4m3fn``, and the codes are computed from that float32 value.
 
     Returns
     -------
@@ -269,7 +299,16 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
     Raises
     ------
     TypeError, ValueError
-        For a bad argument, before anything is written.
+        For a bad argument or a call that fits neither form, before anything is written.
+
+    Notes
+    -----
+    The third positional argument is the seed's ``zp`` or 3.10's ``scale_bf16_to_fp8``.
+    It is read as 3.10's when a fourth positional argument is a tensor or None (3.10's
+    ``zp``; the seed's fourth is the int ``group_size``), or when ``zp=`` or (without
+    ``scale_bf16_to_fp8=``) ``fp8_aware=`` is also passed by keyword; otherwise as the
+    seed's ``zp``, so no call that worked before changes meaning. ``(weight, scale, t)``
+    alone is therefore the seed's call with zero point ``t``.
 
     Examples
     --------
@@ -279,6 +318,24 @@ def quant_weight_w_scale(weight, scale, zp=None, group_size=-1, dtype="int", bit
     >>> out = quant_weight_w_scale(w, torch.tensor([[0.5]]), torch.tensor([[0.0]]), bits=2)
     >>> out is w, out.tolist()
     (True, [[0.0, 1.0, 2.0, 3.0]])
+    >>> w = torch.tensor([[0.0, 0.5, 1.0, 1.6]])
+    >>> quant_weight_w_scale(w, torch.tensor([[0.5]]), None, torch.tensor([[0.0]]), -1, dtype="int").tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
     """
-    return _interop.call(_core.quant_weight_w_scale, weight, scale=scale, zp=zp, group_size=group_size, dtype=dtype,
-                         bits=bits)
+    call = _reference_calls.resolve_w_scale_call((weight, scale) + args, kwargs)
+    weight = call["weight"]
+    if call["fp8_aware"] is not False and call["fp8_aware"] is not True:
+        raise TypeError(f"fp8_aware must be True or False, got {call['fp8_aware']!r}")
+    if not call["fp8_aware"]:
+        return _interop.call(_core.quant_weight_w_scale, weight, scale=call["scale"], zp=call["zp"],
+                             group_size=call["group_size"], dtype=call["dtype"], bits=call["bits"])
+    _interop.check_tensor(weight, "weight")
+    work = _reference_calls.fp8_prescale(weight, call["scale_bf16_to_fp8"])
+    _interop.call(_core.quant_weight_w_scale, work, scale=call["scale"], zp=call["zp"],
+                  group_size=call["group_size"], dtype=call["dtype"], bits=call["bits"])
+    with torch.no_grad():
+        weight.copy_(work)
+    return weight
+
+
+quant_weight_w_scale.__signature__ = _reference_calls.PUBLIC_SIGNATURE

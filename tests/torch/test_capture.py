@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nbwoq_torch._capture import (  # noqa: E402
+from nbwoq_torch import (  # noqa: E402
     BlockInputs,
     capture_block_inputs,
     capture_module_io,

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from nbwoq_torch._capture import capture_block_inputs, get_module_input_output, recover_forward, replace_forward  # noqa: E402
+from nbwoq_torch import capture_block_inputs, get_module_input_output, recover_forward, replace_forward  # noqa: E402
 from nbwoq_torch._graph import get_absorb_layers  # noqa: E402
 from nbwoq_torch._modules import fetch_module, get_block_prefix  # noqa: E402
 
