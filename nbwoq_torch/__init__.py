@@ -17,7 +17,11 @@ The reference's own RTN, AWQ, TEQ and GPTQ run on nbwoq_torch inside
 
 # torch first: Numba's OpenMP layer then binds to the libgomp torch loaded, and both
 # libraries share one worker pool (see nbwoq/_threads.py).
-import torch  # noqa: F401
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # the core works without torch; this face does not
+    raise ImportError("nbwoq_torch needs PyTorch: pip install 'nbwoq[torch]' (it pins the CPU build "
+                      "torch==2.13.0); the NumPy core, 'import nbwoq', works without it") from exc
 
 from nbwoq._tables import (
     FLOAT_MAPPING,

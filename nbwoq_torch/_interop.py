@@ -30,7 +30,7 @@ import threading
 import numpy as np
 import torch
 
-from nbwoq import _arrays
+from nbwoq import _arrays, _validate
 
 _KERNEL_DTYPES = {torch.float32, torch.float64, torch.float16}
 if _arrays.BFLOAT16 is not None:  # without ml_dtypes bfloat16 takes the reference path
@@ -73,14 +73,8 @@ def uses_kernels(t):
 
 
 def _overlaps(t):
-    """Whether two elements of 2-D (or 1-D) ``t`` share memory, from its sizes and strides."""
-    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n > 1)
-    extent = 1
-    for stride, size in dims:
-        if stride < extent:
-            return True
-        extent = stride * size
-    return False
+    """Whether two elements of ``t`` share memory (the core's rule, strides in elements)."""
+    return _validate.overlapping(tuple(t.shape), tuple(t.stride()), 1)
 
 
 def to_numpy(t):

@@ -183,3 +183,20 @@ def test_docstring_examples_run(module_name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     nbwoq.set_num_threads(threads)
     assert result.attempted > 0 and result.failed == 0, f"{module_name}: {result}"
+
+
+def test_import_without_torch_says_what_to_install(tmp_path):
+    """A machine without torch: ``import nbwoq_torch`` names the extra to install."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{root}"}
+    blocker = tmp_path / "torch.py"
+    blocker.write_text("raise ImportError('No module named torch')\n")
+    code = "import nbwoq_torch"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "pip install 'nbwoq[torch]'" in proc.stderr
+    ok = subprocess.run([sys.executable, "-c", "import nbwoq"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
