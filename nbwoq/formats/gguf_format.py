@@ -29,11 +29,9 @@ import os
 import numpy as np
 
 from nbwoq._version import __version__
-from nbwoq.formats import ggml_blocks, packing, quantizer, storage
+from nbwoq.formats import ggml_blocks, hf_to_gguf, packing, quantizer, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_mix import FILE_TYPES, plan_types
-from nbwoq.formats.hf_config import llama_shape
-from nbwoq.formats.source import read_json
 from nbwoq.formats.writer import Encoding, FileWriter
 from nbwoq.quantize import quant_weight_w_scale
 
@@ -76,15 +74,6 @@ def _to_float_type(x, target, out):
     return (out.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
 
 
-def _is_index(value):
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 31)
-
-
-def _llama_permutation(rows, n_head):
-    """Row order llama.cpp expects for a query/key projection (rotary halves interleaved)."""
-    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
-
-
 class GgufWriter(FileWriter):
     """Plans and writes one GGUF file."""
 
@@ -102,19 +91,9 @@ class GgufWriter(FileWriter):
             self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
         else:
             self.type_name = self.file_type
-        if source.kind == "gguf":
-            self.arch = str(self._field("general.architecture"))
-            self.name_map = None
-        else:
-            cfg = source.config
-            if not cfg:
-                raise InputError("--format gguf from safetensors needs the source folder's config.json")
-            if cfg.get("model_type") != "llama":
-                raise InputError(f"--format gguf from safetensors supports Llama models; config.json has "
-                                 f"model_type={cfg.get('model_type')!r} (convert it with llama.cpp, then quantize the GGUF)")
-            self.arch = "llama"
-            self.shape = llama_shape(cfg)
-            self.name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, self.shape["layers"])
+        # A Hugging Face folder is converted (names, row order, metadata); a GGUF is kept as it is.
+        self.convert = None if source.kind == "gguf" else hf_to_gguf.conversion(source, gguf)
+        self.arch = str(self._field("general.architecture")) if self.convert is None else self.convert.arch
         self.types = self._plan_types() if self.file_type is not None else None
 
     def _plan_types(self):
@@ -126,8 +105,7 @@ class GgufWriter(FileWriter):
             heads = self._int_field(f"{self.arch}.attention.head_count", 1)
             kv_heads = self._int_field(f"{self.arch}.attention.head_count_kv", heads)
         else:
-            layers, heads, kv_heads = self.shape["layers"], self.shape["heads"], self.shape["kv_heads"]
-            experts = 1
+            layers, heads, kv_heads, experts = self.convert.counts()
         return plan_types(tensors, self.file_type, self.arch, max(layers, 1), max(experts, 1),
                           max(heads, 1) // max(kv_heads, 1), pure=self.options.pure)
 
@@ -160,12 +138,7 @@ class GgufWriter(FileWriter):
 
     # -- planning -----------------------------------------------------------------
     def out_name(self, info):
-        if self.name_map is None:
-            return info.name
-        name = self.name_map.get_name(info.name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise InputError(f"--format gguf: no GGUF name for tensor {info.name!r}")
-        return name
+        return info.name if self.convert is None else self.convert.out_name(info)
 
     def check_tensor(self, info, selected):
         if self.types is not None:
@@ -175,19 +148,8 @@ class GgufWriter(FileWriter):
                              "not a multiple of the 32-value block; exclude it with --exclude")
 
     def permutation(self, info):
-        if self.name_map is None:
-            return None
-        heads = None
-        if info.name.endswith("q_proj.weight"):
-            heads = self.shape["heads"]
-        elif info.name.endswith("k_proj.weight"):
-            heads = self.shape["kv_heads"]
-        if heads is not None:
-            if info.shape[0] % (2 * heads):
-                raise InputError(f"tensor {printable(info.name)} has {info.shape[0]} rows, not a whole number of "
-                                 f"rotary halves for {heads} heads (config.json)")
-            return _llama_permutation(info.shape[0], heads)
-        return None
+        """Row order of tensor ``info`` in the file (None: as stored)."""
+        return None if self.convert is None else self.convert.permutation(info)
 
     def tensor_info(self, gguf_writer, info, selected):
         """Register tensor ``info`` with the gguf-py writer (shape and type, no data)."""
@@ -220,7 +182,7 @@ class GgufWriter(FileWriter):
             return
         itemsize = 2 if info.dtype in ("F16", "BF16") else 4
         nbytes = info.size * itemsize
-        if len(info.shape) == 1 and info.dtype in ("F16", "BF16"):
+        if self.convert.copy_dtype(info) == "F32" and info.dtype != "F32":
             # llama.cpp keeps norms and biases in float32 (its converter widens them too).
             gguf_writer.add_tensor_info(name, info.shape, np.dtype(np.float32), info.size * 4)
         elif info.dtype == "F32":
@@ -244,67 +206,10 @@ class GgufWriter(FileWriter):
                 sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
                 gguf_writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
         else:
-            self._llama_metadata(gguf_writer)
+            self.convert.metadata(gguf_writer)
         gguf_writer.add_file_type(FILE_TYPES[self.file_type][0] if self.file_type else _FILE_TYPE[self.type_name])
         gguf_writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gguf_writer.add_string("general.quantized_by", f"nbwoq {__version__} ({self.options.label()})")
-
-    def _llama_metadata(self, gguf_writer):
-        cfg, shape = self.source.config, self.shape
-        gguf_writer.add_name(os.path.basename(os.path.abspath(self.source.path)))
-        gguf_writer.add_context_length(shape["context"])
-        gguf_writer.add_embedding_length(shape["hidden"])
-        gguf_writer.add_block_count(shape["layers"])
-        gguf_writer.add_feed_forward_length(shape["ffn"])
-        gguf_writer.add_head_count(shape["heads"])
-        gguf_writer.add_head_count_kv(shape["kv_heads"])
-        gguf_writer.add_rope_freq_base(shape["rope_theta"])
-        gguf_writer.add_layer_norm_rms_eps(shape["rms_eps"])
-        gguf_writer.add_rope_dimension_count(shape["head_dim"])
-        gguf_writer.add_vocab_size(shape["vocab"])
-        self._tokenizer(gguf_writer, cfg)
-
-    def _tokenizer(self, gguf_writer, cfg):
-        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine.
-        Every entry is checked: a malformed tokenizer is one ``InputError``."""
-        path = os.path.join(self.source.folder, "tokenizer.json")
-        if not os.path.isfile(path):
-            return
-        tok = read_json(path, "tokenizer.json")
-        model = tok.get("model") if isinstance(tok, dict) else None
-        if not isinstance(model, dict) or model.get("type") != "BPE":
-            return
-        vocab, added_tokens, merges = model.get("vocab"), tok.get("added_tokens", []), model.get("merges", [])
-        n = self.shape["vocab"]
-        if not (isinstance(vocab, dict) and all(isinstance(t, str) and _is_index(i) for t, i in vocab.items())
-                and isinstance(added_tokens, list)
-                and all(isinstance(a, dict) and _is_index(a.get("id")) and isinstance(a.get("content"), str)
-                        for a in added_tokens)
-                and isinstance(merges, list)
-                and all(isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m))
-                        for m in merges)):
-            raise InputError(f"{path}: not a BPE tokenizer this converter understands (malformed vocab, "
-                             "added_tokens or merges)")
-        tokens = [""] * n
-        types = [self.gguf.TokenType.UNUSED] * n
-        for text, idx in vocab.items():
-            if idx < n:
-                tokens[idx], types[idx] = text, self.gguf.TokenType.NORMAL
-        for added in added_tokens:
-            if added["id"] < n:
-                tokens[added["id"]] = added["content"]
-                types[added["id"]] = self.gguf.TokenType.CONTROL if added.get("special") else self.gguf.TokenType.USER_DEFINED
-        for i, t in enumerate(tokens):
-            if not t:
-                tokens[i] = f"[PAD{i}]"
-        gguf_writer.add_tokenizer_model("gpt2")
-        gguf_writer.add_tokenizer_pre("default")
-        gguf_writer.add_token_list(tokens)
-        gguf_writer.add_token_types(types)
-        gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-        for key, setter in (("bos_token_id", gguf_writer.add_bos_token_id), ("eos_token_id", gguf_writer.add_eos_token_id)):
-            if _is_index(cfg.get(key)) and cfg[key] < n:
-                setter(cfg[key])
 
     def header(self, plan, scratch_path):
         """The header gguf-py writes for ``plan`` (key/values and tensor infos), padded to
@@ -333,8 +238,9 @@ class GgufWriter(FileWriter):
         if self.source.kind == "gguf":
             data, _ = self.source.gguf_raw(info)
             return [(name, np.asarray(data))]
-        if array.ndim == 1 and dtype_name in ("F16", "BF16"):
-            return [(name, storage.widen(array, dtype_name))]
+        values = self.convert.values(info, array, dtype_name)
+        if values is not None:  # widened (1-D norms and biases) or changed by the conversion
+            return [(name, values)]
         out = np.ascontiguousarray(array)
         perm = self.permutation(info)
         return [(name, out[perm] if perm is not None else out)]
