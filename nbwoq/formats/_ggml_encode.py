@@ -12,9 +12,8 @@ out-of-range intermediates give llama.cpp's bytes.
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
-from nbwoq._config import njit_helper
 from nbwoq._llvm import float_to_half_bits, half_bits_to_float
 from nbwoq.formats.ggml_blocks import BLOCK_TYPES, KVALUES_IQ4NL
 
@@ -49,20 +48,20 @@ def _f32_bits(typingctx, value):
     return types.int32(value), codegen
 
 
-@njit_helper
+@register_jitable
 def _nearest_int(v):
     """llama.cpp's ``nearest_int``: add 1.5 * 2**23, read the low mantissa bits."""
     return np.int64(_f32_bits(v + MAGIC) & 0x007FFFFF) - 0x00400000
 
 
-@njit_helper
+@register_jitable
 def _nearest_clamp32(v, hi):
     """``MAX(0, MIN(hi, nearest_int(v)))`` in int32 arithmetic (so that lane loops vectorize)."""
     l = (_f32_bits(v + MAGIC) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
     return max(np.int32(0), min(hi, l))
 
 
-@njit_helper
+@register_jitable
 def _cvtt(v):
     """C's float -> int conversion as x86 does it (0x80000000 when out of range or NaN)."""
     if v > np.float32(-2147483648.0) and v < np.float32(2147483648.0):
@@ -70,31 +69,31 @@ def _cvtt(v):
     return np.int64(-2147483648)
 
 
-@njit_helper
+@register_jitable
 def _int8(v):
     return ((v & 255) ^ 128) - 128
 
 
-@njit_helper
+@register_jitable
 def _put_half(o, at, v):
     h = float_to_half_bits(v)
     o[at] = np.uint8(h & 255)
     o[at + 1] = np.uint8(h >> 8)
 
 
-@njit_helper
+@register_jitable
 def _get_half(o, at):
     return half_bits_to_float(np.uint16(np.uint16(o[at]) | (np.uint16(o[at + 1]) << np.uint16(8))))
 
 
-@njit_helper
+@register_jitable
 def _ratio(d):
     """``d ? 1.0f/d : 0.0f``."""
     return F1 / d if d != F0 else F0
 
 
 # -- legacy 32-value blocks -----------------------------------------------------------
-@njit_helper
+@register_jitable
 def _absmax(x):
     amax = F0
     mx = F0
@@ -106,7 +105,7 @@ def _absmax(x):
     return mx, amax
 
 
-@njit_helper
+@register_jitable
 def _minmax(x):
     lo = FLT_MAX
     hi = -FLT_MAX
@@ -118,7 +117,7 @@ def _minmax(x):
     return lo, hi
 
 
-@njit_helper
+@register_jitable
 def _enc_q4(x, o, asym):
     """Q4_0 (``asym`` False) and Q4_1."""
     if asym:
@@ -140,7 +139,7 @@ def _enc_q4(x, o, asym):
         o[at + j] = np.uint8(((q0 & 255) | (q1 << 4)) & 255)
 
 
-@njit_helper
+@register_jitable
 def _enc_q5(x, o, asym):
     """Q5_0 (``asym`` False) and Q5_1."""
     if asym:
@@ -171,7 +170,7 @@ def _enc_q5(x, o, asym):
         o[at + k] = np.uint8((qh >> (8 * k)) & 255)
 
 
-@njit_helper
+@register_jitable
 def _enc_q8_0(x, o):
     amax = F0
     for j in range(32):
@@ -192,7 +191,7 @@ def _enc_q8_0(x, o):
 _LANES = 8  # sub-blocks searched side by side: a literal, so LLVM unrolls and vectorizes
 
 
-@njit_helper
+@register_jitable
 def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_out, min_out):
     """llama.cpp's ``make_qkx2_quants`` (``mad``: absolute error) of the sub-blocks in the
     columns of ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
@@ -273,7 +272,7 @@ def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_ou
                 L[i, s] = np.int32(0)
 
 
-@njit_helper
+@register_jitable
 def _qx_trial(x, L, nmax, iscale, store):
     slx = F0
     sl2 = F0
@@ -288,7 +287,7 @@ def _qx_trial(x, L, nmax, iscale, store):
     return slx, sl2
 
 
-@njit_helper
+@register_jitable
 def _make_qx(x, L, nmax):
     """llama.cpp's ``make_qx_quants`` with ``rmse_type = 1`` and no weights."""
     mx, amax = _absmax(x)
@@ -312,7 +311,7 @@ def _make_qx(x, L, nmax):
     return scale
 
 
-@njit_helper
+@register_jitable
 def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
     """Q4_K (``five`` False) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
     The sub-blocks are searched side by side: ``xt[i, j] = x[32 * j + i]``."""
@@ -381,7 +380,7 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
                 o[16 + 32 * t + i] = np.uint8(L[i, 2 * t] | (L[i, 2 * t + 1] << 4))
 
 
-@njit_helper
+@register_jitable
 def _enc_q6_k(x, o, L, scales):
     max_scale = F0
     max_abs = F0
@@ -418,7 +417,7 @@ def _enc_q6_k(x, o, L, scales):
 
 
 # -- IQ4 ---------------------------------------------------------------------------------
-@njit_helper
+@register_jitable
 def _best_index(v):
     """Nearest level of ``KV``; a tie goes to the upper one (binary search over ``MID2``).
     NaN gets level 0, as in current llama.cpp (releases before its branch-free search gave
@@ -431,7 +430,7 @@ def _best_index(v):
     return idx
 
 
-@njit_helper
+@register_jitable
 def _iq4_trial(xb, idv, L, store):
     sqx = F0
     sq2 = F0
@@ -446,7 +445,7 @@ def _iq4_trial(xb, idv, L, store):
     return sqx, sq2
 
 
-@njit_helper
+@register_jitable
 def _iq4_scale(xb, L, ntry):
     """Scale of one 32-value sub-block (``quantize_row_iq4_nl_impl``, no weights given)."""
     mx, amax = _absmax(xb)
@@ -466,14 +465,14 @@ def _iq4_scale(xb, L, ntry):
     return d
 
 
-@njit_helper
+@register_jitable
 def _put_iq4_qs(o, at, L, nsub):
     for i in range(nsub):
         for j in range(16):
             o[at + 16 * i + j] = np.uint8(L[32 * i + j] | (L[32 * i + 16 + j] << 4))
 
 
-@njit_helper
+@register_jitable
 def _enc_iq4_nl(x, o, L, ntry):
     d = _iq4_scale(x, L, ntry)
     _put_half(o, 0, d)
@@ -484,7 +483,7 @@ def _enc_iq4_nl(x, o, L, ntry):
     _put_iq4_qs(o, 2, L, 1)
 
 
-@njit_helper
+@register_jitable
 def _enc_iq4_xs(x, o, L, scales):
     max_scale = F0
     amax_scale = F0
