@@ -198,75 +198,75 @@ def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_ou
     equals the scalar routine bit for bit, and the lane loops vectorize. Codes go to ``L``
     (n, lanes); ``scale_out``/``min_out`` get each lane's scale and ``the_min``."""
     n = xt.shape[0]
-    lo, hi, sw, sx, isc, scale, best = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
-    sl, sl2, sxl, ts, tm, cur, take = st[7], st[8], st[9], st[10], st[11], st[12], st[13]
+    # Lane state lives in the rows of ``st`` indexed in place (one base pointer: LLVM sees
+    # the rows cannot overlap and vectorizes the lane loops without runtime alias checks).
     fn = np.float32(nmax)
     n32 = np.int32(nmax)
     for s in range(_LANES):
-        lo[s] = xt[0, s]
-        hi[s] = xt[0, s]
-        sw[s] = wt[0, s]
-        sx[s] = wt[0, s] * xt[0, s]
+        st[0, s] = xt[0, s]
+        st[1, s] = xt[0, s]
+        st[2, s] = wt[0, s]
+        st[3, s] = wt[0, s] * xt[0, s]
     for i in range(1, n):
         for s in range(_LANES):
             v = xt[i, s]
-            lo[s] = v if v < lo[s] else lo[s]
-            hi[s] = v if v > hi[s] else hi[s]
-            sw[s] += wt[i, s]
-            sx[s] += wt[i, s] * v
+            st[0, s] = v if v < st[0, s] else st[0, s]
+            st[1, s] = v if v > st[1, s] else st[1, s]
+            st[2, s] += wt[i, s]
+            st[3, s] += wt[i, s] * v
     for s in range(_LANES):
-        lo[s] = F0 if lo[s] > F0 else lo[s]
-        take[s] = F1 if hi[s] == lo[s] else F0  # flat: every code 0, scale 0
-        isc[s] = fn / (hi[s] - lo[s])
-        scale[s] = F1 / isc[s]
-        best[s] = F0
+        st[0, s] = F0 if st[0, s] > F0 else st[0, s]
+        st[13, s] = F1 if st[1, s] == st[0, s] else F0  # flat: every code 0, scale 0
+        st[4, s] = fn / (st[1, s] - st[0, s])
+        st[5, s] = F1 / st[4, s]
+        st[6, s] = F0
     for i in range(n):
         for s in range(_LANES):
-            l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+            l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
             L[i, s] = l
-            diff = scale[s] * np.float32(l) + lo[s] - xt[i, s]
-            best[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
+            diff = st[5, s] * np.float32(l) + st[0, s] - xt[i, s]
+            st[6, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
     for s in range(_LANES):
-        scale_out[s] = F0 if take[s] != F0 else scale[s]
-        min_out[s] = lo[s]
+        scale_out[s] = F0 if st[13, s] != F0 else st[5, s]
+        min_out[s] = st[0, s]
     for step in range(nstep + 1):
         for s in range(_LANES):
-            isc[s] = (rmin + rdelta * np.float32(step) + fn) / (hi[s] - lo[s])
-            sl[s] = F0
-            sl2[s] = F0
-            sxl[s] = F0
+            st[4, s] = (rmin + rdelta * np.float32(step) + fn) / (st[1, s] - st[0, s])
+            st[7, s] = F0
+            st[8, s] = F0
+            st[9, s] = F0
         for i in range(n):
             for s in range(_LANES):
-                l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+                l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
                 La[i, s] = l
                 wl = wt[i, s] * np.float32(l)
-                sl[s] += wl
-                sl2[s] += wl * np.float32(l)
-                sxl[s] += wl * xt[i, s]
+                st[7, s] += wl
+                st[8, s] += wl * np.float32(l)
+                st[9, s] += wl * xt[i, s]
         for s in range(_LANES):
-            D = sw[s] * sl2[s] - sl[s] * sl[s]
-            a = (sw[s] * sxl[s] - sx[s] * sl[s]) / D
-            b = (sl2[s] * sx[s] - sl[s] * sxl[s]) / D
-            ts[s] = sxl[s] / sl2[s] if b > F0 else a
-            tm[s] = F0 if b > F0 else b
-            cur[s] = F0
-            sl[s] = F1 if D > F0 else F0  # reused: this trial counts
+            D = st[2, s] * st[8, s] - st[7, s] * st[7, s]
+            a = (st[2, s] * st[9, s] - st[3, s] * st[7, s]) / D
+            b = (st[8, s] * st[3, s] - st[7, s] * st[9, s]) / D
+            st[10, s] = st[9, s] / st[8, s] if b > F0 else a
+            st[11, s] = F0 if b > F0 else b
+            st[12, s] = F0
+            st[7, s] = F1 if D > F0 else F0  # reused: this trial counts
         for i in range(n):
             for s in range(_LANES):
-                diff = ts[s] * np.float32(La[i, s]) + tm[s] - xt[i, s]
-                cur[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
+                diff = st[10, s] * np.float32(La[i, s]) + st[11, s] - xt[i, s]
+                st[12, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
         for s in range(_LANES):
-            sl[s] = F1 if (sl[s] != F0 and cur[s] < best[s]) else F0
-            best[s] = cur[s] if sl[s] != F0 else best[s]
-            scale[s] = ts[s] if sl[s] != F0 else scale[s]
-            lo[s] = tm[s] if sl[s] != F0 else lo[s]  # later trials start from the accepted min
+            st[7, s] = F1 if (st[7, s] != F0 and st[12, s] < st[6, s]) else F0
+            st[6, s] = st[12, s] if st[7, s] != F0 else st[6, s]
+            st[5, s] = st[10, s] if st[7, s] != F0 else st[5, s]
+            st[0, s] = st[11, s] if st[7, s] != F0 else st[0, s]  # later trials start from the accepted min
         for i in range(n):
             for s in range(_LANES):
-                L[i, s] = La[i, s] if sl[s] != F0 else L[i, s]
+                L[i, s] = La[i, s] if st[7, s] != F0 else L[i, s]
     for s in range(_LANES):
-        flat = take[s] != F0
-        scale_out[s] = F0 if flat else scale[s]
-        min_out[s] = -min_out[s] if flat else -lo[s]
+        flat = st[13, s] != F0
+        scale_out[s] = F0 if flat else st[5, s]
+        min_out[s] = -min_out[s] if flat else -st[0, s]
         if flat:
             for i in range(n):
                 L[i, s] = np.int32(0)
