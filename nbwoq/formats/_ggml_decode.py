@@ -2,13 +2,13 @@
 helper of the decode kernel and of the encoder's error measurement (``_ggml_rows``)."""
 
 import numpy as np
+from numba.extending import register_jitable
 
-from nbwoq._config import njit_helper
 from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, KV, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
                                          _get_half, _int8)
 
 
-@njit_helper
+@register_jitable
 def _scale_min_k4(b, j):
     """Sub-block ``j``'s 6-bit scale and min from the 12 bytes at ``b`` (``get_scale_min_k4``)."""
     if j < 4:
@@ -18,7 +18,7 @@ def _scale_min_k4(b, j):
     return sc, m
 
 
-@njit_helper
+@register_jitable
 def decode_block(b, kind, y):
     """Write the values of the block ``b`` (its bytes) of type ``kind`` into ``y``."""
     if kind == Q4_0 or kind == Q4_1 or kind == IQ4_NL:

@@ -12,9 +12,8 @@ out-of-range intermediates give llama.cpp's bytes.
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
-from nbwoq._config import njit_helper
 from nbwoq._llvm import float_to_half_bits, half_bits_to_float
 from nbwoq.formats.ggml_blocks import BLOCK_TYPES, KVALUES_IQ4NL
 
@@ -49,20 +48,20 @@ def _f32_bits(typingctx, value):
     return types.int32(value), codegen
 
 
-@njit_helper
+@register_jitable
 def _nearest_int(v):
     """llama.cpp's ``nearest_int``: add 1.5 * 2**23, read the low mantissa bits."""
     return np.int64(_f32_bits(v + MAGIC) & 0x007FFFFF) - 0x00400000
 
 
-@njit_helper
+@register_jitable
 def _nearest_clamp32(v, hi):
     """``MAX(0, MIN(hi, nearest_int(v)))`` in int32 arithmetic (so that lane loops vectorize)."""
     l = (_f32_bits(v + MAGIC) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
     return max(np.int32(0), min(hi, l))
 
 
-@njit_helper
+@register_jitable
 def _cvtt(v):
     """C's float -> int conversion as x86 does it (0x80000000 when out of range or NaN)."""
     if v > np.float32(-2147483648.0) and v < np.float32(2147483648.0):
@@ -70,31 +69,31 @@ def _cvtt(v):
     return np.int64(-2147483648)
 
 
-@njit_helper
+@register_jitable
 def _int8(v):
     return ((v & 255) ^ 128) - 128
 
 
-@njit_helper
+@register_jitable
 def _put_half(o, at, v):
     h = float_to_half_bits(v)
     o[at] = np.uint8(h & 255)
     o[at + 1] = np.uint8(h >> 8)
 
 
-@njit_helper
+@register_jitable
 def _get_half(o, at):
     return half_bits_to_float(np.uint16(np.uint16(o[at]) | (np.uint16(o[at + 1]) << np.uint16(8))))
 
 
-@njit_helper
+@register_jitable
 def _ratio(d):
     """``d ? 1.0f/d : 0.0f``."""
     return F1 / d if d != F0 else F0
 
 
 # -- legacy 32-value blocks -----------------------------------------------------------
-@njit_helper
+@register_jitable
 def _absmax(x):
     amax = F0
     mx = F0
@@ -106,7 +105,7 @@ def _absmax(x):
     return mx, amax
 
 
-@njit_helper
+@register_jitable
 def _minmax(x):
     lo = FLT_MAX
     hi = -FLT_MAX
@@ -118,7 +117,7 @@ def _minmax(x):
     return lo, hi
 
 
-@njit_helper
+@register_jitable
 def _enc_q4(x, o, asym):
     """Q4_0 (``asym`` False) and Q4_1."""
     if asym:
@@ -140,7 +139,7 @@ def _enc_q4(x, o, asym):
         o[at + j] = np.uint8(((q0 & 255) | (q1 << 4)) & 255)
 
 
-@njit_helper
+@register_jitable
 def _enc_q5(x, o, asym):
     """Q5_0 (``asym`` False) and Q5_1."""
     if asym:
@@ -171,7 +170,7 @@ def _enc_q5(x, o, asym):
         o[at + k] = np.uint8((qh >> (8 * k)) & 255)
 
 
-@njit_helper
+@register_jitable
 def _enc_q8_0(x, o):
     amax = F0
     for j in range(32):
@@ -192,88 +191,88 @@ def _enc_q8_0(x, o):
 _LANES = 8  # sub-blocks searched side by side: a literal, so LLVM unrolls and vectorizes
 
 
-@njit_helper
+@register_jitable
 def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_out, min_out):
     """llama.cpp's ``make_qkx2_quants`` (``mad``: absolute error) of the sub-blocks in the
     columns of ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
     equals the scalar routine bit for bit, and the lane loops vectorize. Codes go to ``L``
     (n, lanes); ``scale_out``/``min_out`` get each lane's scale and ``the_min``."""
     n = xt.shape[0]
-    lo, hi, sw, sx, isc, scale, best = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
-    sl, sl2, sxl, ts, tm, cur, take = st[7], st[8], st[9], st[10], st[11], st[12], st[13]
+    # Lane state lives in the rows of ``st`` indexed in place (one base pointer: LLVM sees
+    # the rows cannot overlap and vectorizes the lane loops without runtime alias checks).
     fn = np.float32(nmax)
     n32 = np.int32(nmax)
     for s in range(_LANES):
-        lo[s] = xt[0, s]
-        hi[s] = xt[0, s]
-        sw[s] = wt[0, s]
-        sx[s] = wt[0, s] * xt[0, s]
+        st[0, s] = xt[0, s]
+        st[1, s] = xt[0, s]
+        st[2, s] = wt[0, s]
+        st[3, s] = wt[0, s] * xt[0, s]
     for i in range(1, n):
         for s in range(_LANES):
             v = xt[i, s]
-            lo[s] = v if v < lo[s] else lo[s]
-            hi[s] = v if v > hi[s] else hi[s]
-            sw[s] += wt[i, s]
-            sx[s] += wt[i, s] * v
+            st[0, s] = v if v < st[0, s] else st[0, s]
+            st[1, s] = v if v > st[1, s] else st[1, s]
+            st[2, s] += wt[i, s]
+            st[3, s] += wt[i, s] * v
     for s in range(_LANES):
-        lo[s] = F0 if lo[s] > F0 else lo[s]
-        take[s] = F1 if hi[s] == lo[s] else F0  # flat: every code 0, scale 0
-        isc[s] = fn / (hi[s] - lo[s])
-        scale[s] = F1 / isc[s]
-        best[s] = F0
+        st[0, s] = F0 if st[0, s] > F0 else st[0, s]
+        st[13, s] = F1 if st[1, s] == st[0, s] else F0  # flat: every code 0, scale 0
+        st[4, s] = fn / (st[1, s] - st[0, s])
+        st[5, s] = F1 / st[4, s]
+        st[6, s] = F0
     for i in range(n):
         for s in range(_LANES):
-            l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+            l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
             L[i, s] = l
-            diff = scale[s] * np.float32(l) + lo[s] - xt[i, s]
-            best[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
+            diff = st[5, s] * np.float32(l) + st[0, s] - xt[i, s]
+            st[6, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
     for s in range(_LANES):
-        scale_out[s] = F0 if take[s] != F0 else scale[s]
-        min_out[s] = lo[s]
+        scale_out[s] = F0 if st[13, s] != F0 else st[5, s]
+        min_out[s] = st[0, s]
     for step in range(nstep + 1):
         for s in range(_LANES):
-            isc[s] = (rmin + rdelta * np.float32(step) + fn) / (hi[s] - lo[s])
-            sl[s] = F0
-            sl2[s] = F0
-            sxl[s] = F0
+            st[4, s] = (rmin + rdelta * np.float32(step) + fn) / (st[1, s] - st[0, s])
+            st[7, s] = F0
+            st[8, s] = F0
+            st[9, s] = F0
         for i in range(n):
             for s in range(_LANES):
-                l = _nearest_clamp32(isc[s] * (xt[i, s] - lo[s]), n32)
+                l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
                 La[i, s] = l
                 wl = wt[i, s] * np.float32(l)
-                sl[s] += wl
-                sl2[s] += wl * np.float32(l)
-                sxl[s] += wl * xt[i, s]
+                st[7, s] += wl
+                st[8, s] += wl * np.float32(l)
+                st[9, s] += wl * xt[i, s]
         for s in range(_LANES):
-            D = sw[s] * sl2[s] - sl[s] * sl[s]
-            a = (sw[s] * sxl[s] - sx[s] * sl[s]) / D
-            b = (sl2[s] * sx[s] - sl[s] * sxl[s]) / D
-            ts[s] = sxl[s] / sl2[s] if b > F0 else a
-            tm[s] = F0 if b > F0 else b
-            cur[s] = F0
-            sl[s] = F1 if D > F0 else F0  # reused: this trial counts
+            D = st[2, s] * st[8, s] - st[7, s] * st[7, s]
+            a = (st[2, s] * st[9, s] - st[3, s] * st[7, s]) / D
+            b = (st[8, s] * st[3, s] - st[7, s] * st[9, s]) / D
+            st[10, s] = st[9, s] / st[8, s] if b > F0 else a
+            st[11, s] = F0 if b > F0 else b
+            st[12, s] = F0
+            st[7, s] = F1 if D > F0 else F0  # reused: this trial counts
         for i in range(n):
             for s in range(_LANES):
-                diff = ts[s] * np.float32(La[i, s]) + tm[s] - xt[i, s]
-                cur[s] += wt[i, s] * (abs(diff) if mad else diff * diff)
+                diff = st[10, s] * np.float32(La[i, s]) + st[11, s] - xt[i, s]
+                st[12, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
         for s in range(_LANES):
-            sl[s] = F1 if (sl[s] != F0 and cur[s] < best[s]) else F0
-            best[s] = cur[s] if sl[s] != F0 else best[s]
-            scale[s] = ts[s] if sl[s] != F0 else scale[s]
-            lo[s] = tm[s] if sl[s] != F0 else lo[s]  # later trials start from the accepted min
+            st[7, s] = F1 if (st[7, s] != F0 and st[12, s] < st[6, s]) else F0
+            st[6, s] = st[12, s] if st[7, s] != F0 else st[6, s]
+            st[5, s] = st[10, s] if st[7, s] != F0 else st[5, s]
+            st[0, s] = st[11, s] if st[7, s] != F0 else st[0, s]  # later trials start from the accepted min
         for i in range(n):
             for s in range(_LANES):
-                L[i, s] = La[i, s] if sl[s] != F0 else L[i, s]
+                L[i, s] = La[i, s] if st[7, s] != F0 else L[i, s]
     for s in range(_LANES):
-        flat = take[s] != F0
-        scale_out[s] = F0 if flat else scale[s]
-        min_out[s] = -min_out[s] if flat else -lo[s]
+        flat = st[13, s] != F0
+        scale_out[s] = F0 if flat else st[5, s]
+        min_out[s] = -min_out[s] if flat else -st[0, s]
         if flat:
             for i in range(n):
                 L[i, s] = np.int32(0)
 
 
-@njit_helper
+@register_jitable
 def _qx_trial(x, L, nmax, iscale, store):
     slx = F0
     sl2 = F0
@@ -288,7 +287,7 @@ def _qx_trial(x, L, nmax, iscale, store):
     return slx, sl2
 
 
-@njit_helper
+@register_jitable
 def _make_qx(x, L, nmax):
     """llama.cpp's ``make_qx_quants`` with ``rmse_type = 1`` and no weights."""
     mx, amax = _absmax(x)
@@ -312,7 +311,7 @@ def _make_qx(x, L, nmax):
     return scale
 
 
-@njit_helper
+@register_jitable
 def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
     """Q4_K (``five`` False) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
     The sub-blocks are searched side by side: ``xt[i, j] = x[32 * j + i]``."""
@@ -381,7 +380,7 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
                 o[16 + 32 * t + i] = np.uint8(L[i, 2 * t] | (L[i, 2 * t + 1] << 4))
 
 
-@njit_helper
+@register_jitable
 def _enc_q6_k(x, o, L, scales):
     max_scale = F0
     max_abs = F0
@@ -418,7 +417,7 @@ def _enc_q6_k(x, o, L, scales):
 
 
 # -- IQ4 ---------------------------------------------------------------------------------
-@njit_helper
+@register_jitable
 def _best_index(v):
     """Nearest level of ``KV``; a tie goes to the upper one (binary search over ``MID2``).
     NaN gets level 0, as in current llama.cpp (releases before its branch-free search gave
@@ -431,7 +430,7 @@ def _best_index(v):
     return idx
 
 
-@njit_helper
+@register_jitable
 def _iq4_trial(xb, idv, L, store):
     sqx = F0
     sq2 = F0
@@ -446,7 +445,7 @@ def _iq4_trial(xb, idv, L, store):
     return sqx, sq2
 
 
-@njit_helper
+@register_jitable
 def _iq4_scale(xb, L, ntry):
     """Scale of one 32-value sub-block (``quantize_row_iq4_nl_impl``, no weights given)."""
     mx, amax = _absmax(xb)
@@ -466,14 +465,14 @@ def _iq4_scale(xb, L, ntry):
     return d
 
 
-@njit_helper
+@register_jitable
 def _put_iq4_qs(o, at, L, nsub):
     for i in range(nsub):
         for j in range(16):
             o[at + 16 * i + j] = np.uint8(L[32 * i + j] | (L[32 * i + 16 + j] << 4))
 
 
-@njit_helper
+@register_jitable
 def _enc_iq4_nl(x, o, L, ntry):
     d = _iq4_scale(x, L, ntry)
     _put_half(o, 0, d)
@@ -484,7 +483,7 @@ def _enc_iq4_nl(x, o, L, ntry):
     _put_iq4_qs(o, 2, L, 1)
 
 
-@njit_helper
+@register_jitable
 def _enc_iq4_xs(x, o, L, scales):
     max_scale = F0
     amax_scale = F0

@@ -3,15 +3,15 @@
 are in ``_ggml_reference``)."""
 
 import numpy as np
+from numba.extending import register_jitable
 
-from nbwoq._config import njit_helper
 from nbwoq.formats._ggml_encode import (EPS, F0, F0_1, F1, F15, _absmax, _get_half, _int8, _make_qkx2_lanes,
                                         _nearest_int, _put_half)
 
 FM4, FM32, FM0_5 = np.float32(-4), np.float32(-32), np.float32(-0.5)
 
 
-@njit_helper
+@register_jitable
 def _pack_2bit(o, at, L):
     """Byte ``at + 32 * h + l`` holds the codes of values ``128 * h + l + 32 * k`` at bits ``2k``."""
     for h in range(2):
@@ -20,7 +20,7 @@ def _pack_2bit(o, at, L):
             o[at + 32 * h + i] = np.uint8((L[b] | (L[b + 32] << 2) | (L[b + 64] << 4) | (L[b + 96] << 6)) & 255)
 
 
-@njit_helper
+@register_jitable
 def _enc_q2_k(x, o, xt, wt, Lt, La, st, scales, mins, L):
     """Q2_K: 16 sub-blocks of 16, 2-bit codes, 4-bit scales and mins (absolute-error fit)."""
     for g in range(2):
@@ -69,7 +69,7 @@ def _enc_q2_k(x, o, xt, wt, Lt, La, st, scales, mins, L):
     _pack_2bit(o, 16, L)
 
 
-@njit_helper
+@register_jitable
 def _make_q3(x, L):
     """llama.cpp's ``make_q3_quants`` (nmax 4, ``do_rmse``) of 16 values: codes + 4 into ``L``."""
     mx, amax = _absmax(x)
@@ -110,7 +110,7 @@ def _make_q3(x, L):
     return slx / sl2 if sl2 > F0 else F0
 
 
-@njit_helper
+@register_jitable
 def _enc_q3_k(x, o, L, scales):
     """Q3_K: 16 sub-blocks of 16, 3-bit codes (high bit in ``hmask``), 6-bit signed scales."""
     max_scale = F0
