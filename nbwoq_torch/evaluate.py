@@ -1,0 +1,468 @@
+"""Perplexity of a checkpoint, and its next-token distance to another one (``nbwoq eval``).
+
+A model is read from a GGUF file (transformers' GGUF loader, which dequantizes), a
+Hugging Face folder, an nbwoq-format folder (``nbwoq.load`` + ``nbwoq.dequantize`` into
+the architecture of its ``config.json``, weights in float32) or a GPTQ folder (through
+gptqmodel, when it is installed). Everything runs in float32 on the CPU.
+
+The text is cut into its first ``n_tokens`` tokens and read in non-overlapping windows
+of ``window`` tokens; in each window every token after the first is predicted from the
+ones before it in that window. Against a reference (``SRC``), each of those predictions
+also gives ``KL(P_src || P_model)`` and whether both put the same token first, as
+llama.cpp's ``llama-perplexity --kl-divergence`` does (there the reference's logits
+come from a saved file; here both models run side by side).
+"""
+
+import contextlib
+import copy
+import importlib.util
+import io
+import json
+import math
+import os
+import sys
+import sysconfig
+
+import numpy as np
+import torch
+
+from nbwoq.formats.errors import InputError, printable
+
+#: CPython's own text, present wherever Python is: the default evaluation text.
+DEFAULT_TEXT = "pydoc_data/topics.py"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+# --- the text -----------------------------------------------------------------------------
+
+def default_text_path():
+    """Path of CPython's ``pydoc_data/topics.py`` (found through ``importlib``, else the
+    standard library folder of ``sysconfig``).
+
+    Raises
+    ------
+    InputError
+        When this Python ships without it (some distributions split it off).
+    """
+    spec = importlib.util.find_spec("pydoc_data")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    folders.append(os.path.join(sysconfig.get_path("stdlib"), "pydoc_data"))
+    for folder in folders:
+        path = os.path.join(folder, "topics.py")
+        if os.path.isfile(path):
+            return path
+    raise InputError(f"this Python has no {DEFAULT_TEXT} (the default text); give one with --text FILE")
+
+
+def read_text(path):
+    """The UTF-8 text of ``path``, one ``InputError`` when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--text {printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"--text {printable(path)}: {exc.strerror or exc}") from None
+
+
+def token_ids(tokenizer, text, n_tokens):
+    """The first ``n_tokens`` token ids of ``text`` (fewer when the text is shorter), as
+    a 1-D ``torch.long`` tensor. The tokenizer adds its special tokens as it would for
+    any input (a BOS token where the model expects one)."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0, :n_tokens]
+    if ids.numel() < 2:
+        raise InputError(f"the text gives {ids.numel()} token(s); at least 2 are needed to predict one")
+    return ids
+
+
+def windows(n_tokens, window):
+    """``(start, stop)`` of each window; the last one may be shorter (and is dropped when it
+    holds a single token, which predicts nothing)."""
+    return [(s, min(s + window, n_tokens)) for s in range(0, n_tokens, window) if min(s + window, n_tokens) - s > 1]
+
+
+# --- the measures ---------------------------------------------------------------------------
+
+def _logits(model, chunk):
+    return model(chunk[None]).logits[0, :-1].float()
+
+
+def perplexity(model, ids, window=512):
+    """Perplexity of ``model`` on ``ids`` read in windows of ``window`` tokens.
+
+    Parameters
+    ----------
+    model : callable
+        A causal LM returning an object with ``.logits`` of shape (1, n, vocab).
+    ids : torch.Tensor
+        1-D token ids.
+    window : int, default 512
+
+    Returns
+    -------
+    float
+        ``exp`` of the mean negative log-likelihood of every token after the first of
+        each window.
+    """
+    return evaluate(model, ids, window)["perplexity"]
+
+
+def _bar(total, progress):
+    if not progress:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="window", desc="eval", file=sys.stderr, leave=False)
+
+
+def evaluate(model, ids, window=512, reference=None, progress=False):
+    """Perplexity of ``model`` and, with ``reference``, its distance to the reference's
+    next-token distributions over the same tokens.
+
+    Parameters
+    ----------
+    model, reference : callable
+        Causal LMs (see ``perplexity``) with the same vocabulary.
+    ids : torch.Tensor
+        1-D token ids.
+    window : int, default 512
+    progress : bool, default False
+        Show a progress bar over the windows (on stderr).
+
+    Returns
+    -------
+    dict
+        ``perplexity``, ``nll`` (mean, nats), ``predicted`` (tokens scored), ``windows``;
+        with a reference also ``reference_perplexity``, ``kl`` (``mean``, ``stderr``,
+        ``max`` and the quantiles ``p50``, ``p90``, ``p99``, ``p99.9`` of the per-token
+        ``KL(P_ref || P_model)`` in nats) and ``same_top1`` (the fraction of tokens
+        where both rank the same token first).
+    """
+    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+        raise ValueError(f"window must be an integer of at least 2, got {window!r}")
+    spans = windows(int(ids.numel()), window)
+    nll = nll_ref = 0.0
+    kls, same = [], 0
+    with torch.inference_mode(), _bar(len(spans), progress) as bar:
+        for start, stop in spans:
+            chunk = ids[start:stop]
+            target = chunk[1:]
+            logp = torch.log_softmax(_logits(model, chunk), dim=-1)
+            nll -= float(logp.gather(1, target[:, None]).double().sum())
+            if reference is not None:
+                ref_logp = torch.log_softmax(_logits(reference, chunk), dim=-1)
+                if ref_logp.shape != logp.shape:
+                    raise InputError(f"the models' vocabularies differ: {ref_logp.shape[-1]} (SRC) "
+                                     f"vs {logp.shape[-1]} (MODEL) logits")
+                nll_ref -= float(ref_logp.gather(1, target[:, None]).double().sum())
+                kls.append((ref_logp.exp() * (ref_logp - logp)).double().sum(-1))
+                same += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+            if bar is not None:
+                bar.update(1)
+    count = sum(stop - start - 1 for start, stop in spans)
+    result = {"perplexity": math.exp(nll / count), "nll": nll / count, "predicted": count, "windows": len(spans)}
+    if reference is not None:
+        kl = torch.cat(kls).numpy()
+        result["reference_perplexity"] = math.exp(nll_ref / count)
+        result["kl"] = {"mean": float(kl.mean()),
+                        "stderr": float(kl.std(ddof=1) / math.sqrt(kl.size)) if kl.size > 1 else 0.0,
+                        "max": float(kl.max()),
+                        **{f"p{100 * q:g}": float(np.quantile(kl, q)) for q in _QUANTILES}}
+        result["same_top1"] = same / count
+    return result
+
+
+# --- the models -----------------------------------------------------------------------------
+
+class Loaded:
+    """A model opened for evaluation: ``model`` (float32, eval mode), ``tokenizer`` (or
+    None, with ``no_tokenizer`` saying why), ``kind`` and ``path``."""
+
+    def __init__(self, path, kind, model, tokenizer, no_tokenizer=None):
+        self.path, self.kind, self.model, self.tokenizer = path, kind, model, tokenizer
+        self.no_tokenizer = no_tokenizer
+
+    def describe(self):
+        return {"gguf": "GGUF file, dequantized by transformers' GGUF loader",
+                "hf": "Hugging Face folder",
+                "nbwoq": "nbwoq-format folder, dequantized by nbwoq.dequantize",
+                "gptq": "GPTQ folder, through gptqmodel"}[self.kind]
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _quiet():
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def kind_of(path):
+    """``"gguf"``, ``"nbwoq"``, ``"gptq"`` or ``"hf"``: what ``path`` holds, from its name,
+    its ``config.json`` and its first shard's header (nothing is loaded)."""
+    from nbwoq.formats import safetensors_io as st
+    from nbwoq.formats.nbwoq_format import FORMAT_NAME
+    from nbwoq.formats.source import read_json
+
+    if not os.path.exists(path):
+        raise InputError(f"{printable(path)} does not exist")
+    if os.path.isfile(path):
+        if path.endswith(".gguf"):
+            import gguf
+
+            try:  # the header only (a memory map): a broken file is named as such, not as "no tokenizer"
+                gguf.GGUFReader(path, "r")
+            except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on bad files
+                raise InputError(f"{printable(path)}: not a readable GGUF file ({_first_line(exc)})") from None
+            return "gguf"
+        raise InputError(f"{printable(path)} is a file but not a .gguf file: give a .gguf file or a model folder")
+    if not os.path.isdir(path):
+        raise InputError(f"{printable(path)} is neither a folder nor a regular file")
+    config_path = os.path.join(path, "config.json")
+    config = read_json(config_path, "config.json") if os.path.isfile(config_path) else None
+    if config is not None and not isinstance(config, dict):
+        raise InputError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    qc = (config or {}).get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == "gptq":
+        return "gptq"
+    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not shards:
+        raise InputError(f"{printable(path)} holds no .safetensors file (and is not a .gguf file)")
+    try:
+        _, metadata = st.read_header(os.path.join(path, shards[0]))
+    except st.FormatError as exc:
+        raise InputError(str(exc)) from None
+    if metadata.get("format") == FORMAT_NAME:
+        return "nbwoq"
+    if config is None:
+        raise InputError(f"{printable(path)} has no config.json: not a Hugging Face model folder")
+    return "hf"
+
+
+def _tokenizer(transformers, path, **kw):
+    """The folder's (or GGUF file's) tokenizer, or ``(None, why)``."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        return None, "no tokenizer files"
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder, **kw), None
+    except Exception as exc:  # a GGUF without tokenizer.ggml.*, a broken tokenizer.json, ...
+        return None, _first_line(exc)
+
+
+def load(path, config=None, need_tokenizer=False):
+    """Open ``path`` for evaluation (see the module's description).
+
+    Parameters
+    ----------
+    path : str
+        A ``.gguf`` file, or a Hugging Face, nbwoq-format or GPTQ folder.
+    config : transformers.PretrainedConfig, optional
+        The architecture for an nbwoq-format folder without ``config.json`` (one quantized
+        from a GGUF file): the reference model's.
+    need_tokenizer : bool, default False
+        Refuse (before loading the weights) a model without a usable tokenizer.
+
+    Returns
+    -------
+    Loaded
+
+    Raises
+    ------
+    InputError
+        The path is not a model this reads, or loading it fails (one line saying why).
+    """
+    path = os.fspath(path)
+    kind = kind_of(path)
+    if kind == "gptq":
+        _check_gptqmodel(path)
+    transformers = _quiet()
+    name = os.path.basename(path)
+    # the tokenizer first: a model that cannot be read without one fails before its weights load
+    tokenizer, why = _tokenizer(transformers, path, **({"gguf_file": name} if kind == "gguf" else {}))
+    if tokenizer is None and need_tokenizer:
+        raise InputError(f"{printable(path)} has no usable tokenizer ({why}); give --against a model that has one")
+    try:
+        if kind == "gguf":
+            folder = os.path.dirname(os.path.abspath(path))
+            model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        elif kind == "hf":
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        elif kind == "gptq":
+            model = _load_gptq(transformers, path)
+        else:
+            model = nbwoq_model(path, config)
+    except InputError:
+        raise
+    except Exception as exc:  # transformers' and gguf's own errors: one line for the command
+        raise InputError(f"{printable(path)}: cannot load it as a {kind} model ({_first_line(exc)})") from None
+    model.eval()
+    return Loaded(path, kind, model, tokenizer, why)
+
+
+def _check_gptqmodel(path):
+    if importlib.util.find_spec("gptqmodel") is None:
+        raise InputError(f"{printable(path)} is a GPTQ checkpoint; evaluating it needs gptqmodel "
+                         "(pip install gptqmodel==7.6.0 optimum==2.3.0, in an environment of its own)")
+
+
+def _load_gptq(transformers, path):
+    # the default CPU backend is lossy and torch.compile costs minutes per checkpoint
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    cfg = json.load(open(os.path.join(path, "config.json")))["quantization_config"]
+    qc = transformers.GPTQConfig(bits=cfg["bits"], group_size=cfg["group_size"], backend="gptq_torch")
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
+                                                             quantization_config=qc)
+
+
+def _unpermute(w, n_head):
+    """GGUF (llama.cpp) query/key row order -> transformers' order."""
+    rows = w.shape[0]
+    perm = np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+    out = np.empty_like(w)
+    out[perm] = w
+    return out
+
+
+def _from_gguf_names(state, model):
+    """Tensors named as in a GGUF file (an nbwoq folder quantized from one) -> the model's
+    names, with the query/key rows back in transformers' order. Llama only."""
+    import gguf
+
+    cfg = model.config
+    if cfg.model_type != "llama":
+        raise InputError(f"tensors named as in GGUF are read into Llama models only; the config has "
+                         f"model_type={cfg.model_type!r}")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    to_hf = {}
+    for hf_name in model.state_dict():
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is not None:
+            to_hf[gguf_name] = hf_name
+    out = {}
+    for name, value in state.items():
+        if name not in to_hf:
+            raise InputError(f"tensor {printable(name)} has no counterpart in the Llama model")
+        if name.endswith("attn_q.weight"):
+            value = _unpermute(value, cfg.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            value = _unpermute(value, cfg.num_key_value_heads)
+        out[to_hf[name]] = value
+    return out
+
+
+def nbwoq_model(folder, config=None):
+    """A transformers model holding the dequantized weights of an nbwoq-format folder.
+
+    The architecture comes from the folder's ``config.json`` (else ``config``), built with
+    ``AutoModelForCausalLM.from_config`` in float32; every weight is
+    ``nbwoq.dequantize(nbwoq.load(folder))``. Tensors named as in GGUF (``blk.0.attn_q.weight``:
+    the folder was quantized from a GGUF file) are mapped to the Llama names.
+
+    Raises
+    ------
+    InputError
+        No architecture, or weights that do not fit it (missing, extra or misshapen).
+    """
+    import nbwoq
+
+    transformers = _quiet()
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        config = transformers.AutoConfig.from_pretrained(folder)
+    elif config is None:
+        raise InputError(f"{printable(folder)} has no config.json (quantized from a GGUF file?): give the "
+                         "model it was quantized from with --against, whose architecture it shares")
+    config = copy.deepcopy(config)
+    for key in ("quantization_config",):  # the GGUF origin of a reference config; these weights are plain
+        if hasattr(config, key):
+            delattr(config, key)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = nbwoq.dequantize(nbwoq.load(folder))
+    if any(name.startswith(("blk.", "token_embd.")) for name in state):
+        state = _from_gguf_names(state, model)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a shape mismatch
+        raise InputError(f"{printable(folder)}: the weights do not fit its architecture ({_first_line(exc)})") from None
+    tied = set()
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is not None and out_emb.weight is in_emb.weight:
+        tied = {k for k, v in model.state_dict(keep_vars=True).items() if v is out_emb.weight}
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise InputError(f"{printable(folder)}: the weights do not fit its architecture "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+# --- the command ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _no_bars():
+    """No loading bars from transformers while models load. Its GGUF loader draws a plain
+    tqdm bar on ``sys.stderr`` (``TQDM_DISABLE`` is read only when tqdm is imported), so
+    that goes to a buffer; errors still come as exceptions."""
+    logging = _quiet().utils.logging
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
+
+
+def run(model_path, text=None, n_tokens=1024, window=512, against=None, progress=False, log=print):
+    """What ``nbwoq eval`` does: load, tokenize, evaluate; returns the report (a dict) and
+    prints the result lines through ``log``."""
+    if n_tokens < 2:
+        raise ValueError(f"--tokens must be at least 2, got {n_tokens}")
+    if window < 2:
+        raise ValueError(f"--window must be at least 2, got {window}")
+    text_path = default_text_path() if text is None else text
+    body = read_text(text_path)
+    with contextlib.nullcontext() if progress else _no_bars():
+        ref = load(against) if against is not None else None
+        mod = load(model_path, config=ref.model.config if ref is not None else None,
+                   need_tokenizer=ref is None or ref.tokenizer is None)
+    if mod.tokenizer is not None:
+        tokenizer, tok_from = mod.tokenizer, "MODEL's"
+    elif ref is not None and ref.tokenizer is not None:
+        tokenizer, tok_from = ref.tokenizer, "SRC's (MODEL has none)"
+    else:  # pragma: no cover - load(need_tokenizer=True) refused it
+        raise InputError(f"{printable(model_path)} has no usable tokenizer")
+    ids = token_ids(tokenizer, body, n_tokens)
+    n = int(ids.numel())
+    what = f"the default: CPython's {DEFAULT_TEXT}, found through importlib" if text is None else "--text"
+    log(f"text: {text_path} ({what})")
+    short = "" if n == n_tokens else f" (the whole text; {n_tokens} asked)"
+    log(f"tokens: first {n}{short}, tokenizer {tok_from}, read in {window}-token windows "
+        f"(each token after a window's first is predicted)")
+    log(f"model: {mod.path} ({mod.describe()})")
+    if ref is not None:
+        log(f"against: {ref.path} ({ref.describe()})")
+    result = evaluate(mod.model, ids, window, reference=None if ref is None else ref.model, progress=progress)
+    log(f"perplexity: {result['perplexity']:.4f} over {result['predicted']} predicted tokens "
+        f"in {result['windows']} windows")
+    report = {"model": {"path": mod.path, "kind": mod.kind},
+              "text": {"path": text_path, "default": text is None},
+              "tokens": n, "window": window, "tokenizer": "model" if tokenizer is mod.tokenizer else "against",
+              **result}
+    if ref is not None:
+        kl = result["kl"]
+        log(f"SRC perplexity: {result['reference_perplexity']:.4f}  "
+            f"(ln(PPL(MODEL)/PPL(SRC)) = {math.log(result['perplexity'] / result['reference_perplexity']):+.5f})")
+        log(f"KL(SRC || MODEL) per token, nats: mean {kl['mean']:.6f} +- {kl['stderr']:.6f}, "
+            f"median {kl['p50']:.6f}, 90% {kl['p90']:.6f}, 99% {kl['p99']:.6f}, 99.9% {kl['p99.9']:.6f}, "
+            f"max {kl['max']:.6f}")
+        log(f"same top-1 token: {100 * result['same_top1']:.2f} % of {result['predicted']}")
+        report["against"] = {"path": ref.path, "kind": ref.kind}
+    return report
