@@ -26,10 +26,17 @@ import sysconfig
 import numpy as np
 import torch
 
-from nbwoq.formats.errors import InputError, printable
+class EvalError(ValueError):
+    """A model, a text or a setting cannot be evaluated; the message (one line) says why."""
+
 
 #: CPython's own text, present wherever Python is: the default evaluation text.
 DEFAULT_TEXT = "pydoc_data/topics.py"
+#: What ``load`` reads, and how.
+KINDS = {"gguf": "GGUF file, dequantized by transformers' GGUF loader",
+         "hf": "Hugging Face folder",
+         "nbwoq": "nbwoq-format folder, dequantized by nbwoq.dequantize",
+         "gptq": "GPTQ folder, through gptqmodel"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
@@ -42,7 +49,7 @@ def default_text_path():
 
     Raises
     ------
-    InputError
+    EvalError
         When this Python ships without it (some distributions split it off).
     """
     spec = importlib.util.find_spec("pydoc_data")
@@ -52,18 +59,18 @@ def default_text_path():
         path = os.path.join(folder, "topics.py")
         if os.path.isfile(path):
             return path
-    raise InputError(f"this Python has no {DEFAULT_TEXT} (the default text); give one with --text FILE")
+    raise EvalError(f"this Python has no {DEFAULT_TEXT} (the default text); give one with --text FILE")
 
 
 def read_text(path):
-    """The UTF-8 text of ``path``, one ``InputError`` when it cannot be read."""
+    """The UTF-8 text of ``path``, one ``EvalError`` when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as exc:
-        raise InputError(f"--text {printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise EvalError(f"--text {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise InputError(f"--text {printable(path)}: {exc.strerror or exc}") from None
+        raise EvalError(f"--text {path!r}: {exc.strerror or exc}") from None
 
 
 def token_ids(tokenizer, text, n_tokens):
@@ -72,7 +79,7 @@ def token_ids(tokenizer, text, n_tokens):
     any input (a BOS token where the model expects one)."""
     ids = tokenizer(text, return_tensors="pt").input_ids[0, :n_tokens]
     if ids.numel() < 2:
-        raise InputError(f"the text gives {ids.numel()} token(s); at least 2 are needed to predict one")
+        raise EvalError(f"the text gives {ids.numel()} token(s); at least 2 are needed to predict one")
     return ids
 
 
@@ -153,7 +160,7 @@ def evaluate(model, ids, window=512, reference=None, progress=False):
             if reference is not None:
                 ref_logp = torch.log_softmax(_logits(reference, chunk), dim=-1)
                 if ref_logp.shape != logp.shape:
-                    raise InputError(f"the models' vocabularies differ: {ref_logp.shape[-1]} (SRC) "
+                    raise EvalError(f"the models' vocabularies differ: {ref_logp.shape[-1]} (SRC) "
                                      f"vs {logp.shape[-1]} (MODEL) logits")
                 nll_ref -= float(ref_logp.gather(1, target[:, None]).double().sum())
                 kls.append((ref_logp.exp() * (ref_logp - logp)).double().sum(-1))
@@ -184,10 +191,7 @@ class Loaded:
         self.no_tokenizer = no_tokenizer
 
     def describe(self):
-        return {"gguf": "GGUF file, dequantized by transformers' GGUF loader",
-                "hf": "Hugging Face folder",
-                "nbwoq": "nbwoq-format folder, dequantized by nbwoq.dequantize",
-                "gptq": "GPTQ folder, through gptqmodel"}[self.kind]
+        return KINDS[self.kind]
 
 
 def _first_line(exc):
@@ -203,48 +207,6 @@ def _quiet():
     return transformers
 
 
-def kind_of(path):
-    """``"gguf"``, ``"nbwoq"``, ``"gptq"`` or ``"hf"``: what ``path`` holds, from its name,
-    its ``config.json`` and its first shard's header (nothing is loaded)."""
-    from nbwoq.formats import safetensors_io as st
-    from nbwoq.formats.nbwoq_format import FORMAT_NAME
-    from nbwoq.formats.source import read_json
-
-    if not os.path.exists(path):
-        raise InputError(f"{printable(path)} does not exist")
-    if os.path.isfile(path):
-        if path.endswith(".gguf"):
-            import gguf
-
-            try:  # the header only (a memory map): a broken file is named as such, not as "no tokenizer"
-                gguf.GGUFReader(path, "r")
-            except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on bad files
-                raise InputError(f"{printable(path)}: not a readable GGUF file ({_first_line(exc)})") from None
-            return "gguf"
-        raise InputError(f"{printable(path)} is a file but not a .gguf file: give a .gguf file or a model folder")
-    if not os.path.isdir(path):
-        raise InputError(f"{printable(path)} is neither a folder nor a regular file")
-    config_path = os.path.join(path, "config.json")
-    config = read_json(config_path, "config.json") if os.path.isfile(config_path) else None
-    if config is not None and not isinstance(config, dict):
-        raise InputError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
-    qc = (config or {}).get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") == "gptq":
-        return "gptq"
-    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not shards:
-        raise InputError(f"{printable(path)} holds no .safetensors file (and is not a .gguf file)")
-    try:
-        _, metadata = st.read_header(os.path.join(path, shards[0]))
-    except st.FormatError as exc:
-        raise InputError(str(exc)) from None
-    if metadata.get("format") == FORMAT_NAME:
-        return "nbwoq"
-    if config is None:
-        raise InputError(f"{printable(path)} has no config.json: not a Hugging Face model folder")
-    return "hf"
-
-
 def _tokenizer(transformers, path, **kw):
     """The folder's (or GGUF file's) tokenizer, or ``(None, why)``."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -256,13 +218,15 @@ def _tokenizer(transformers, path, **kw):
         return None, _first_line(exc)
 
 
-def load(path, config=None, need_tokenizer=False):
+def load(path, kind, config=None, need_tokenizer=False):
     """Open ``path`` for evaluation (see the module's description).
 
     Parameters
     ----------
     path : str
         A ``.gguf`` file, or a Hugging Face, nbwoq-format or GPTQ folder.
+    kind : {"gguf", "hf", "nbwoq", "gptq"}
+        What ``path`` holds (``nbwoq.command.evaluation.model_kind`` tells, from the files).
     config : transformers.PretrainedConfig, optional
         The architecture for an nbwoq-format folder without ``config.json`` (one quantized
         from a GGUF file): the reference model's.
@@ -275,11 +239,12 @@ def load(path, config=None, need_tokenizer=False):
 
     Raises
     ------
-    InputError
-        The path is not a model this reads, or loading it fails (one line saying why).
+    EvalError
+        Loading fails (one line saying why).
     """
     path = os.fspath(path)
-    kind = kind_of(path)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if kind == "gptq":
         _check_gptqmodel(path)
     transformers = _quiet()
@@ -287,7 +252,7 @@ def load(path, config=None, need_tokenizer=False):
     # the tokenizer first: a model that cannot be read without one fails before its weights load
     tokenizer, why = _tokenizer(transformers, path, **({"gguf_file": name} if kind == "gguf" else {}))
     if tokenizer is None and need_tokenizer:
-        raise InputError(f"{printable(path)} has no usable tokenizer ({why}); give --against a model that has one")
+        raise EvalError(f"{path!r} has no usable tokenizer ({why}); give --against a model that has one")
     try:
         if kind == "gguf":
             folder = os.path.dirname(os.path.abspath(path))
@@ -298,17 +263,17 @@ def load(path, config=None, need_tokenizer=False):
             model = _load_gptq(transformers, path)
         else:
             model = nbwoq_model(path, config)
-    except InputError:
+    except EvalError:
         raise
-    except Exception as exc:  # transformers' and gguf's own errors: one line for the command
-        raise InputError(f"{printable(path)}: cannot load it as a {kind} model ({_first_line(exc)})") from None
+    except Exception as exc:  # transformers' and gguf's own errors (ValueError too): one line for the command
+        raise EvalError(f"{path!r}: cannot load it as a {kind} model ({_first_line(exc)})") from None
     model.eval()
     return Loaded(path, kind, model, tokenizer, why)
 
 
 def _check_gptqmodel(path):
     if importlib.util.find_spec("gptqmodel") is None:
-        raise InputError(f"{printable(path)} is a GPTQ checkpoint; evaluating it needs gptqmodel "
+        raise EvalError(f"{path!r} is a GPTQ checkpoint; evaluating it needs gptqmodel "
                          "(pip install gptqmodel==7.6.0 optimum==2.3.0, in an environment of its own)")
 
 
@@ -337,7 +302,7 @@ def _from_gguf_names(state, model):
 
     cfg = model.config
     if cfg.model_type != "llama":
-        raise InputError(f"tensors named as in GGUF are read into Llama models only; the config has "
+        raise EvalError(f"tensors named as in GGUF are read into Llama models only; the config has "
                          f"model_type={cfg.model_type!r}")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     to_hf = {}
@@ -348,7 +313,7 @@ def _from_gguf_names(state, model):
     out = {}
     for name, value in state.items():
         if name not in to_hf:
-            raise InputError(f"tensor {printable(name)} has no counterpart in the Llama model")
+            raise EvalError(f"tensor {name!r} has no counterpart in the Llama model")
         if name.endswith("attn_q.weight"):
             value = _unpermute(value, cfg.num_attention_heads)
         elif name.endswith("attn_k.weight"):
@@ -367,16 +332,16 @@ def nbwoq_model(folder, config=None):
 
     Raises
     ------
-    InputError
+    EvalError
         No architecture, or weights that do not fit it (missing, extra or misshapen).
     """
-    import nbwoq
+    import nbwoq  # the public reader (nbwoq.load is the formats layer's, re-exported by the package)
 
     transformers = _quiet()
     if os.path.isfile(os.path.join(folder, "config.json")):
         config = transformers.AutoConfig.from_pretrained(folder)
     elif config is None:
-        raise InputError(f"{printable(folder)} has no config.json (quantized from a GGUF file?): give the "
+        raise EvalError(f"{folder!r} has no config.json (quantized from a GGUF file?): give the "
                          "model it was quantized from with --against, whose architecture it shares")
     config = copy.deepcopy(config)
     for key in ("quantization_config",):  # the GGUF origin of a reference config; these weights are plain
@@ -390,22 +355,20 @@ def nbwoq_model(folder, config=None):
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:  # a shape mismatch
-        raise InputError(f"{printable(folder)}: the weights do not fit its architecture ({_first_line(exc)})") from None
+        raise EvalError(f"{folder!r}: the weights do not fit its architecture ({_first_line(exc)})") from None
     tied = set()
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     if out_emb is not None and out_emb.weight is in_emb.weight:
         tied = {k for k, v in model.state_dict(keep_vars=True).items() if v is out_emb.weight}
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise InputError(f"{printable(folder)}: the weights do not fit its architecture "
+        raise EvalError(f"{folder!r}: the weights do not fit its architecture "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
 
 
-# --- the command ------------------------------------------------------------------------------
-
 @contextlib.contextmanager
-def _no_bars():
+def quiet_loading():
     """No loading bars from transformers while models load. Its GGUF loader draws a plain
     tqdm bar on ``sys.stderr`` (``TQDM_DISABLE`` is read only when tqdm is imported), so
     that goes to a buffer; errors still come as exceptions."""
@@ -418,51 +381,3 @@ def _no_bars():
     finally:
         if was_on:
             logging.enable_progress_bar()
-
-
-def run(model_path, text=None, n_tokens=1024, window=512, against=None, progress=False, log=print):
-    """What ``nbwoq eval`` does: load, tokenize, evaluate; returns the report (a dict) and
-    prints the result lines through ``log``."""
-    if n_tokens < 2:
-        raise ValueError(f"--tokens must be at least 2, got {n_tokens}")
-    if window < 2:
-        raise ValueError(f"--window must be at least 2, got {window}")
-    text_path = default_text_path() if text is None else text
-    body = read_text(text_path)
-    with contextlib.nullcontext() if progress else _no_bars():
-        ref = load(against) if against is not None else None
-        mod = load(model_path, config=ref.model.config if ref is not None else None,
-                   need_tokenizer=ref is None or ref.tokenizer is None)
-    if mod.tokenizer is not None:
-        tokenizer, tok_from = mod.tokenizer, "MODEL's"
-    elif ref is not None and ref.tokenizer is not None:
-        tokenizer, tok_from = ref.tokenizer, "SRC's (MODEL has none)"
-    else:  # pragma: no cover - load(need_tokenizer=True) refused it
-        raise InputError(f"{printable(model_path)} has no usable tokenizer")
-    ids = token_ids(tokenizer, body, n_tokens)
-    n = int(ids.numel())
-    what = f"the default: CPython's {DEFAULT_TEXT}, found through importlib" if text is None else "--text"
-    log(f"text: {text_path} ({what})")
-    short = "" if n == n_tokens else f" (the whole text; {n_tokens} asked)"
-    log(f"tokens: first {n}{short}, tokenizer {tok_from}, read in {window}-token windows "
-        f"(each token after a window's first is predicted)")
-    log(f"model: {mod.path} ({mod.describe()})")
-    if ref is not None:
-        log(f"against: {ref.path} ({ref.describe()})")
-    result = evaluate(mod.model, ids, window, reference=None if ref is None else ref.model, progress=progress)
-    log(f"perplexity: {result['perplexity']:.4f} over {result['predicted']} predicted tokens "
-        f"in {result['windows']} windows")
-    report = {"model": {"path": mod.path, "kind": mod.kind},
-              "text": {"path": text_path, "default": text is None},
-              "tokens": n, "window": window, "tokenizer": "model" if tokenizer is mod.tokenizer else "against",
-              **result}
-    if ref is not None:
-        kl = result["kl"]
-        log(f"SRC perplexity: {result['reference_perplexity']:.4f}  "
-            f"(ln(PPL(MODEL)/PPL(SRC)) = {math.log(result['perplexity'] / result['reference_perplexity']):+.5f})")
-        log(f"KL(SRC || MODEL) per token, nats: mean {kl['mean']:.6f} +- {kl['stderr']:.6f}, "
-            f"median {kl['p50']:.6f}, 90% {kl['p90']:.6f}, 99% {kl['p99']:.6f}, 99.9% {kl['p99.9']:.6f}, "
-            f"max {kl['max']:.6f}")
-        log(f"same top-1 token: {100 * result['same_top1']:.2f} % of {result['predicted']}")
-        report["against"] = {"path": ref.path, "kind": ref.kind}
-    return report

@@ -87,7 +87,7 @@ def _parser():
     g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="stored dtype (default bfloat16)")
 
-    # nbwoq eval: needs torch; the evaluation lives in nbwoq_torch.evaluate
+    # nbwoq eval: needs torch (nbwoq.command.evaluation runs nbwoq_torch.evaluate)
     e = sub.add_parser("eval", help="perplexity of a model, and its KL divergence to another (needs torch)",
                        description="Perplexity of MODEL on a text, read in windows; with --against SRC also the "
                                    "mean KL(P_src || P_model) of the next-token distributions and the top-1 "
@@ -196,7 +196,7 @@ def _generate(args):
 
 
 def _eval(args):
-    """``nbwoq eval``: torch and the evaluation are imported here only."""
+    """``nbwoq eval``: torch is imported here (and in the evaluation) only."""
     import importlib.util
 
     try:
@@ -205,13 +205,13 @@ def _eval(args):
         raise InputError("nbwoq eval needs torch: pip install 'nbwoq[torch]'") from None
     if importlib.util.find_spec("transformers") is None:
         raise InputError("nbwoq eval needs transformers: pip install 'transformers>=5'")
-    from nbwoq_torch import evaluate
+    from nbwoq.command.evaluation import run
 
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
         raise InputError(f"--report {args.report!r}: its folder does not exist")
     try:
-        report = evaluate.run(args.model, text=args.text, n_tokens=args.tokens, window=args.window,
-                              against=args.against, progress=sys.stderr.isatty())
+        report = run(args.model, text=args.text, n_tokens=args.tokens, window=args.window,
+                     against=args.against, progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         print("nbwoq: interrupted", file=sys.stderr)
         return 130
