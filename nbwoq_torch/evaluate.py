@@ -228,8 +228,8 @@ def load(path, kind, config=None, need_tokenizer=False):
     kind : {"gguf", "hf", "nbwoq", "gptq"}
         What ``path`` holds (``nbwoq.command.evaluation.model_kind`` tells, from the files).
     config : transformers.PretrainedConfig, optional
-        The architecture for an nbwoq-format folder without ``config.json`` (one quantized
-        from a GGUF file): the reference model's.
+        The architecture for an nbwoq-format folder without ``config.json``: the reference
+        model's.
     need_tokenizer : bool, default False
         Refuse (before loading the weights) a model without a usable tokenizer.
 
@@ -286,49 +286,13 @@ def _load_gptq(transformers, path):
                                                              quantization_config=qc)
 
 
-def _unpermute(w, n_head):
-    """GGUF (llama.cpp) query/key row order -> transformers' order."""
-    rows = w.shape[0]
-    perm = np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
-    out = np.empty_like(w)
-    out[perm] = w
-    return out
-
-
-def _from_gguf_names(state, model):
-    """Tensors named as in a GGUF file (an nbwoq folder quantized from one) -> the model's
-    names, with the query/key rows back in transformers' order. Llama only."""
-    import gguf
-
-    cfg = model.config
-    if cfg.model_type != "llama":
-        raise EvalError(f"tensors named as in GGUF are read into Llama models only; the config has "
-                         f"model_type={cfg.model_type!r}")
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    to_hf = {}
-    for hf_name in model.state_dict():
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is not None:
-            to_hf[gguf_name] = hf_name
-    out = {}
-    for name, value in state.items():
-        if name not in to_hf:
-            raise EvalError(f"tensor {name!r} has no counterpart in the Llama model")
-        if name.endswith("attn_q.weight"):
-            value = _unpermute(value, cfg.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
-            value = _unpermute(value, cfg.num_key_value_heads)
-        out[to_hf[name]] = value
-    return out
-
-
 def nbwoq_model(folder, config=None):
     """A transformers model holding the dequantized weights of an nbwoq-format folder.
 
-    The architecture comes from the folder's ``config.json`` (else ``config``), built with
-    ``AutoModelForCausalLM.from_config`` in float32; every weight is
-    ``nbwoq.dequantize(nbwoq.load(folder))``. Tensors named as in GGUF (``blk.0.attn_q.weight``:
-    the folder was quantized from a GGUF file) are mapped to the Llama names.
+    The architecture comes from the folder's ``config.json`` (else ``config``, the reference
+    model's), built with ``AutoModelForCausalLM.from_config`` in float32; every weight is
+    ``nbwoq.dequantize(nbwoq.load(folder))``, under the names ``nbwoq quantize`` kept from
+    the Hugging Face source.
 
     Raises
     ------
@@ -341,16 +305,13 @@ def nbwoq_model(folder, config=None):
     if os.path.isfile(os.path.join(folder, "config.json")):
         config = transformers.AutoConfig.from_pretrained(folder)
     elif config is None:
-        raise EvalError(f"{folder!r} has no config.json (quantized from a GGUF file?): give the "
-                         "model it was quantized from with --against, whose architecture it shares")
+        raise EvalError(f"{folder!r} has no config.json: give the model it was quantized from with "
+                        "--against, whose architecture it shares")
     config = copy.deepcopy(config)
-    for key in ("quantization_config",):  # the GGUF origin of a reference config; these weights are plain
-        if hasattr(config, key):
-            delattr(config, key)
+    if hasattr(config, "quantization_config"):  # a reference's (GGUF, GPTQ); these weights are plain
+        delattr(config, "quantization_config")
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = nbwoq.dequantize(nbwoq.load(folder))
-    if any(name.startswith(("blk.", "token_embd.")) for name in state):
-        state = _from_gguf_names(state, model)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)

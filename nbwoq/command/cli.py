@@ -209,12 +209,8 @@ def _eval(args):
 
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
         raise InputError(f"--report {args.report!r}: its folder does not exist")
-    try:
-        report = run(args.model, text=args.text, n_tokens=args.tokens, window=args.window,
-                     against=args.against, progress=sys.stderr.isatty())
-    except KeyboardInterrupt:
-        print("nbwoq: interrupted", file=sys.stderr)
-        return 130
+    report = run(args.model, text=args.text, n_tokens=args.tokens, window=args.window,
+                 against=args.against, progress=sys.stderr.isatty())
     if args.report:
         with open(args.report, "w") as f:
             json.dump(report, f, indent=1)
