@@ -26,6 +26,7 @@ import sysconfig
 import numpy as np
 import torch
 
+
 class EvalError(ValueError):
     """A model, a text or a setting cannot be evaluated; the message (one line) says why."""
 

@@ -25,6 +25,7 @@ pytest.importorskip("gguf")
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine",
              "all that glitters is not gold", "where there is smoke there is fire"]
 TEXT = " ".join(SENTENCES * 8) + "\n"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tokenizer():
@@ -233,8 +234,8 @@ def test_without_torch_one_error_line(tmp_path):
             "rc = main(['eval', 'model'])\n"
             "assert 'transformers' not in sys.modules and 'nbwoq_torch' not in sys.modules\n"
             "sys.exit(rc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(),
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == ["nbwoq: error: nbwoq eval needs torch: pip install 'nbwoq[torch]'"]
 
@@ -242,7 +243,7 @@ def test_without_torch_one_error_line(tmp_path):
 def test_the_command_imports_no_torch_until_eval():
     code = ("import sys\nfrom nbwoq.command import cli\ncli._parser().parse_args(['eval', 'm'])\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd(), env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_windows():
