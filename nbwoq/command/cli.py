@@ -6,7 +6,7 @@ on a generated Llama-shaped model (``nbwoq.command.demo_model``), so ``python -m
 works on a fresh machine. ``nbwoq generate OUT`` writes such a checkpoint.
 
 Exit status: 0 done, 1 bad input (one ``nbwoq: error:`` line), 2 bad usage,
-130 interrupted. Torch is never imported.
+130 interrupted. Torch is imported only by ``nbwoq eval``, inside its handler.
 """
 
 import argparse
@@ -19,7 +19,7 @@ import tempfile
 from nbwoq._tables import DTYPES
 from nbwoq.formats.errors import InputError
 
-_SUBCOMMANDS = ("quantize", "generate")
+_SUBCOMMANDS = ("quantize", "generate", "eval")
 
 
 def _parser():
@@ -86,6 +86,19 @@ def _parser():
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes (default 0)")
     g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="stored dtype (default bfloat16)")
+
+    # nbwoq eval: needs torch (nbwoq.command.evaluation runs nbwoq_torch.evaluate)
+    e = sub.add_parser("eval", help="perplexity of a model, and its KL divergence to another (needs torch)",
+                       description="Perplexity of MODEL on a text, read in windows; with --against SRC also the "
+                                   "mean KL(P_src || P_model) of the next-token distributions and the top-1 "
+                                   "agreement. MODEL and SRC: a .gguf file, or a Hugging Face, nbwoq-format or "
+                                   "GPTQ folder. Needs nbwoq[torch] and transformers.")
+    e.add_argument("model", help=".gguf file or model folder")
+    e.add_argument("--text", metavar="FILE", help="UTF-8 text to read (default: CPython's pydoc_data/topics.py)")
+    e.add_argument("--tokens", type=int, default=1024, help="first N tokens of the text (default 1024)")
+    e.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
+    e.add_argument("--against", metavar="SRC", help="reference model: KL divergence and top-1 agreement against it")
+    e.add_argument("--report", metavar="FILE", help="write the results as JSON")
     return parser
 
 
@@ -182,6 +195,28 @@ def _generate(args):
     return 0
 
 
+def _eval(args):
+    """``nbwoq eval``: torch is imported here (and in the evaluation) only."""
+    import importlib.util
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("nbwoq eval needs torch: pip install 'nbwoq[torch]'") from None
+    if importlib.util.find_spec("transformers") is None:
+        raise InputError("nbwoq eval needs transformers: pip install 'transformers>=5'")
+    from nbwoq.command.evaluation import run
+
+    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        raise InputError(f"--report {args.report!r}: its folder does not exist")
+    report = run(args.model, text=args.text, n_tokens=args.tokens, window=args.window,
+                 against=args.against, progress=sys.stderr.isatty())
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     """Entry point of the ``nbwoq`` console script and ``python -m nbwoq``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -197,6 +232,8 @@ def main(argv=None):
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "eval":
+            return _eval(args)
         return _quantize(args)
     except (InputError, ValueError, TypeError, OSError) as exc:
         return _error(str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
