@@ -39,6 +39,8 @@ if [ -z "${SKIP_LLAMA:-}" ]; then
   fi
   echo "== llama.cpp"
   "$VENV/bin/python" "$HERE/integration_check.py" llama "$WORK/run" || status=1
+  echo "== llama.cpp's quantizer: --type byte identity (--pure), mix choices, speed"
+  "$VENV/bin/python" "$HERE/llama_quantize_check.py" "$WORK/llama-quantize" --nbwoq-python "$PY" || status=1
 fi
 [ "$status" = 0 ] && echo "integration: all consumer checks passed" || echo "integration: FAILED"
 exit "$status"
