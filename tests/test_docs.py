@@ -182,6 +182,8 @@ NOT_RUN = {
     "cd asv_bench": "the folder of the asv command",
     "asv run": "the benchmark suite (many minutes); never in the test suite",
     "nbwoq eval": "needs torch and a real model with a tokenizer (SmolLM2); tests/torch/test_eval.py runs it",
+    "nbwoq quantize path/to/model": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
+    "nbwoq quantize model-f16.gguf": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
 }
 
 
