@@ -95,8 +95,11 @@ def quantile(value, rows, n_groups, xp, name="quantile"):
     qxp = _arrays.namespace(value)
     if xp is not None and qxp is not xp:  # the reference path computes in the weight's namespace
         raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(value).__name__}")
-    if not qxp.isdtype(value.dtype, "real floating") or value.dtype not in (qxp.float32, qxp.float64):
-        raise TypeError(f"{name} as an array must be float32 or float64, got dtype {value.dtype}")
+    # half, single or double (exact in the compute dtype); wider or odd floats are refused,
+    # not silently narrowed
+    halves = (np.float16,) if xp is None else ()
+    if not qxp.isdtype(value.dtype, "real floating") or value.dtype not in (qxp.float32, qxp.float64, *halves):
+        raise TypeError(f"{name} as an array must be float16, float32 or float64, got dtype {value.dtype}")
     if not bool(qxp.all((value > 0) & (value <= 1))):
         raise ValueError(f"{name} values must all lie in (0, 1]")
     return value
@@ -164,7 +167,9 @@ def overlapping(shape, strides, itemsize):
     """Whether two elements of an array of ``shape`` and ``strides`` (in any unit, with
     ``itemsize`` in the same unit) share memory: the strides of the dimensions longer than
     one, smallest first, must each step past everything the smaller ones span. The one
-    rule for NumPy arrays and torch tensors alike."""
+    rule for NumPy arrays and torch tensors alike. An empty array overlaps nothing."""
+    if 0 in tuple(shape):
+        return False
     extent = itemsize
     for stride, size in sorted((abs(s), n) for s, n in zip(strides, shape) if n > 1):
         if stride < extent:

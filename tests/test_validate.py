@@ -66,7 +66,7 @@ def test_bad_arguments(name, bad, exc, match):
         (dict(bits=1, scheme="sym", full_range=True), ValueError, "full_range needs bits >= 2"),
         (dict(group_size=32, quantile=np.ones((4, 3), np.float32)), ValueError, r"shape \(rows, n_groups\)"),
         (dict(group_size=32, quantile=np.full((4, 2), 1.5, np.float32)), ValueError, r"lie in \(0, 1\]"),
-        (dict(group_size=32, quantile=np.ones((4, 2), np.int32)), TypeError, "floating point"),
+        (dict(group_size=32, quantile=np.ones((4, 2), np.int32)), TypeError, "float16, float32 or float64"),
     ],
     ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={v[k]!r}"[:30] for k in v),
 )

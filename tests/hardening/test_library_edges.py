@@ -31,6 +31,11 @@ def test_weight_whose_elements_overlap_is_refused_before_any_write(strides, func
     np.testing.assert_array_equal(base, before)
 
 
+def test_empty_weight_with_zero_strides_is_not_an_overlap():
+    w = as_strided(_base(), shape=(5, 0), strides=(0, 0), writeable=True)
+    assert nbwoq.quant_tensor(w, bits=4, group_size=-1) is w
+
+
 def test_non_overlapping_strided_weights_are_still_taken():
     base = _base()
     w = as_strided(base, shape=(4, 32), strides=(64 * 4, 4), writeable=True)  # every other 32: no overlap
@@ -57,9 +62,9 @@ def test_clip_grid_is_bounded(grid):
         nbwoq.search_clip(np.ones((2, 64), np.float32), grid=grid)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
-def test_quantile_array_of_another_float_dtype_names_quantile(dtype):
-    with pytest.raises(TypeError, match="quantile as an array must be float32 or float64"):
+@pytest.mark.parametrize("dtype", [np.longdouble, np.complex64, np.int32])
+def test_quantile_array_of_another_dtype_names_quantile(dtype):
+    with pytest.raises(TypeError, match="quantile as an array must be float16, float32 or float64"):
         nbwoq.quant_tensor(np.ones((4, 64), np.float32), bits=4, group_size=32, quantile=np.ones((4, 2), dtype))
 
 

@@ -27,7 +27,7 @@ def _quantile_bad(q, shape, n_groups):
     if isinstance(q, (int, float, np.floating, np.integer)):
         return not (0.0 < float(q) <= 1.0)
     if isinstance(q, np.ndarray):
-        if q.shape != (shape[0], n_groups) or q.dtype.kind != "f":
+        if q.shape != (shape[0], n_groups) or q.dtype not in (np.float16, np.float32, np.float64):
             return True
         return not bool(np.all((q > 0) & (q <= 1)))
     return True
