@@ -114,3 +114,39 @@ def test_q8_0_file_gives_the_logits_of_its_own_dequantization(source, tmp_path):
     assert quantized >= 1 + 4 * cfg.num_hidden_layers
     loaded = _load(out)
     torch.testing.assert_close(_logits(loaded), _logits(expected), rtol=1e-5, atol=1e-5)
+
+
+def _edit_config(src, dst, **changes):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = f"{dst}/config.json"
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(changes)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("phi3") / "tiny-phi3")
+    _model("phi3", folder)
+    return folder
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model_type="falcon"), "convert it with llama.cpp's convert_hf_to_gguf.py"),
+    (dict(rope_parameters=dict(rope_type="longrope", rope_theta=10000.0)), "llama.cpp's convert_hf_to_gguf.py"),
+    (dict(sliding_window="wide"), "sliding_window must be an integer"),
+    (dict(rope_parameters=dict(rope_theta=-1.0)), "rope_theta must be a positive number"),
+], ids=["other-model-type", "phi3-longrope", "bad-sliding-window", "bad-rope-theta"])
+def test_what_cannot_be_converted_is_one_error_line(phi3, tmp_path, capsys, changes, message):
+    src = _edit_config(phi3, tmp_path / "src", **changes)
+    out = tmp_path / "m.gguf"
+    assert main(["quantize", src, str(out), "--type", "Q8_0", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
