@@ -17,8 +17,10 @@ Scales are rounded to float16 and the codes are decided again with the rounded s
 is that of the file.
 
 From a GGUF source the metadata (tokenizer included) is copied and tensors keep their
-names. From a Hugging Face Llama folder the names are mapped to GGUF's, the query and
-key rows are permuted to llama.cpp's rotary layout, and the metadata is written from
+names. From a Hugging Face folder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
+Phi-3: ``hf_to_gguf.CONVERSIONS``) the names are mapped to GGUF's, the query and key rows
+are permuted to llama.cpp's rotary layout where the family needs it, values are changed
+where llama.cpp changes them (Gemma's norms), and the metadata is written from
 ``config.json`` (and ``tokenizer.json`` when present).
 """
 

@@ -32,6 +32,48 @@ def config_float(cfg, key, default):
     return float(value)
 
 
+def config_optional_float(cfg, key):
+    """A positive number, or None when the key is absent or null (a feature turned off)."""
+    if cfg.get(key) is None:
+        return None
+    return config_float(cfg, key, None)
+
+
+def config_optional_int(cfg, key, low, high):
+    """An integer from ``low`` to ``high``, or None when the key is absent or null."""
+    if cfg.get(key) is None:
+        return None
+    return config_int(cfg, key, low, high)
+
+
+def rope_parameters(cfg, layer_type=None):
+    """The rope settings of ``config.json``: older files keep ``rope_theta`` and
+    ``rope_scaling`` at the top level, transformers >= 5 writes one ``rope_parameters``
+    dict (or one per layer type, e.g. Gemma 3's ``full_attention`` and
+    ``sliding_attention``). Returns a dict (possibly empty), checked to be one."""
+    params = cfg.get("rope_parameters")
+    if params is None:
+        scaling = cfg.get("rope_scaling") or {}
+        if not isinstance(scaling, dict):
+            raise InputError(f"config.json: rope_scaling must be an object, got {scaling!r}")
+        params = dict(scaling)
+        if "rope_theta" in cfg:
+            params["rope_theta"] = cfg["rope_theta"]
+        return params
+    if not isinstance(params, dict):
+        raise InputError(f"config.json: rope_parameters must be an object, got {params!r}")
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        return params[layer_type]
+    if layer_type is None and isinstance(params.get("full_attention"), dict):
+        return params["full_attention"]
+    return params
+
+
+def rope_theta(cfg, default, layer_type=None):
+    """The checked rope base frequency (``rope_theta``, wherever the config keeps it)."""
+    return config_float(rope_parameters(cfg, layer_type), "rope_theta", default)
+
+
 def llama_shape(cfg):
     """The checked numbers of a Llama-family config: ``dict`` with ``layers``, ``heads``,
     ``kv_heads``, ``hidden``, ``ffn``, ``vocab``, ``head_dim``, ``context``,
@@ -57,6 +99,6 @@ def llama_shape(cfg):
         ffn=config_int(cfg, "intermediate_size", 1, 1 << 22),
         vocab=config_int(cfg, "vocab_size", 1, 1 << 24),
         context=config_int(cfg, "max_position_embeddings", 1, 1 << 26, default=2048),
-        rope_theta=config_float(cfg, "rope_theta", 10000.0),
+        rope_theta=rope_theta(cfg, 10000.0),
         rms_eps=config_float(cfg, "rms_norm_eps", 1e-5),
     )

@@ -14,7 +14,8 @@ import numpy as np
 
 from nbwoq.formats import storage
 from nbwoq.formats.errors import InputError, printable
-from nbwoq.formats.hf_config import llama_shape
+from nbwoq.formats.hf_config import (config_float, config_int, config_optional_float, config_optional_int,
+                                    llama_shape, rope_parameters, rope_theta)
 from nbwoq.formats.source import read_json
 
 
@@ -33,6 +34,11 @@ class LlamaConversion:
     arch = "llama"
     model_arch = "LLAMA"  # gguf.MODEL_ARCH member
     permute_qk = True
+    tokenizer_pre = "default"  # llama.cpp's pre-tokenizer name for a gpt2 tokenizer
+    special_keys = ("bos_token_id", "eos_token_id")
+    special_ids_always = False  # Llama: special ids only beside a tokenizer
+    special_first_of_list = False
+    skip_byte_fallback = False
 
     def __init__(self, source, gguf):
         self.source, self.gguf = source, gguf
@@ -93,21 +99,42 @@ class LlamaConversion:
         gguf_writer.add_head_count_kv(shape["kv_heads"])
         gguf_writer.add_rope_freq_base(shape["rope_theta"])
         gguf_writer.add_layer_norm_rms_eps(shape["rms_eps"])
-        gguf_writer.add_rope_dimension_count(shape["head_dim"])
-        gguf_writer.add_vocab_size(shape["vocab"])
-        self.tokenizer(gguf_writer)
+        self.family_metadata(gguf_writer)
+        written = self.tokenizer(gguf_writer)
+        if written or self.special_ids_always:
+            self.special_ids(gguf_writer)
+
+    def family_metadata(self, gguf_writer):
+        """The family's keys after the shared ones (Llama: rotary dimensions, vocabulary size)."""
+        gguf_writer.add_rope_dimension_count(self.shape["head_dim"])
+        gguf_writer.add_vocab_size(self.shape["vocab"])
+
+    def special_ids(self, gguf_writer):
+        """Special token ids from ``config.json`` (``special_keys``), each when it is a valid
+        id (a list: its first entry, where ``special_first_of_list``)."""
+        n = self.shape["vocab"]
+        setters = {"bos_token_id": gguf_writer.add_bos_token_id, "eos_token_id": gguf_writer.add_eos_token_id,
+                   "pad_token_id": gguf_writer.add_pad_token_id}
+        for key in self.special_keys:
+            value = self.config.get(key)
+            if self.special_first_of_list and isinstance(value, list) and value:
+                value = value[0]
+            if _is_index(value) and value < n:
+                setters[key](value)
 
     def tokenizer(self, gguf_writer):
         """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine.
-        Every entry is checked: a malformed tokenizer is one ``InputError``."""
-        cfg = self.config
+        Every entry is checked: a malformed tokenizer is one ``InputError``. Returns whether
+        a tokenizer was written."""
         path = os.path.join(self.source.folder, "tokenizer.json")
         if not os.path.isfile(path):
-            return
+            return False
         tok = read_json(path, "tokenizer.json")
         model = tok.get("model") if isinstance(tok, dict) else None
         if not isinstance(model, dict) or model.get("type") != "BPE":
-            return
+            return False
+        if self.skip_byte_fallback and model.get("byte_fallback"):
+            return False  # a SentencePiece vocabulary: llama.cpp's "llama" tokenizer, not written here
         vocab, added_tokens, merges = model.get("vocab"), tok.get("added_tokens", []), model.get("merges", [])
         n = self.shape["vocab"]
         if not (isinstance(vocab, dict) and all(isinstance(t, str) and _is_index(i) for t, i in vocab.items())
@@ -133,17 +160,202 @@ class LlamaConversion:
             if not t:
                 tokens[i] = f"[PAD{i}]"
         gguf_writer.add_tokenizer_model("gpt2")
-        gguf_writer.add_tokenizer_pre("default")
+        gguf_writer.add_tokenizer_pre(self.tokenizer_pre)
         gguf_writer.add_token_list(tokens)
         gguf_writer.add_token_types(types)
         gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-        for key, setter in (("bos_token_id", gguf_writer.add_bos_token_id), ("eos_token_id", gguf_writer.add_eos_token_id)):
-            if _is_index(cfg.get(key)) and cfg[key] < n:
-                setter(cfg[key])
+        return True
+
+
+def _rope_scaling(conv, gguf_writer, params):
+    """Rope scaling llama.cpp represents by keys (none, linear, YaRN); any other kind needs
+    tensors or rules this converter does not write: one ``InputError``."""
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return
+    scaling = conv.gguf.RopeScalingType
+    if kind == "linear":
+        gguf_writer.add_rope_scaling_type(scaling.LINEAR)
+        gguf_writer.add_rope_scaling_factor(config_float(params, "factor", None))
+    elif kind == "yarn":
+        gguf_writer.add_rope_scaling_type(scaling.YARN)
+        gguf_writer.add_rope_scaling_factor(config_float(params, "factor", None))
+        orig = params.get("original_max_position_embeddings", conv.config.get("original_max_position_embeddings"))
+        if orig is not None:
+            gguf_writer.add_rope_scaling_orig_ctx_len(config_int({"original_max_position_embeddings": orig},
+                                                                 "original_max_position_embeddings", 1, 1 << 26))
+    else:
+        raise InputError(f"config.json: rope scaling {printable(str(kind))} is not converted here ({conv.arch}); "
+                         "convert the folder with llama.cpp's convert_hf_to_gguf.py")
+
+
+class MistralConversion(LlamaConversion):
+    """Mistral: llama.cpp converts ``MistralForCausalLM`` as ``llama`` (same names, the same
+    query/key permutation, same keys). Its ``sliding_window`` is not written, as in llama.cpp;
+    transformers reads the file back as Mistral when ``general.name`` contains "mistral"."""
+
+
+class Qwen2Conversion(LlamaConversion):
+    """Qwen2: ``qwen2``; NeoX rotary layout (no permutation); q/k/v biases (1-D, float32);
+    tied embeddings leave no ``lm_head.weight`` and so no ``output.weight``; the gpt2
+    tokenizer's pre-tokenizer is ``qwen2``."""
+
+    arch, model_arch = "qwen2", "QWEN2"
+    permute_qk = False
+    tokenizer_pre = "qwen2"
+    special_keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    special_ids_always = True
+    special_first_of_list = True
+    skip_byte_fallback = True
+
+    def family_metadata(self, gguf_writer):
+        # llama.cpp counts the token list; transformers' loader needs the key without one
+        gguf_writer.add_vocab_size(self.shape["vocab"])
+        _rope_scaling(self, gguf_writer, rope_parameters(self.config))
+
+
+class Qwen3Conversion(Qwen2Conversion):
+    """Qwen3: as Qwen2 (``qwen3``), plus per-head ``q_norm``/``k_norm`` (``attn_q_norm``,
+    ``attn_k_norm``) and an explicit ``head_dim`` (key/value lengths)."""
+
+    arch, model_arch = "qwen3", "QWEN3"
+
+    def family_metadata(self, gguf_writer):
+        if self.config.get("head_dim") is not None:
+            gguf_writer.add_key_length(self.shape["head_dim"])
+            gguf_writer.add_value_length(self.shape["head_dim"])
+        super().family_metadata(gguf_writer)
+
+
+class Gemma2Conversion(Qwen2Conversion):
+    """Gemma 2: ``gemma2``; no permutation; every ``*norm.weight`` is stored plus 1 (the
+    Hugging Face RMSNorm multiplies by ``1 + w``, llama.cpp's by ``w``); the output is the
+    tied token embedding (llama.cpp's gemma2 has no ``output.weight``); key/value lengths,
+    both logit soft-caps and the sliding window are keys."""
+
+    arch, model_arch = "gemma2", "GEMMA2"
+    tokenizer_pre = "default"
+
+    def out_name(self, info):
+        if info.name == "lm_head.weight":
+            raise InputError(f"{self.arch}: the folder has lm_head.weight, but llama.cpp's {self.arch} ties the "
+                             "output to the token embedding; remove it or convert with llama.cpp's "
+                             "convert_hf_to_gguf.py")
+        return super().out_name(info)
+
+    def norm_shift(self, info):
+        return 1.0 if info.name.endswith("norm.weight") else 0.0
+
+    def values(self, info, array, dtype_name):
+        shift = self.norm_shift(info)
+        if not shift:
+            return super().values(info, array, dtype_name)
+        if len(info.shape) != 1:
+            raise InputError(f"tensor {printable(info.name)}: a norm must be 1-D, got shape {list(info.shape)}")
+        out = storage.widen(array, dtype_name)  # a float32 copy
+        out += np.float32(shift)
+        return out
+
+    def _check_query_scale(self):
+        """llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 27B
+        models); another ``query_pre_attn_scalar`` cannot be represented."""
+        scalar = config_optional_float(self.config, "query_pre_attn_scalar")
+        shape = self.shape
+        if scalar is not None and scalar not in (shape["head_dim"], shape["hidden"] / shape["heads"]):
+            raise InputError(f"config.json: query_pre_attn_scalar {scalar:g} is neither head_dim ({shape['head_dim']}) "
+                             f"nor hidden_size / num_attention_heads; llama.cpp's {self.arch} cannot represent it")
+
+    def family_metadata(self, gguf_writer):
+        self._check_query_scale()
+        gguf_writer.add_key_length(self.shape["head_dim"])
+        gguf_writer.add_value_length(self.shape["head_dim"])
+        for key, setter in (("attn_logit_softcapping", gguf_writer.add_attn_logit_softcapping),
+                            ("final_logit_softcapping", gguf_writer.add_final_logit_softcapping)):
+            value = config_optional_float(self.config, key)
+            if value is not None:
+                setter(value)
+        window = config_optional_int(self.config, "sliding_window", 1, 1 << 26)
+        if window is not None:
+            gguf_writer.add_sliding_window(window)
+        gguf_writer.add_vocab_size(self.shape["vocab"])
+
+
+class Gemma3Conversion(Gemma2Conversion):
+    """Gemma 3 text (``gemma3_text``): as Gemma 2 (``gemma3``; ``q_norm``/``k_norm`` are norms
+    too, so plus 1) with no attention soft-cap; the rope base is the global layers' one
+    (``rope.freq_base``), a local one other than llama.cpp's 10000 is ``rope.freq_base_swa``;
+    linear rope scaling is written; an ``lm_head.weight`` becomes ``output.weight``."""
+
+    arch, model_arch = "gemma3", "GEMMA3"
+
+    def out_name(self, info):
+        return LlamaConversion.out_name(self, info)
+
+    def family_metadata(self, gguf_writer):
+        self._check_query_scale()
+        if self.config.get("attn_logit_softcapping") is not None:
+            raise InputError("config.json: gemma3 has no attention logit soft-capping, got attn_logit_softcapping "
+                             f"{self.config['attn_logit_softcapping']!r}")
+        gguf_writer.add_key_length(self.shape["head_dim"])
+        gguf_writer.add_value_length(self.shape["head_dim"])
+        final = config_optional_float(self.config, "final_logit_softcapping")
+        if final is not None:
+            gguf_writer.add_final_logit_softcapping(final)
+        window = config_optional_int(self.config, "sliding_window", 1, 1 << 26)
+        if window is not None and self.config.get("sliding_window_pattern") != 1:
+            gguf_writer.add_sliding_window(window)
+        local = rope_theta(self.config, 10000.0, "sliding_attention")
+        if "rope_local_base_freq" in self.config:
+            local = config_float(self.config, "rope_local_base_freq", 10000.0)
+        if local != 10000.0:
+            gguf_writer.add_rope_freq_base_swa(local)
+        _rope_scaling(self, gguf_writer, rope_parameters(self.config))
+        gguf_writer.add_vocab_size(self.shape["vocab"])
+
+
+class Phi3Conversion(Qwen2Conversion):
+    """Phi-3: ``phi3``; NeoX rotary layout (no permutation); the fused ``qkv_proj`` and
+    ``gate_up_proj`` are kept fused, as llama.cpp keeps them (``attn_qkv``, ``ffn_up``: its
+    graph splits them), so quantized rows need no change; rotary dimensions follow
+    ``partial_rotary_factor``; a sliding window of 0 means none. LongRoPE (``rope_scaling``)
+    needs factor tensors that are not in the folder: one ``InputError``."""
+
+    arch, model_arch = "phi3", "PHI3"
+    tokenizer_pre = "default"
+
+    def out_name(self, info):
+        name = super().out_name(info)
+        shape = self.shape
+        rows = {"qkv_proj.weight": (shape["heads"] + 2 * shape["kv_heads"]) * shape["head_dim"],
+                "gate_up_proj.weight": 2 * shape["ffn"]}
+        for suffix, want in rows.items():
+            if info.name.endswith(suffix) and info.shape[0] != want:
+                raise InputError(f"tensor {printable(info.name)} has {info.shape[0]} rows, config.json says {want}")
+        return name
+
+    def family_metadata(self, gguf_writer):
+        cfg, shape = self.config, self.shape
+        params = rope_parameters(cfg)
+        if params.get("rope_type", params.get("type", "default")) not in (None, "default"):
+            raise InputError("config.json: Phi-3 rope scaling (LongRoPE) needs rope factor tensors this converter "
+                             "does not write; convert the folder with llama.cpp's convert_hf_to_gguf.py")
+        orig = cfg.get("original_max_position_embeddings", params.get("original_max_position_embeddings"))
+        if orig is not None:
+            gguf_writer.add_rope_scaling_orig_ctx_len(
+                config_int({"original_max_position_embeddings": orig}, "original_max_position_embeddings", 1, 1 << 26))
+        factor = cfg.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))
+        factor = config_float({"partial_rotary_factor": factor}, "partial_rotary_factor", 1.0)
+        if factor > 1:
+            raise InputError(f"config.json: partial_rotary_factor must be at most 1, got {factor!r}")
+        gguf_writer.add_rope_dimension_count(int(factor * shape["hidden"]) // shape["heads"])
+        gguf_writer.add_sliding_window(config_optional_int(cfg, "sliding_window", 1, 1 << 26) or 0)
+        gguf_writer.add_vocab_size(shape["vocab"])
 
 
 #: ``config.json`` model_type -> conversion class. Adding a family: a class and a line.
-CONVERSIONS = {"llama": LlamaConversion}
+CONVERSIONS = {"llama": LlamaConversion, "mistral": MistralConversion, "qwen2": Qwen2Conversion,
+               "qwen3": Qwen3Conversion, "gemma2": Gemma2Conversion, "gemma3_text": Gemma3Conversion,
+               "phi3": Phi3Conversion}
 
 
 def conversion(source, gguf):
