@@ -181,6 +181,48 @@ def evaluate(model, ids, window=512, reference=None, progress=False):
     return result
 
 
+def is_causal(config):
+    """True for a causal language model (next-token logits), False for an encoder such as
+    BERT or a sentence-transformers model, judged by the config's architectures."""
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def compare_embeddings(model, reference, ids, window=512, progress=False):
+    """How close an encoder's outputs stay to the reference's on the same tokens.
+
+    The tokens are read in windows (at most the models' position limit); for each window
+    the cosine similarity of the mean-pooled last hidden states (the sentence embedding
+    sentence-transformers' mean pooling gives) and of every token's hidden state.
+
+    Returns
+    -------
+    dict
+        ``embedding_cosine`` (``mean``, ``min`` over windows), ``token_cosine`` (``mean``,
+        ``p1``: the 1st percentile over tokens), ``windows``, ``tokens``.
+    """
+    limit = min(window, getattr(model.config, "max_position_embeddings", window) or window)
+    spans = windows(int(ids.numel()), max(limit, 2))
+    pooled, per_token = [], []
+    with torch.inference_mode(), _bar(len(spans), progress) as bar:
+        for start, stop in spans:
+            chunk = ids[start:stop][None]
+            a = model(input_ids=chunk).last_hidden_state[0].double()
+            b = reference(input_ids=chunk).last_hidden_state[0].double()
+            pooled.append(float(torch.nn.functional.cosine_similarity(a.mean(0), b.mean(0), dim=0)))
+            per_token.append(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+            if bar is not None:
+                bar.update(1)
+    tokens = torch.cat(per_token).numpy()
+    return {"embedding_cosine": {"mean": float(np.mean(pooled)), "min": float(np.min(pooled))},
+            "token_cosine": {"mean": float(tokens.mean()), "p1": float(np.quantile(tokens, 0.01))},
+            "windows": len(spans), "tokens": int(ids.numel())}
+
+
 # --- the models -----------------------------------------------------------------------------
 
 class Loaded:
@@ -259,7 +301,10 @@ def load(path, kind, config=None, need_tokenizer=False):
             folder = os.path.dirname(os.path.abspath(path))
             model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         elif kind == "hf":
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            auto = transformers.AutoModelForCausalLM
+            if not is_causal(transformers.AutoConfig.from_pretrained(path)):
+                auto = transformers.AutoModel  # an encoder: its hidden states are compared
+            model = auto.from_pretrained(path, dtype=torch.float32)
         elif kind == "gptq":
             model = _load_gptq(transformers, path)
         else:
@@ -311,7 +356,8 @@ def nbwoq_model(folder, config=None):
     config = copy.deepcopy(config)
     if hasattr(config, "quantization_config"):  # a reference's (GGUF, GPTQ); these weights are plain
         delattr(config, "quantization_config")
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    auto = transformers.AutoModelForCausalLM if is_causal(config) else transformers.AutoModel
+    model = auto.from_config(config, dtype=torch.float32)
     state = nbwoq.dequantize(nbwoq.load(folder))
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
     try:
@@ -323,6 +369,9 @@ def nbwoq_model(folder, config=None):
     if out_emb is not None and out_emb.weight is in_emb.weight:
         tied = {k for k, v in model.state_dict(keep_vars=True).items() if v is out_emb.weight}
     missing = [k for k in missing if k not in tied]
+    # buffers older checkpoints saved (BERT's position_ids), which the model now makes itself
+    buffers = {k for k, _ in model.named_buffers()}
+    unexpected = [k for k in unexpected if k not in buffers]
     if missing or unexpected:
         raise EvalError(f"{folder!r}: the weights do not fit its architecture "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

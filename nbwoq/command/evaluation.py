@@ -72,11 +72,14 @@ def run(model_path, text=None, n_tokens=1024, window=512, against=None, progress
     what = f"the default: CPython's {evaluate.DEFAULT_TEXT}, found through importlib" if text is None else "--text"
     log(f"text: {text_path} ({what})")
     short = "" if n == n_tokens else f" (the whole text; {n_tokens} asked)"
-    log(f"tokens: first {n}{short}, tokenizer {tok_from}, read in {window}-token windows "
-        f"(each token after a window's first is predicted)")
+    causal = evaluate.is_causal(mod.model.config)
+    scored = "(each token after a window's first is predicted)" if causal else "(every token's output compared)"
+    log(f"tokens: first {n}{short}, tokenizer {tok_from}, read in {window}-token windows {scored}")
     log(f"model: {mod.path} ({mod.describe()})")
     if ref is not None:
         log(f"against: {ref.path} ({ref.describe()})")
+    if not causal:
+        return _encoder(evaluate, mod, ref, ids, window, progress, log, text_path, text is None, tokenizer)
     result = evaluate.evaluate(mod.model, ids, window, reference=None if ref is None else ref.model,
                                progress=progress)
     log(f"perplexity: {result['perplexity']:.4f} over {result['predicted']} predicted tokens "
@@ -95,3 +98,21 @@ def run(model_path, text=None, n_tokens=1024, window=512, against=None, progress
         log(f"same top-1 token: {100 * result['same_top1']:.2f} % of {result['predicted']}")
         report["against"] = {"path": ref.path, "kind": ref.kind}
     return report
+
+
+def _encoder(evaluate, mod, ref, ids, window, progress, log, text_path, default_text, tokenizer):
+    """An encoder (BERT, a sentence-transformers model): no next-token perplexity; its
+    hidden states and mean-pooled embeddings are compared with SRC's."""
+    arch = (getattr(mod.model.config, "architectures", None) or [type(mod.model).__name__])[0]
+    if ref is None:
+        raise InputError(f"{printable(mod.path)} is an encoder ({arch}), which predicts no next token: give "
+                         "--against SRC to compare its embeddings with the source's")
+    result = evaluate.compare_embeddings(mod.model, ref.model, ids, window, progress)
+    e, t = result["embedding_cosine"], result["token_cosine"]
+    log(f"encoder ({arch}): no perplexity; outputs compared with SRC's over {result['tokens']} tokens in "
+        f"{result['windows']} windows")
+    log(f"mean-pooled embedding cosine: mean {e['mean']:.6f}, worst window {e['min']:.6f}")
+    log(f"per-token hidden-state cosine: mean {t['mean']:.6f}, 1st percentile {t['p1']:.6f}")
+    return {"model": {"path": mod.path, "kind": mod.kind}, "against": {"path": ref.path, "kind": ref.kind},
+            "text": {"path": text_path, "default": default_text}, "tokens": result["tokens"], "window": window,
+            "tokenizer": "model" if tokenizer is mod.tokenizer else "against", "encoder": True, **result}

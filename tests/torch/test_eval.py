@@ -252,3 +252,34 @@ def test_windows():
     assert windows(50, 16) == [(0, 16), (16, 32), (32, 48), (48, 50)]
     assert windows(49, 16) == [(0, 16), (16, 32), (32, 48)]  # a 1-token tail predicts nothing
     np.testing.assert_equal(windows(2, 512), [(0, 2)])
+
+
+def test_encoder_models_compare_embeddings_with_against(tmp_path, capsys):
+    """A BERT-style encoder (as a sentence-transformers folder holds): no perplexity, its
+    embeddings against the source's; without --against, one error line."""
+    import json
+
+    import torch
+
+    from nbwoq.command.cli import main
+
+    tokenizer = _tokenizer()
+    cfg = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+    torch.manual_seed(0)
+    src = tmp_path / "bert"
+    _save(transformers.BertModel(cfg), tokenizer, src)
+    out = tmp_path / "bert-int4"
+    assert main(["quantize", str(src), str(out), "--group-size", "32", "--quiet"]) == 0
+    report = tmp_path / "r.json"
+    assert main(["eval", str(out), "--against", str(src), "--tokens", "200", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["encoder"] and 0.5 < data["embedding_cosine"]["mean"] < 1.0
+    capsys.readouterr()
+    assert main(["eval", str(src), "--against", str(src), "--tokens", "200", "--report", str(report)]) == 0
+    same = json.loads(report.read_text())
+    assert same["embedding_cosine"]["min"] > 0.999999 and same["token_cosine"]["p1"] > 0.999999
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encoder" in err and "--against" in err
