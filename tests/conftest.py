@@ -1,6 +1,10 @@
 """Shared fixtures: the two paths every core function is checked on, and a report of
 how often the reference's per-op half rounding differs from nbwoq's single rounding."""
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -50,3 +54,23 @@ def pytest_terminal_summary(terminalreporter):
                                  "difference 1)", sep="-")
         for key, (diff, total) in sorted(HALF_DIFFERENCES.items()):
             terminalreporter.write_line(f"{key}: {diff} of {total} values ({100.0 * diff / max(total, 1):.2f}%)")
+
+
+# Everything the suite writes to "the temporary folder" (tempfile, pytest's tmp_path, the
+# subprocesses it starts, which inherit TMPDIR) goes to one folder of this session,
+# removed when the session ends: a run leaves nothing behind in /tmp.
+_SESSION_TMP = []
+
+
+def pytest_configure(config):
+    folder = tempfile.mkdtemp(prefix="nbwoq-tests-")
+    _SESSION_TMP.append(folder)
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = folder
+    if config.option.basetemp is None:
+        config.option.basetemp = os.path.join(folder, "pytest")
+
+
+def pytest_unconfigure(config):
+    while _SESSION_TMP:
+        shutil.rmtree(_SESSION_TMP.pop(), ignore_errors=True)

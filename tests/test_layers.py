@@ -177,3 +177,16 @@ def test_plain_test_run_prints_no_report_block(monkeypatch):
     conftest.pytest_terminal_summary(quiet)
     conftest.pytest_terminal_summary(verbose)
     assert quiet.lines == [] and any("bf16-int4" in line for line in verbose.lines)
+
+
+def test_the_suite_writes_its_temporary_files_in_its_own_folder(tmp_path):
+    """The session's temporary folder (removed at the end): tempfile, tmp_path and
+    subprocesses all write there, so a run leaves nothing in /tmp."""
+    import tempfile
+
+    session = os.environ["TMPDIR"]
+    assert os.path.basename(session).startswith("nbwoq-tests-")
+    assert tempfile.gettempdir() == session and str(tmp_path).startswith(session)
+    out = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == session
