@@ -17,6 +17,7 @@ from nbwoq._tables import (
     NF4_BIT,
 )
 from nbwoq._threads import get_num_threads, set_num_threads
+from nbwoq._validate import NonFiniteError
 from nbwoq.clip import search_clip
 from nbwoq.quantize import (
     qdq_weight_actor,
@@ -38,6 +39,7 @@ __all__ = [
     "INT_MAPPING",
     "NF4",
     "NF4_BIT",
+    "NonFiniteError",
     "QuantizedTensor",
     "dequantize",
     "get_num_threads",

@@ -97,7 +97,7 @@ def quantile(value, rows, n_groups, xp, name="quantile"):
         raise TypeError(f"{name} as an array must be of the weight's kind ({xp.__name__}), got {type(value).__name__}")
     # half, single or double (exact in the compute dtype); wider or odd floats are refused,
     # not silently narrowed
-    halves = (np.float16,) if xp is None else ()
+    halves = (np.float16,) if xp is None else tuple(h for h in (getattr(qxp, "float16", None),) if h is not None)
     if not qxp.isdtype(value.dtype, "real floating") or value.dtype not in (qxp.float32, qxp.float64, *halves):
         raise TypeError(f"{name} as an array must be float16, float32 or float64, got dtype {value.dtype}")
     if not bool(qxp.all((value > 0) & (value <= 1))):
@@ -205,7 +205,13 @@ def param_array(value, name, shape, xp, integers=False):
 
 
 class NonFiniteError(ValueError):
-    """The weight holds NaN or Inf; ``row`` is the first row that does."""
+    """The weight holds NaN or Inf; ``row`` is the first row that does.
+
+    A ``ValueError``, so ``except ValueError`` catches it as before; public as
+    ``nbwoq.NonFiniteError``.
+    """
+
+    __module__ = "nbwoq"
 
     def __init__(self, message, row):
         super().__init__(message)

@@ -379,7 +379,7 @@ BAD_ARGUMENTS = [
     ("full-range-int", dict(enable_full_range=1), TypeError, "enable_full_range must be True or False"),
     ("full-range-bits1", dict(bits=1, scheme="sym", enable_full_range=True), ValueError, "needs bits >= 2"),
     ("per-group-str", dict(per_group="yes"), TypeError, "per_group must be True or False"),
-    ("grid-0", dict(grid=0), ValueError, "grid as a count must be a positive"),
+    ("grid-0", dict(grid=0), ValueError, "grid as a count must be an integer from 1 to"),
     ("grid-bool", dict(grid=True), TypeError, "grid must be None, a positive integer"),
     ("grid-str", dict(grid="fine"), TypeError, "grid must be None, a positive integer"),
     ("grid-float", dict(grid=0.9), TypeError, "grid must be None, a positive integer"),
