@@ -22,7 +22,8 @@ Face folder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, Phi-3:
 ``hf_to_gguf.CONVERSIONS``) the names are mapped to GGUF's, the query and key rows are
 permuted to llama.cpp's rotary layout where the family needs it, values are changed
 where llama.cpp changes them (Gemma's norms), and the metadata is written from
-``config.json`` (and ``tokenizer.json`` when present).
+``config.json`` (and ``tokenizer.json`` when present), into a header written by gguf-py's
+``GGUFWriter``.
 """
 
 import fnmatch

@@ -81,6 +81,8 @@ class Source:
         The parsed shard index of a folder with several shards.
     folder : str or None
         The folder holding ``config.json`` and tokenizer files, if any.
+    gguf : gguf_check.GgufHeader or None
+        What a GGUF source's header declares (metadata records, tensors, alignment).
     """
 
     def __init__(self, path):
@@ -217,6 +219,8 @@ class Source:
     def _gguf_decode(self, info, raw):
         """float32 values of a block-quantized GGUF tensor from its uint8 rows ``raw``."""
         name = info.dtype
+        if info.size == 0:
+            return np.zeros(info.shape, dtype=np.float32)
         if name in ggml_blocks.SUPPORTED and info.shape:
             # our parallel decoders (llama.cpp's dequantize_row_*)
             return ggml_blocks.decode_rows(raw.reshape(-1, raw.shape[-1]), name, info.shape[-1]).reshape(info.shape)
