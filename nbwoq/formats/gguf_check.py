@@ -1,4 +1,4 @@
-"""A GGUF file's header, checked with Python integers before gguf-py reads it.
+"""A GGUF file's header, checked with Python integers: what nbwoq reads a GGUF source by.
 
 gguf-py's ``GGUFReader`` trusts the file: it loops over every declared metadata item and
 tensor, building NumPy views as it goes, so a 94-byte file declaring 2**62 array items
@@ -6,7 +6,8 @@ or a 2**60-byte string makes it loop (or allocate) without end, and a wrapped ui
 shape product passes its size arithmetic. ``scan`` walks the same layout first, with
 ``struct`` and Python integers over a read-only map of the file, and checks every count
 and length against the bytes left in the file before it loops or reads, as llama.cpp's
-loader does. Only a file that passes is handed to gguf-py.
+loader does. nbwoq reads a GGUF source through this scan alone (``Source`` maps each
+tensor's checked byte range); gguf-py's reader is never handed a source file.
 
 Layout (gguf-py's ``gguf_reader.py``; all integers little-endian, or big-endian in a
 file whose version reads byte-swapped):
