@@ -1,4 +1,4 @@
-"""A GGUF file's header, checked with Python integers before gguf-py reads it.
+"""A GGUF file's header, checked with Python integers: what nbwoq reads a GGUF source by.
 
 gguf-py's ``GGUFReader`` trusts the file: it loops over every declared metadata item and
 tensor, building NumPy views as it goes, so a 94-byte file declaring 2**62 array items
@@ -6,7 +6,8 @@ or a 2**60-byte string makes it loop (or allocate) without end, and a wrapped ui
 shape product passes its size arithmetic. ``scan`` walks the same layout first, with
 ``struct`` and Python integers over a read-only map of the file, and checks every count
 and length against the bytes left in the file before it loops or reads, as llama.cpp's
-loader does. Only a file that passes is handed to gguf-py.
+loader does. nbwoq reads a GGUF source through this scan alone (``Source`` maps each
+tensor's checked byte range); gguf-py's reader is never handed a source file.
 
 Layout (gguf-py's ``gguf_reader.py``; all integers little-endian, or big-endian in a
 file whose version reads byte-swapped):
@@ -17,6 +18,10 @@ file whose version reads byte-swapped):
 - per tensor: name (string), n_dims (u32), n_dims dimensions (u64, innermost first),
   ggml type (u32), offset (u64) from the start of the data;
 - padding to ``general.alignment`` (u32, a power of two; default 32), then the data.
+
+``scan`` also returns where each metadata record lies in the file, so a GGUF -> GGUF
+run copies the records byte for byte (``gguf_header``) instead of decoding and
+re-encoding a tokenizer of tens of thousands of strings.
 """
 
 import math
@@ -60,12 +65,25 @@ class GgufTensor(NamedTuple):
     stop: int
 
 
+class GgufKey(NamedTuple):
+    """One metadata record: its value type, its value (a scalar or string; None for an
+    array) and the absolute byte range ``[start, stop)`` of the whole record, key included."""
+
+    name: str
+    vtype: int
+    value: object
+    start: int
+    stop: int
+
+
 class GgufHeader(NamedTuple):
     version: int
     alignment: int
     data_start: int
     architecture: str
     tensors: list
+    keys: dict  # name -> GgufKey, in file order
+    byte_order: str  # "<", or ">" for a file written byte-swapped
 
 
 class _Reader:
@@ -133,8 +151,9 @@ def scan(path):
     Returns
     -------
     GgufHeader
-        version, alignment, absolute data start, ``general.architecture`` and the
-        tensors (``GgufTensor``, in header order).
+        version, alignment, absolute data start, ``general.architecture``, the
+        tensors (``GgufTensor``, in header order), the metadata records (``GgufKey``
+        by name, in file order) and the byte order (``"<"`` or ``">"``).
 
     Raises
     ------
@@ -142,7 +161,8 @@ def scan(path):
         One line naming the file and the first thing wrong: bad magic or version, a
         count or length beyond what the file holds (checked before any loop), a key,
         string or tensor name that is not UTF-8, a duplicate key or tensor name, an
-        unknown value or tensor type, a nested array, more than ``MAX_DIMS``
+        unknown value or tensor type, a nested array, an alignment larger than the
+        file, more than ``MAX_DIMS``
         dimensions, a shape whose size overflows or is not whole blocks, tensor data
         outside the file, misaligned or overlapping, or no ``general.architecture``.
     """
@@ -175,6 +195,7 @@ def _scan(r, block_sizes, ggml_types):
     items = 0
     alignment = DEFAULT_ALIGNMENT
     for _ in range(n_kv):
+        record_start = r.pos
         key = r.string("a metadata key")
         if key in keys:
             r.fail(f"metadata key {printable(key)} appears twice")
@@ -206,13 +227,15 @@ def _scan(r, block_sizes, ggml_types):
                 r.pos += count * width
         else:
             r.fail(f"metadata key {printable(key)} has unknown value type {vtype}")
-        keys[key] = (vtype, value)
+        keys[key] = GgufKey(key, vtype, value, record_start, r.pos)
     if "general.alignment" in keys:
-        vtype, alignment = keys["general.alignment"]
+        _, vtype, alignment, _, _ = keys["general.alignment"]
         if vtype != UINT32 or alignment == 0 or alignment & (alignment - 1):
             r.fail(f"general.alignment must be a power of two of type UINT32, got {alignment!r} (type {vtype})")
+        if alignment > r.size:  # a copy pads its header and each tensor to it: keep that bounded by the file
+            r.fail(f"general.alignment {alignment} is larger than the whole file ({r.size} bytes)")
     arch = keys.get("general.architecture")
-    if arch is None or arch[0] != STRING:
+    if arch is None or arch.vtype != STRING:
         r.fail("no general.architecture (a string naming the model's architecture) in its metadata")
     if n_tensors > min(MAX_TENSORS, (r.size - r.pos) // _MIN_TENSOR):
         r.fail(f"{n_tensors} tensors declared; the {r.size}-byte file has room for at most "
@@ -255,4 +278,4 @@ def _scan(r, block_sizes, ggml_types):
     for a, b in zip(by_start, by_start[1:]):
         if b.start < a.stop:
             r.fail(f"tensors {printable(a.name)} and {printable(b.name)} overlap")
-    return GgufHeader(version, alignment, data_start, arch[1], tensors)
+    return GgufHeader(version, alignment, data_start, arch.value, tensors, keys, r.order)

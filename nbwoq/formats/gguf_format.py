@@ -16,22 +16,25 @@ Scales are rounded to float16 and the codes are decided again with the rounded s
 (``quant_weight_w_scale``), so the file decodes to its own fake-quant; the report's error
 is that of the file.
 
-From a GGUF source the metadata (tokenizer included) is copied and tensors keep their
-names. From a Hugging Face folder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
-Phi-3: ``hf_to_gguf.CONVERSIONS``) the names are mapped to GGUF's, the query and key rows
-are permuted to llama.cpp's rotary layout where the family needs it, values are changed
+From a GGUF source the metadata records (tokenizer included) are copied byte for byte
+into a header written by ``gguf_header``, and tensors keep their names. From a Hugging
+Face folder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, Phi-3:
+``hf_to_gguf.CONVERSIONS``) the names are mapped to GGUF's, the query and key rows are
+permuted to llama.cpp's rotary layout where the family needs it, values are changed
 where llama.cpp changes them (Gemma's norms), and the metadata is written from
-``config.json`` (and ``tokenizer.json`` when present).
+``config.json`` (and ``tokenizer.json`` when present), into a header written by gguf-py's
+``GGUFWriter``.
 """
 
 import fnmatch
 import json
+import math
 import os
 
 import numpy as np
 
 from nbwoq._version import __version__
-from nbwoq.formats import ggml_blocks, hf_to_gguf, packing, quantizer, storage
+from nbwoq.formats import ggml_blocks, gguf_header, hf_to_gguf, packing, quantizer, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_mix import FILE_TYPES, plan_types
 from nbwoq.formats.writer import Encoding, FileWriter
@@ -95,7 +98,7 @@ class GgufWriter(FileWriter):
             self.type_name = self.file_type
         # A Hugging Face folder is converted (names, row order, metadata); a GGUF is kept as it is.
         self.convert = None if source.kind == "gguf" else hf_to_gguf.conversion(source, gguf)
-        self.arch = str(self._field("general.architecture")) if self.convert is None else self.convert.arch
+        self.arch = source.gguf.architecture if self.convert is None else self.convert.arch
         self.types = self._plan_types() if self.file_type is not None else None
 
     def _plan_types(self):
@@ -113,8 +116,8 @@ class GgufWriter(FileWriter):
 
     def _int_field(self, key, default):
         """An integer key of the source's metadata (a per-layer array or anything else: ``default``)."""
-        field = self.source.gguf.fields.get(key)
-        value = None if field is None else field.contents()
+        record = self.source.gguf.keys.get(key)
+        value = None if record is None else record.value  # None for an array
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
     def stored_as(self, info, label):
@@ -131,12 +134,6 @@ class GgufWriter(FileWriter):
         if target is None or any(fnmatch.fnmatchcase(info.name, p) for p in self.options.exclude):
             return False
         return target != info.dtype
-
-    def _field(self, key):
-        field = self.source.gguf.fields.get(key)
-        if field is None:
-            raise InputError(f"{self.source.path}: the GGUF file has no {key!r}")
-        return field.contents()
 
     # -- planning -----------------------------------------------------------------
     def out_name(self, info):
@@ -174,14 +171,6 @@ class GgufWriter(FileWriter):
             byte_shape = (rows, cols // 32 * bsize)
             gguf_writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
             return
-        if self.source.kind == "gguf":
-            data, qtype = self.source.gguf_raw(info)
-            data = np.asarray(data)
-            if qtype.name in ("F32", "F16"):
-                gguf_writer.add_tensor_info(name, info.shape, data.dtype, data.nbytes)
-            else:  # block types and BF16 are copied as their raw bytes
-                gguf_writer.add_tensor_info(name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=qtype)
-            return
         itemsize = 2 if info.dtype in ("F16", "BF16") else 4
         nbytes = info.size * itemsize
         if self.convert.copy_dtype(info) == "F32" and info.dtype != "F32":
@@ -196,26 +185,54 @@ class GgufWriter(FileWriter):
         else:
             raise InputError(f"--format gguf cannot store tensor {info.name!r} of dtype {info.dtype}")
 
+    def _own_keys(self):
+        """The key/values nbwoq sets itself: (key, GGUF value type name, value)."""
+        return (("general.file_type", "UINT32",
+                 FILE_TYPES[self.file_type][0] if self.file_type else _FILE_TYPE[self.type_name]),
+                ("general.quantization_version", "UINT32", self.gguf.GGML_QUANT_VERSION),
+                ("general.quantized_by", "STRING", f"nbwoq {__version__} ({self.options.label()})"))
+
     def metadata(self, gguf_writer):
-        """Key/values: copied from a GGUF source, or written from config.json (+ tokenizer)."""
-        gguf = self.gguf
-        if self.source.kind == "gguf":
-            skip = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
-            for key, field in self.source.gguf.fields.items():
-                if key.startswith(skip):
-                    continue
-                vtype = field.types[0]
-                sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-                gguf_writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
-        else:
-            self.convert.metadata(gguf_writer)
-        gguf_writer.add_file_type(FILE_TYPES[self.file_type][0] if self.file_type else _FILE_TYPE[self.type_name])
-        gguf_writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        gguf_writer.add_string("general.quantized_by", f"nbwoq {__version__} ({self.options.label()})")
+        """Key/values of a Hugging Face source: written from config.json (+ tokenizer)."""
+        self.convert.metadata(gguf_writer)
+        for key, vtype, value in self._own_keys():
+            gguf_writer.add_key_value(key, value, self.gguf.GGUFValueType[vtype])
+
+    def _stored(self, info, selected):
+        """``(ggml type name, data bytes)`` of tensor ``info`` in the file."""
+        rows, cols = (math.prod(info.shape[:-1]), info.shape[-1]) if info.shape else (1, 1)
+        if selected and self.types is not None:
+            target = self.types[self.out_name(info)]
+            if target in _FLOATS:
+                return target, info.size * _FLOATS[target].itemsize
+            return target, rows * ggml_blocks.row_bytes(target, cols)
+        if selected:
+            return self.type_name, rows * (cols // 32 * packing.GGUF_BLOCK[self.kind][1])
+        return info.dtype, info.nbytes
+
+    def _gguf_source_header(self, plan):
+        """A GGUF source's header: its metadata records copied byte for byte, less the
+        keys nbwoq sets (appended, encoded here), and the tensor infos of ``plan``."""
+        own = self._own_keys()
+        encode = {"UINT32": gguf_header.uint32_record, "STRING": gguf_header.string_record}
+        skip = {key for key, _, _ in own}
+        records = [raw for key, raw in self.source.gguf_records().items()
+                   if key not in skip and not key.startswith("GGUF.")]  # GGUF.*: gguf-py's own names
+        records += [encode[vtype](key, value) for key, vtype, value in own]
+        types = self.gguf.GGMLQuantizationType
+        tensors = []
+        for info, selected in plan:
+            type_name, nbytes = self._stored(info, selected)
+            tensors.append((self.out_name(info), info.shape, int(types[type_name]), nbytes))
+        alignment = self.source.gguf.alignment
+        return gguf_header.header(records, tensors, alignment), alignment
 
     def header(self, plan, scratch_path):
-        """The header gguf-py writes for ``plan`` (key/values and tensor infos), padded to
-        the data alignment, and that alignment. gguf-py writes it to ``scratch_path``."""
+        """The header for ``plan`` (key/values and tensor infos), padded to the data
+        alignment, and that alignment. A GGUF source's is written by ``gguf_header``;
+        a Hugging Face source's by gguf-py, into ``scratch_path``."""
+        if self.source.kind == "gguf":
+            return self._gguf_source_header(plan)
         gw = self.gguf.GGUFWriter(scratch_path, self.arch)
         try:
             for info, selected in plan:
@@ -238,8 +255,7 @@ class GgufWriter(FileWriter):
     def copy(self, info, array, dtype_name):
         name = self.out_name(info)
         if self.source.kind == "gguf":
-            data, _ = self.source.gguf_raw(info)
-            return [(name, np.asarray(data))]
+            return [(name, self.source.gguf_raw(info)[0])]
         values = self.convert.values(info, array, dtype_name)
         if values is not None:  # widened (1-D norms and biases) or changed by the conversion
             return [(name, values)]

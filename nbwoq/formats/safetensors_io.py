@@ -224,24 +224,28 @@ def read_header(path):
 class TensorMap:
     """One tensor's bytes, memory-mapped read-only; ``close`` releases the pages.
 
-    Use as a context manager; ``array`` is valid inside it only.
+    Use as a context manager; ``array`` is valid inside it only. ``dtype`` and ``shape``
+    (default: the tensor's own) view the same bytes otherwise, such as a GGUF tensor's
+    blocks as uint8 rows.
     """
 
-    def __init__(self, info):
+    def __init__(self, info, dtype=None, shape=None):
         page = mmap.ALLOCATIONGRANULARITY
         offset = info.start - info.start % page
         length = info.stop - offset
+        dtype = DTYPES[info.dtype] if dtype is None else np.dtype(dtype)
+        shape = info.shape if shape is None else shape
         self._map = None
         if info.nbytes == 0:
-            self.array = np.zeros(info.shape, dtype=DTYPES[info.dtype])
+            self.array = np.zeros(shape, dtype=dtype)
             return
         with open(info.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset)
         if hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_SEQUENTIAL)
             self._map.madvise(mmap.MADV_WILLNEED)
-        dtype = DTYPES[info.dtype]
-        self.array = np.frombuffer(self._map, dtype=dtype, count=info.size, offset=info.start - offset).reshape(info.shape)
+        count = math.prod(shape)
+        self.array = np.frombuffer(self._map, dtype=dtype, count=count, offset=info.start - offset).reshape(shape)
 
     def close(self):
         self.array = None

@@ -8,6 +8,7 @@ tensor's bytes.
 
 import contextlib
 import json
+import math
 import os
 
 import numpy as np
@@ -18,6 +19,9 @@ from nbwoq.formats.errors import InputError, printable
 
 
 INDEX_NAME = "model.safetensors.index.json"
+
+#: GGUF tensor types read as they are stored (the others are decoded to float32).
+_GGUF_FLOATS = ("F32", "F16", "BF16")
 
 
 #: JSON side files larger than this are not real configs or indexes.
@@ -51,6 +55,15 @@ def read_json(path, what):
         raise InputError(f"{path}: not a valid {what} ({reason})") from None
 
 
+def _gguf_row_shape(info):
+    """A GGUF tensor's bytes as rows: ``(*shape[:-1], bytes per row)`` (the scan checked
+    that the rows are whole blocks and that the bytes lie in the file)."""
+    if not info.shape:
+        return (info.nbytes,)
+    rows = math.prod(info.shape[:-1])
+    return (*info.shape[:-1], info.nbytes // rows if rows else 0)
+
+
 class Source:
     """A checkpoint opened for streaming.
 
@@ -68,6 +81,8 @@ class Source:
         The parsed shard index of a folder with several shards.
     folder : str or None
         The folder holding ``config.json`` and tokenizer files, if any.
+    gguf : gguf_check.GgufHeader or None
+        What a GGUF source's header declares (metadata records, tensors, alignment).
     """
 
     def __init__(self, path):
@@ -141,27 +156,17 @@ class Source:
                                      "but that shard does not hold it")
 
     def _open_gguf(self):
-        try:
-            import gguf
-        except ImportError:  # pragma: no cover - gguf is a dependency of the CLI
-            raise InputError("reading a GGUF source needs the 'gguf' package (pip install gguf)") from None
         from nbwoq.formats import gguf_check
-        from nbwoq.formats.errors import printable
 
-        # gguf-py trusts every count and length in the file; ours are checked first.
+        # Our own bounded scan: every count and length is checked against the file, and
+        # the tensor list and metadata records come from it (no gguf-py reader, which
+        # parses a whole tokenizer item by item).
         header = gguf_check.scan(self.path)
-        try:
-            reader = gguf.GGUFReader(self.path, "r")
-        except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on bad files
-            raise InputError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: "
-                             f"{printable(str(exc))[1:-1]})") from None
-        self.gguf = reader
-        read = [(t.name, int(t.data_offset), int(t.data_offset) + int(t.n_bytes)) for t in reader.tensors]
-        if read != [(t.name, t.start, t.stop) for t in header.tensors]:  # two readers of one layout disagree
-            raise InputError(f"{self.path}: not a readable GGUF file (gguf-py reads its tensors differently)")
+        if header.byte_order != "<":
+            raise InputError(f"{self.path}: a big-endian GGUF file; nbwoq reads little-endian GGUF files only")
+        self.gguf = header
         infos = [st.TensorInfo(t.name, self.path, t.type_name, tuple(reversed(t.dims)), t.start, t.stop)
                  for t in header.tensors]
-        self._gguf_by_name = {t.name: t for t in reader.tensors}
         self.shards = [(os.path.basename(self.path), infos)]
 
     # -- reading ------------------------------------------------------------------
@@ -174,14 +179,15 @@ class Source:
     def open(self, info):
         """Yield ``(array, dtype_name)``: the tensor's stored values, read-only.
 
-        Safetensors bfloat16 comes as its uint16 pattern with dtype name ``"BF16"``. A
-        quantized GGUF tensor comes dequantized to float32 (``"F32"``), by gguf-py.
+        Safetensors and GGUF bfloat16 come as the uint16 pattern with dtype name
+        ``"BF16"``. A quantized GGUF tensor comes dequantized to float32 (``"F32"``).
         """
-        if self.kind == "gguf":
+        if self.kind == "gguf" and info.dtype not in _GGUF_FLOATS:
+            mapping = st.TensorMap(info, np.uint8, _gguf_row_shape(info))
             try:
-                yield self._gguf_array(info)
+                yield self._gguf_decode(info, mapping.array), "F32"
             finally:
-                self._gguf_release(info)
+                mapping.close()
             return
         mapping = st.TensorMap(info)
         try:
@@ -189,47 +195,43 @@ class Source:
         finally:
             mapping.close()
 
-    def _gguf_release(self, info):
-        """Drop this tensor's pages from the reader's whole-file map (they stay in the page
-        cache), so resident memory follows the current tensor here too."""
-        import mmap
-
-        mm = getattr(self.gguf.data, "_mmap", None)
-        if mm is None or not hasattr(mm, "madvise"):
-            return
-        page = mmap.PAGESIZE
-        start = info.start - info.start % page
-        length = min(info.stop, len(mm)) - start
-        if length > 0:
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, start, length)
-            except (OSError, ValueError):
-                pass
-
     def gguf_raw(self, info):
-        """The stored bytes/values of a GGUF tensor as gguf-py exposes them, and its type."""
-        t = self._gguf_by_name[info.name]
-        return t.data, t.tensor_type
+        """The stored bytes of GGUF tensor ``info`` as read-only uint8 rows
+        ``(*shape[:-1], bytes per row)``, and its GGML type name: what a copy writes.
+        The map of those bytes goes when the array does."""
+        return st.TensorMap(info, np.uint8, _gguf_row_shape(info)).array, info.dtype
 
-    def _gguf_array(self, info):
-        import gguf
+    def gguf_records(self):
+        """The source's metadata records as stored (key, type and value bytes), by key
+        in file order, read with one bounded read of the metadata section."""
+        keys = self.gguf.keys
+        if not keys:
+            return {}
+        first = min(k.start for k in keys.values())
+        last = max(k.stop for k in keys.values())
+        with open(self.path, "rb") as f:
+            f.seek(first)
+            raw = f.read(last - first)
+        if len(raw) != last - first:
+            raise InputError(f"{self.path}: changed while it was read (its metadata section is shorter now)")
+        return {name: raw[k.start - first:k.stop - first] for name, k in keys.items()}
 
-        data, qtype = self.gguf_raw(info)
-        name = qtype.name
-        if name in ("F32", "F16"):
-            return np.asarray(data).reshape(info.shape), name
-        if name == "BF16":
-            return np.asarray(data).view(np.uint16).reshape(info.shape), "BF16"
+    def _gguf_decode(self, info, raw):
+        """float32 values of a block-quantized GGUF tensor from its uint8 rows ``raw``."""
+        name = info.dtype
+        if info.size == 0:
+            return np.zeros(info.shape, dtype=np.float32)
         if name in ggml_blocks.SUPPORTED and info.shape:
-            # our parallel decoders (llama.cpp's dequantize_row_*), not gguf-py's NumPy ones
-            cols = info.shape[-1]
-            raw = np.ascontiguousarray(np.asarray(data).reshape(-1, ggml_blocks.row_bytes(name, cols)))
-            return ggml_blocks.decode_rows(raw, name, cols).reshape(info.shape), "F32"
+            # our parallel decoders (llama.cpp's dequantize_row_*)
+            return ggml_blocks.decode_rows(raw.reshape(-1, raw.shape[-1]), name, info.shape[-1]).reshape(info.shape)
+        import gguf  # its NumPy dequantizers, for the types ours do not decode
+
         try:
-            values = gguf.quants.dequantize(data, qtype)
+            values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name])
         except NotImplementedError:
-            raise InputError(f"{self.path}: tensor {printable(info.name)} has GGUF type {name}, which gguf-py cannot decode") from None
-        return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape), "F32"
+            raise InputError(f"{self.path}: tensor {printable(info.name)} has GGUF type {name}, "
+                             "which nbwoq cannot decode") from None
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
 
     def fingerprint(self):
         """File names, sizes and modification times: a resumed run must see the same source."""

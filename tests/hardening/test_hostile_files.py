@@ -114,6 +114,9 @@ def _array(key, itype, count, items=b""):
     pytest.param((_s("general.architecture") + struct.pack("<II", 4, 1),), (), {}, "no general.architecture",
                  id="architecture-not-a-string"),
     pytest.param((_ARCH, _s("general.alignment") + struct.pack("<II", 4, 3)), (), {}, "power of two", id="alignment-3"),
+    # a copy pads its header to the alignment: 2**31 would be 2 GiB of zeros from a tiny file
+    pytest.param((_ARCH, _s("general.alignment") + struct.pack("<II", 4, 2**31)), (), {}, "larger than the whole file",
+                 id="alignment-2**31"),
     pytest.param((_ARCH, _s(b"k\xff") + struct.pack("<I", 0) + b"\0"), (), {}, r"'k\\\\xff' is not valid UTF-8", id="key-not-utf8"),
     pytest.param((_ARCH,), (_tensor("w", [2**32, 2**32]),), {}, "beyond int64|ends at byte", id="dims-product-wraps-uint64"),
     pytest.param((_ARCH,), (_tensor("w", [2**40, 2**30]),), {}, "beyond int64", id="dims-beyond-int64"),
