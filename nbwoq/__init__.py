@@ -54,3 +54,8 @@ __all__ = [
     "search_clip",
     "set_num_threads",
 ]
+
+# Data-free accuracy (issue 15): least-squares refit of integer group parameters.
+from nbwoq.refit import refit_int  # noqa: E402
+
+__all__ += ["refit_int"]

@@ -1,0 +1,136 @@
+"""Array-API reference for the least-squares refit: the twin of ``_kernels_refit``.
+
+Every group of a part (the full groups, then the tail) is handled at once; the per-element
+work (codes, errors, products) is vectorized, and only the float64 sums run as a loop
+over the group's elements, so that they are added in the kernel's order and both paths
+give the same bits. Readability over speed: full-size temporaries.
+"""
+
+import array_api_compat
+
+from nbwoq._reference_int import compute_dtype, concat_columns, int_code, int_group_params, parts
+
+UNIFORM = 0
+MAGNITUDE = 1
+
+
+def ordered_sum(v, xp):
+    """Sum over the last axis in element order (float64 ``v``), as the kernel adds."""
+    acc = xp.zeros(v.shape[:-1], dtype=v.dtype, device=array_api_compat.device(v))
+    for i in range(v.shape[-1]):
+        acc = acc + v[..., i]
+    return acc
+
+
+def group_rms(part, cdt, xp):
+    """Root mean square per group, float64 in element order, rounded to ``cdt``."""
+    wide = xp.astype(part, xp.float64)
+    return xp.astype(xp.sqrt(ordered_sum(wide * wide, xp) / part.shape[-1]), cdt)
+
+
+def score(part, wt, scale, zp, qmin, qmax, xp):
+    """Weighted error and the five sums (a, b, c, d, e) of the codes for ``(scale, zp)``
+    (each (rows, k)), as ``_kernels_refit._score``."""
+    q = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
+    dx = part - (q - zp[..., None]) * scale[..., None]
+    w64 = xp.astype(wt, xp.float64)
+    q64 = xp.astype(q, xp.float64)
+    d64 = xp.astype(dx, xp.float64)
+    wq = w64 * q64
+    wx = w64 * xp.astype(part, xp.float64)
+    err = ordered_sum((w64 * d64) * d64, xp)
+    sums = tuple(ordered_sum(v, xp) for v in (w64, wq, wq * q64, wx, wx * q64))
+    return err, sums
+
+
+def fit(sums, zp, qmin, qmax, sym, xp):
+    """Twin of ``_kernels_refit.fit`` over arrays: ``(ok, scale, zp)`` in float64."""
+    a, b, c, d, e = sums
+    zero = xp.zeros_like(a)
+    if sym:
+        ok = c > zero
+        return ok, xp.where(ok, e / xp.where(ok, c, 1.0), zero), zero
+    z_cur = xp.astype(zp, xp.float64)
+    det = a * c - b * b
+    safe_det = xp.where(det > zero, det, 1.0)
+    s_c = (a * e - b * d) / safe_det
+    m_c = (c * d - b * e) / safe_det
+    more = (det > zero) & (s_c > zero)
+    z_lo = xp.floor(-m_c / xp.where(more, s_c, 1.0))
+    found = xp.zeros(a.shape, dtype=xp.bool, device=array_api_compat.device(a))
+    best_gain = zero
+    best_num = zero
+    best_den = zero
+    best_z = z_cur
+    for k in range(3):
+        if k == 0:
+            z = z_cur
+            allowed = xp.ones_like(found)
+        else:
+            z = xp.clip(z_lo + (k - 1), qmin, qmax)
+            allowed = more
+        num = e - z * d
+        den = c - (2 * z) * b + (z * z) * a
+        valid = allowed & (den > zero) & (num > zero)
+        g = num * num / xp.where(valid, den, 1.0)
+        take = valid & (~found | (g > best_gain))
+        found = found | take
+        best_gain = xp.where(take, g, best_gain)
+        best_num = xp.where(take, num, best_num)
+        best_den = xp.where(take, den, best_den)
+        best_z = xp.where(take, z, best_z)
+    return found, best_num / xp.where(found, best_den, 1.0), best_z
+
+
+def refit_part(part, quantile, qmin, qmax, divisor, sym, full_range, weighting, iterations, xp):
+    """Scale and zero point (rows, k) of every group of ``part`` (rows, k, size)."""
+    cdt = part.dtype
+    scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), quantile, divisor, sym,
+                                 full_range, xp)
+    if weighting == MAGNITUDE:
+        wt = group_rms(part, cdt, xp)[..., None] + xp.abs(part)
+    else:
+        wt = xp.ones_like(part)
+    err, sums = score(part, wt, scale, zp, qmin, qmax, xp)
+    active = xp.ones(scale.shape, dtype=xp.bool, device=array_api_compat.device(part))
+    for _ in range(iterations):
+        ok, s64, z64 = fit(sums, zp, qmin, qmax, sym, xp)
+        new_scale = xp.astype(s64, cdt)
+        new_zp = zp if sym else xp.astype(z64, cdt)
+        active = active & ok & (new_scale != 0) & ~((new_scale == scale) & (new_zp == zp))
+        if not bool(xp.any(active)):
+            break
+        # inactive groups keep their parameters (and must not divide by a zero scale)
+        new_scale = xp.where(active, new_scale, scale)
+        new_zp = xp.where(active, new_zp, zp)
+        new_err, new_sums = score(part, wt, new_scale, new_zp, qmin, qmax, xp)
+        active = active & (new_err < err)
+        scale = xp.where(active, new_scale, scale)
+        zp = xp.where(active, new_zp, zp)
+        err = xp.where(active, new_err, err)
+        sums = tuple(xp.where(active, n, o) for n, o in zip(new_sums, sums))
+    return scale, zp
+
+
+def refit_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range, weighting, iterations,
+              store_values, xp):
+    """Twin of ``_kernels_refit.refit_int``: writes codes (or values) into ``x`` and
+    returns ``(scale, zp)`` of shape (rows, n_groups) in the compute dtype."""
+    rows = x.shape[0]
+    cdt = compute_dtype(x, xp)
+    device = array_api_compat.device(x)
+    w = xp.astype(x, cdt)
+    if not isinstance(quantile, float):
+        quantile = xp.astype(quantile, cdt)
+    out, scales, zps = [], [], []
+    for part, cut in parts(w, size, n_groups, xp):
+        q = quantile if isinstance(quantile, float) else quantile[:, cut]
+        scale, zp = refit_part(part, q, qmin, qmax, divisor, sym, full_range, weighting, iterations, xp)
+        scales.append(scale)
+        zps.append(zp)
+        code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
+        values = (code - zp[..., None]) * scale[..., None] if store_values else code
+        out.append(xp.reshape(values, (rows, part.shape[1] * part.shape[2])))
+    if out:
+        x[...] = xp.astype(concat_columns(out, rows, cdt, xp, device), x.dtype)
+    return concat_columns(scales, rows, cdt, xp, device), concat_columns(zps, rows, cdt, xp, device)
