@@ -13,8 +13,10 @@ a time while it sits in cache:
 A new scale and zero point are kept only when their codes lower the weighted error, so
 no group ever ends worse than where it started (round-to-nearest, or a given clip).
 
-Determinism: every sum is accumulated in float64 in element order, with the operation
-order written in ``_score``; fastmath stays off (codes are decided here). The array-API
+Determinism: every sum is accumulated in float64 in a fixed order (``LANES``), with the
+operation order written out here; fastmath stays off (codes are decided here). The
+group's own sums (``sum(w)``, ``sum(w x)``, ``sum(w x x)``) are taken once; each pass
+over the codes adds three more and the error follows from the six. The array-API
 twin ``_reference_refit`` follows the same order, so both give the same bits.
 """
 
@@ -31,49 +33,115 @@ UNIFORM = 0
 MAGNITUDE = 1
 
 
-@register_jitable
-def group_rms(seg):
-    """``sqrt(mean(x**2))`` of the group: float64 squares summed in element order."""
-    acc = np.float64(0)
-    for i in range(seg.shape[0]):
-        x = np.float64(decode(seg[i]))
-        acc += x * x
-    return np.sqrt(acc / seg.shape[0])
+#: Every float64 sum runs in ``LANES`` interleaved partial sums (element ``i`` goes to
+#: lane ``i % LANES``; lanes added as ``(l0 + l1) + (l2 + l3)``): a fixed order that the
+#: reference repeats exactly, with four independent chains instead of one long one.
+LANES = 4
 
 
 @register_jitable
-def _score(seg, scale, zp, qmin, qmax, rms, weighting, one, sums):
-    """Codes of ``seg`` for ``(scale, zp)``: returns their weighted squared error and
-    fills ``sums`` with ``sum(w)``, ``sum(w q)``, ``sum(w q q)``, ``sum(w x)``,
-    ``sum(w x q)`` (float64, element order). ``w`` is ``rms + |x|`` (magnitude) or 1."""
-    err = np.float64(0)
-    a = np.float64(0)
-    b = np.float64(0)
-    c = np.float64(0)
-    d = np.float64(0)
-    e = np.float64(0)
-    for i in range(seg.shape[0]):
-        x = decode(seg[i])
-        q = int_code(x, scale, zp, qmin, qmax)
-        wt = rms + abs(x) if weighting == MAGNITUDE else one
-        dx = x - (q - zp) * scale  # the value quant_tensor would store, in the compute type
-        w64 = np.float64(wt)
-        q64 = np.float64(q)
-        d64 = np.float64(dx)
-        err += (w64 * d64) * d64
-        a += w64
-        wq = w64 * q64
-        b += wq
-        c += wq * q64
-        wx = w64 * np.float64(x)
-        d += wx
-        e += wx * q64
-    sums[0] = a
+def _lane_sums2(p, r, n):
+    """``sum(p[:n])`` and ``sum(r[:n])`` of two float64 buffers, in the lane order."""
+    a0 = a1 = a2 = a3 = np.float64(0)
+    b0 = b1 = b2 = b3 = np.float64(0)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        a0 += p[i]
+        a1 += p[i + 1]
+        a2 += p[i + 2]
+        a3 += p[i + 3]
+        b0 += r[i]
+        b1 += r[i + 1]
+        b2 += r[i + 2]
+        b3 += r[i + 3]
+    for i in range(n4, n):
+        k = i - n4
+        if k == 0:
+            a0 += p[i]
+            b0 += r[i]
+        elif k == 1:
+            a1 += p[i]
+            b1 += r[i]
+        else:
+            a2 += p[i]
+            b2 += r[i]
+    return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+
+
+@register_jitable
+def _code_sums(wbuf, wxbuf, qbuf, n):
+    """``sum(w q)``, ``sum(w q q)``, ``sum(w x q)`` in float64, lane order; ``w q`` and
+    ``w x`` are products of float64 values, multiplied by ``q`` last."""
+    b0 = b1 = b2 = b3 = np.float64(0)
+    c0 = c1 = c2 = c3 = np.float64(0)
+    e0 = e1 = e2 = e3 = np.float64(0)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        q = np.float64(qbuf[i])
+        wq = wbuf[i] * q
+        b0 += wq
+        c0 += wq * q
+        e0 += wxbuf[i] * q
+        q = np.float64(qbuf[i + 1])
+        wq = wbuf[i + 1] * q
+        b1 += wq
+        c1 += wq * q
+        e1 += wxbuf[i + 1] * q
+        q = np.float64(qbuf[i + 2])
+        wq = wbuf[i + 2] * q
+        b2 += wq
+        c2 += wq * q
+        e2 += wxbuf[i + 2] * q
+        q = np.float64(qbuf[i + 3])
+        wq = wbuf[i + 3] * q
+        b3 += wq
+        c3 += wq * q
+        e3 += wxbuf[i + 3] * q
+    for i in range(n4, n):
+        k = i - n4
+        q = np.float64(qbuf[i])
+        wq = wbuf[i] * q
+        if k == 0:
+            b0 += wq
+            c0 += wq * q
+            e0 += wxbuf[i] * q
+        elif k == 1:
+            b1 += wq
+            c1 += wq * q
+            e1 += wxbuf[i] * q
+        else:
+            b2 += wq
+            c2 += wq * q
+            e2 += wxbuf[i] * q
+    return (b0 + b1) + (b2 + b3), (c0 + c1) + (c2 + c3), (e0 + e1) + (e2 + e3)
+
+
+@register_jitable
+def _score(xbuf, wbuf, wxbuf, qbuf, n, scale, zp, qmin, qmax, sums):
+    """Codes of the group (``xbuf[:n]``, compute type) for ``(scale, zp)`` into ``qbuf``;
+    fills ``sums[1]``, ``sums[2]``, ``sums[4]`` (``sum(w q)``, ``sum(w q q)``,
+    ``sum(w x q)``; ``sums[0] = sum(w)``, ``sums[3] = sum(w x)`` and ``sums[5] =
+    sum(w x x)`` are the group's constants) and returns the weighted squared error
+    ``sum(w (x - (q - zp) scale)**2)``, expanded over the sums."""
+    for i in range(n):  # no reduction: vectorizes, true division kept
+        qbuf[i] = int_code(xbuf[i], scale, zp, qmin, qmax)
+    b, c, e = _code_sums(wbuf, wxbuf, qbuf, n)
     sums[1] = b
     sums[2] = c
-    sums[3] = d
     sums[4] = e
-    return err
+    return error_from_sums(sums, np.float64(scale), np.float64(zp))
+
+
+@register_jitable
+def error_from_sums(sums, s, z):
+    """``sum(w x x) - 2 s sum(w x (q - z)) + s s sum(w (q - z)**2)`` in float64."""
+    a = sums[0]
+    b = sums[1]
+    c = sums[2]
+    d = sums[3]
+    e = sums[4]
+    f = sums[5]
+    return f - (2 * s) * (e - z * d) + (s * s) * (c - (2 * z) * b + (z * z) * a)
 
 
 @register_jitable
@@ -158,19 +226,40 @@ def refit_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
     one = divisor / divisor
     per_group = quantile.shape[0] != 1 or quantile.shape[1] != 1
     for r in prange(rows):
-        sums = np.empty(5, dtype=np.float64)
+        sums = np.empty(6, dtype=np.float64)
         cell = np.empty(1, dtype=scale_out.dtype)
+        xbuf = np.empty(size, dtype=scale_out.dtype)
+        qbuf = np.empty(size, dtype=scale_out.dtype)
+        wbuf = np.empty(size, dtype=np.float64)
+        wxbuf = np.empty(size, dtype=np.float64)
+        sq = np.empty(size, dtype=np.float64)
         for g in range(n_groups):
             start = g * size
             seg = w[r, start:min(start + size, cols)]
+            n = seg.shape[0]
             lo, hi = group_minmax(seg, False)
             q = quantile[r, g] if per_group else quantile[0, 0]
             scale, zp = int_group_params(lo, hi, q, divisor, sym, full_range, zero, one)
+            for i in range(n):
+                x = decode(seg[i])
+                xbuf[i] = x
+                x64 = np.float64(x)
+                sq[i] = x64 * x64
             rms = zero
             if weighting == MAGNITUDE:
-                cell[0] = group_rms(seg)  # stored: rounded to the compute type
+                total, _ = _lane_sums2(sq, sq, n)
+                cell[0] = np.sqrt(total / n)  # stored: rounded to the compute type
                 rms = cell[0]
-            err = _score(seg, scale, zp, qmin, qmax, rms, weighting, one, sums)
+            for i in range(n):
+                x = xbuf[i]
+                w64 = np.float64(rms + abs(x) if weighting == MAGNITUDE else one)
+                wbuf[i] = w64
+                wx = w64 * np.float64(x)
+                wxbuf[i] = wx
+                sq[i] = wx * np.float64(x)
+            sums[0], sums[3] = _lane_sums2(wbuf, wxbuf, n)
+            sums[5], _ = _lane_sums2(sq, sq, n)
+            err = _score(xbuf, wbuf, wxbuf, qbuf, n, scale, zp, qmin, qmax, sums)
             for _ in range(iterations):
                 ok, s64, z64 = fit(sums, scale, zp, qmin, qmax, sym)
                 if not ok:
@@ -181,7 +270,7 @@ def refit_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
                 new_zp = cell[0]
                 if new_scale == zero or (new_scale == scale and new_zp == zp):
                     break
-                new_err = _score(seg, new_scale, new_zp, qmin, qmax, rms, weighting, one, sums)
+                new_err = _score(xbuf, wbuf, wxbuf, qbuf, n, new_scale, new_zp, qmin, qmax, sums)
                 if not (new_err < err):
                     break
                 scale = new_scale

@@ -1,9 +1,9 @@
 """Array-API reference for the least-squares refit: the twin of ``_kernels_refit``.
 
 Every group of a part (the full groups, then the tail) is handled at once; the per-element
-work (codes, errors, products) is vectorized, and only the float64 sums run as a loop
-over the group's elements, so that they are added in the kernel's order and both paths
-give the same bits. Readability over speed: full-size temporaries.
+work (codes, products) is vectorized, and only the float64 sums run as a loop over the
+group's elements (``lane_sum``), so that they are added in the kernel's order and both
+paths give the same bits. Readability over speed: full-size temporaries.
 """
 
 import array_api_compat
@@ -14,38 +14,49 @@ UNIFORM = 0
 MAGNITUDE = 1
 
 
-def ordered_sum(v, xp):
-    """Sum over the last axis in element order (float64 ``v``), as the kernel adds."""
-    acc = xp.zeros(v.shape[:-1], dtype=v.dtype, device=array_api_compat.device(v))
+def lane_sum(v, xp):
+    """Sum over the last axis of float64 ``v`` in the kernel's order: element ``i`` into
+    lane ``i % 4``, the lanes added as ``(l0 + l1) + (l2 + l3)``."""
+    lanes = [xp.zeros(v.shape[:-1], dtype=v.dtype, device=array_api_compat.device(v)) for _ in range(4)]
     for i in range(v.shape[-1]):
-        acc = acc + v[..., i]
-    return acc
+        lanes[i % 4] = lanes[i % 4] + v[..., i]
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 
 
-def group_rms(part, cdt, xp):
-    """Root mean square per group, float64 in element order, rounded to ``cdt``."""
-    wide = xp.astype(part, xp.float64)
-    return xp.astype(xp.sqrt(ordered_sum(wide * wide, xp) / part.shape[-1]), cdt)
+def group_constants(part, weighting, xp):
+    """Per element float64 ``w`` and ``w x``, and the group sums ``(a, d, f)`` =
+    ``(sum(w), sum(w x), sum(w x x))``, as the kernel forms them."""
+    x64 = xp.astype(part, xp.float64)
+    if weighting == MAGNITUDE:
+        rms = xp.astype(xp.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1]), part.dtype)
+        w64 = xp.astype(rms[..., None] + xp.abs(part), xp.float64)
+    else:
+        w64 = xp.ones_like(x64)
+    wx = w64 * x64
+    return w64, wx, (lane_sum(w64, xp), lane_sum(wx, xp), lane_sum(wx * x64, xp))
 
 
-def score(part, wt, scale, zp, qmin, qmax, xp):
-    """Weighted error and the five sums (a, b, c, d, e) of the codes for ``(scale, zp)``
-    (each (rows, k)), as ``_kernels_refit._score``."""
-    q = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)
-    dx = part - (q - zp[..., None]) * scale[..., None]
-    w64 = xp.astype(wt, xp.float64)
-    q64 = xp.astype(q, xp.float64)
-    d64 = xp.astype(dx, xp.float64)
+def error_from_sums(sums, scale, zp, xp):
+    """Twin of ``_kernels_refit.error_from_sums``."""
+    a, b, c, d, e, f = sums
+    s = xp.astype(scale, xp.float64)
+    z = xp.astype(zp, xp.float64)
+    return f - (2 * s) * (e - z * d) + (s * s) * (c - (2 * z) * b + (z * z) * a)
+
+
+def score(part, w64, wx, consts, scale, zp, qmin, qmax, xp):
+    """Weighted error and the sums ``(a, b, c, d, e, f)`` of the codes for
+    ``(scale, zp)`` (each (rows, k)), as ``_kernels_refit._score``."""
+    q64 = xp.astype(int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp), xp.float64)
     wq = w64 * q64
-    wx = w64 * xp.astype(part, xp.float64)
-    err = ordered_sum((w64 * d64) * d64, xp)
-    sums = tuple(ordered_sum(v, xp) for v in (w64, wq, wq * q64, wx, wx * q64))
-    return err, sums
+    a, d, f = consts
+    sums = (a, lane_sum(wq, xp), lane_sum(wq * q64, xp), d, lane_sum(wx * q64, xp), f)
+    return error_from_sums(sums, scale, zp, xp), sums
 
 
 def fit(sums, zp, qmin, qmax, sym, xp):
     """Twin of ``_kernels_refit.fit`` over arrays: ``(ok, scale, zp)`` in float64."""
-    a, b, c, d, e = sums
+    a, b, c, d, e = sums[:5]
     zero = xp.zeros_like(a)
     if sym:
         ok = c > zero
@@ -87,11 +98,8 @@ def refit_part(part, quantile, qmin, qmax, divisor, sym, full_range, weighting, 
     cdt = part.dtype
     scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), quantile, divisor, sym,
                                  full_range, xp)
-    if weighting == MAGNITUDE:
-        wt = group_rms(part, cdt, xp)[..., None] + xp.abs(part)
-    else:
-        wt = xp.ones_like(part)
-    err, sums = score(part, wt, scale, zp, qmin, qmax, xp)
+    w64, wx, consts = group_constants(part, weighting, xp)
+    err, sums = score(part, w64, wx, consts, scale, zp, qmin, qmax, xp)
     active = xp.ones(scale.shape, dtype=xp.bool, device=array_api_compat.device(part))
     for _ in range(iterations):
         ok, s64, z64 = fit(sums, zp, qmin, qmax, sym, xp)
@@ -103,7 +111,7 @@ def refit_part(part, quantile, qmin, qmax, divisor, sym, full_range, weighting, 
         # inactive groups keep their parameters (and must not divide by a zero scale)
         new_scale = xp.where(active, new_scale, scale)
         new_zp = xp.where(active, new_zp, zp)
-        new_err, new_sums = score(part, wt, new_scale, new_zp, qmin, qmax, xp)
+        new_err, new_sums = score(part, w64, wx, consts, new_scale, new_zp, qmin, qmax, xp)
         active = active & (new_err < err)
         scale = xp.where(active, new_scale, scale)
         zp = xp.where(active, new_zp, zp)

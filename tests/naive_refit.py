@@ -1,8 +1,9 @@
 """Slow, obviously-correct loops for ``refit_int``: one group at a time, Python control flow.
 
 A file of its own (not ``tests/naive.py``, which others edit). The sums are float64 in
-element order, the order the kernel and the reference promise, so codes, scales and zero
-points must match exactly. Float32 weights (compute type float32).
+the order the kernel and the reference promise (element ``i`` into lane ``i % 4``), and
+the error is expanded over them as they do, so codes, scales and zero points must match
+exactly. Float32 weights (compute type float32).
 """
 
 import math
@@ -40,18 +41,21 @@ def _code(x, scale, zp, qmin, qmax):
     return f32(min(max(f32(np.rint(x / scale)) + zp, f32(qmin)), f32(qmax)))
 
 
-def _score(x, wt, scale, zp, qmin, qmax):
-    err = a = b = c = d = e = f64(0)
-    for xi, wi in zip(x, wt):
-        q = _code(xi, scale, zp, qmin, qmax)
-        dx = f32(xi - f32(f32(q - zp) * scale))
-        w, qq, dd = f64(wi), f64(q), f64(dx)
-        err += (w * dd) * dd
-        a += w
-        b += w * qq
-        c += (w * qq) * qq
-        d += w * f64(xi)
-        e += (w * f64(xi)) * qq
+def _lane_sum(values):
+    """Element ``i`` into lane ``i % 4``; lanes added as ``(l0 + l1) + (l2 + l3)``."""
+    lanes = [f64(0)] * 4
+    for i, v in enumerate(values):
+        lanes[i % 4] += f64(v)
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+
+
+def _score(x, w64, a, d, f, scale, zp, qmin, qmax):
+    qs = [f64(_code(xi, scale, zp, qmin, qmax)) for xi in x]
+    b = _lane_sum([wi * q for wi, q in zip(w64, qs)])
+    c = _lane_sum([(wi * q) * q for wi, q in zip(w64, qs)])
+    e = _lane_sum([(wi * f64(xi)) * q for wi, xi, q in zip(w64, x, qs)])
+    s, z = f64(scale), f64(zp)
+    err = f - (2 * s) * (e - z * d) + (s * s) * (c - (2 * z) * b + (z * z) * a)
     return err, (a, b, c, d, e)
 
 
@@ -95,14 +99,14 @@ def refit_int(w, bits=4, group_size=128, scheme="asym", full_range=False, weight
             q = quantile if np.ndim(quantile) == 0 else quantile[r, k]
             scale, zp, qmin, qmax = _params(x, bits, sym, full_range, q)
             if weighting == "magnitude":
-                acc = f64(0)
-                for xi in x:
-                    acc += f64(xi) * f64(xi)
-                rms = f32(math.sqrt(acc / len(x)))
-                wt = [f32(rms + abs(xi)) for xi in x]
+                rms = f32(math.sqrt(_lane_sum([f64(xi) * f64(xi) for xi in x]) / len(x)))
+                w64 = [f64(f32(rms + abs(xi))) for xi in x]
             else:
-                wt = [f32(1)] * len(x)
-            err, sums = _score(x, wt, scale, zp, qmin, qmax)
+                w64 = [f64(1)] * len(x)
+            a = _lane_sum(w64)
+            d = _lane_sum([wi * f64(xi) for wi, xi in zip(w64, x)])
+            f = _lane_sum([(wi * f64(xi)) * f64(xi) for wi, xi in zip(w64, x)])
+            err, sums = _score(x, w64, a, d, f, scale, zp, qmin, qmax)
             for _ in range(iterations):
                 fitted = _fit(sums, zp, qmin, qmax, sym)
                 if fitted is None:
@@ -110,7 +114,7 @@ def refit_int(w, bits=4, group_size=128, scheme="asym", full_range=False, weight
                 new_scale, new_zp = f32(fitted[0]), f32(fitted[1])
                 if new_scale == 0 or (new_scale == scale and new_zp == zp):
                     break
-                new_err, new_sums = _score(x, wt, new_scale, new_zp, qmin, qmax)
+                new_err, new_sums = _score(x, w64, a, d, f, new_scale, new_zp, qmin, qmax)
                 if not new_err < err:
                     break
                 scale, zp, err, sums = new_scale, new_zp, new_err, new_sums
