@@ -69,6 +69,8 @@ def groups(w, size):
 
 
 def importance(x, weighting):
+    if isinstance(weighting, tuple):  # ("col", per-column importance of this part, base)
+        return importance(x, weighting[2]) * weighting[1]
     if weighting == "magnitude":
         rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)).astype(np.float32)
         return rms + np.abs(x)
@@ -211,8 +213,9 @@ def hqq_params(x, st, p=0.7, beta=10.0, kappa=1.01, iters=20):
     return s, np.clip(np.rint(zf), qmin, qmax).astype(np.float32)
 
 
-def fake_quant(w, st, method, weighting="magnitude", iters=4):
-    """``w`` (rows, cols) float32 -> its fake-quantized values for ``method`` in ``st``."""
+def fake_quant(w, st, method, weighting="magnitude", iters=4, col=None):
+    """``w`` (rows, cols) float32 -> its fake-quantized values for ``method`` in ``st``.
+    ``col``: a per-input-column importance multiplying the element weights (prototype only)."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     qmin, qmax = int_range(st)
     out = np.empty_like(w)
@@ -230,7 +233,11 @@ def fake_quant(w, st, method, weighting="magnitude", iters=4):
             s, z = s_all[:, cut], z_all[:, cut]
         else:
             qt = None if quantile is None else quantile[:, cut]
-            s, z = method_params(part, st, method, weighting, iters, qt)
+            wgt = weighting
+            if col is not None:
+                cpart = groups(np.ascontiguousarray(col[None, :], dtype=np.float32), st["group_size"])
+                wgt = ("col", cpart[0 if cut.start == 0 else 1], weighting)
+            s, z = method_params(part, st, method, wgt, iters, qt)
         s = s.astype(np.float32)
         if st["scale16"]:
             s = s.astype(np.float16).astype(np.float32)
@@ -400,6 +407,23 @@ def main():
                 head, inner = (method.split(":", 1) + ["rtn"])[:2]
                 kind, alpha = (head.split("@") + ["0.5" if head.startswith("sinq") else "1"])[:2]
                 upd = apply_sinq(source, model.config, st, inner, args.weighting, args.iters, float(alpha), kind)
+            elif method.startswith("colw"):
+                # "colw[@power]:inner": element weights times |RMSNorm weight|**power of the
+                # input column (q/k/v, gate/up; o/down keep their weights)
+                head, inner = method.split(":", 1)
+                power = float(head.split("@")[1]) if "@" in head else 2.0
+                upd = {}
+                for k in names:
+                    parts_ = k.split(".")
+                    kind = parts_[-2]
+                    norm = {"q_proj": "input", "k_proj": "input", "v_proj": "input", "gate_proj": "post_attention",
+                            "up_proj": "post_attention"}.get(kind)
+                    col = None
+                    if norm:
+                        g = source[".".join(parts_[:3]) + f".{norm}_layernorm.weight"].numpy()
+                        col = np.abs(g) ** power
+                        col = col / col.mean()
+                    upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, args.weighting, args.iters, col))
             else:
                 upd = {k: torch.from_numpy(fake_quant(source[k].numpy(), st, method, args.weighting, args.iters))
                        for k in names}
