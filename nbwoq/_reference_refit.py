@@ -8,7 +8,8 @@ paths give the same bits. Readability over speed: full-size temporaries.
 
 import array_api_compat
 
-from nbwoq._reference_int import compute_dtype, concat_columns, int_code, int_group_params, parts
+from nbwoq._arrays import compute_dtype
+from nbwoq._reference_int import concat_columns, int_code, int_group_params, parts
 
 UNIFORM = 0
 MAGNITUDE = 1
@@ -125,13 +126,13 @@ def refit_int(x, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
     """Twin of ``_kernels_refit.refit_int``: writes codes (or values) into ``x`` and
     returns ``(scale, zp)`` of shape (rows, n_groups) in the compute dtype."""
     rows = x.shape[0]
-    cdt = compute_dtype(x, xp)
+    cdt = compute_dtype(x.dtype, xp)
     device = array_api_compat.device(x)
     w = xp.astype(x, cdt)
     if not isinstance(quantile, float):
         quantile = xp.astype(quantile, cdt)
     out, scales, zps = [], [], []
-    for part, cut in parts(w, size, n_groups, xp):
+    for part, cut in parts(w, size, xp):
         q = quantile if isinstance(quantile, float) else quantile[:, cut]
         scale, zp = refit_part(part, q, qmin, qmax, divisor, sym, full_range, weighting, iterations, xp)
         scales.append(scale)

@@ -125,14 +125,13 @@ def refit_int(weight, bits=4, group_size=128, scheme="asym", full_range=False, *
         _validate.weight(weight, writable=False)
         return weight
     xp = _validate.weight(weight)
-    if sym and full_range and bits == 1:
-        raise ValueError("full_range needs bits >= 2 for scheme='sym' (1-bit full range has no finite scale)")
+    _validate.full_range_bits(bits, sym, full_range)
     rows, cols = weight.shape
     size, n_groups = group_layout(cols, group_size)
-    quantile = _integer.quantile_argument(quantile, rows, n_groups, xp)
+    quantile = _validate.quantile(quantile, rows, n_groups, xp)
     qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
     if check:
-        _integer.check_finite(weight, xp)
+        _validate.check_finite(weight, xp)
     if xp is not None:
         scale, zp = _reference_refit.refit_int(weight, size, n_groups, quantile, float(qmin), float(qmax),
                                                float(divisor), sym, full_range, mode, iterations, not return_int, xp)
