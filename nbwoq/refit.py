@@ -109,8 +109,8 @@ def refit_int(weight, bits=4, group_size=128, scheme="asym", full_range=False, *
     >>> error(fit) < error(rtn)
     True
     >>> codes, scale, zp = nbwoq.refit_int(w.copy(), bits=4, group_size=128)
-    >>> codes.min() >= 0, codes.max() <= 15, scale.shape, zp.shape
-    (True, True, (64, 2), (64, 2))
+    >>> bool(codes.min() >= 0 and codes.max() <= 15), scale.shape, zp.shape
+    (True, (64, 2), (64, 2))
     """
     bits = _validate.bits(bits)
     group_size = _validate.group_size(group_size)
