@@ -69,6 +69,41 @@ def _lane_sums2(p, r, n):
 
 
 @register_jitable
+def _group_sums(xbuf, rms, weighting, one, n, wbuf, wxbuf):
+    """Element weights ``w`` (float64 of ``rms + |x|`` or 1) into ``wbuf``, ``w x`` into
+    ``wxbuf``; returns ``sum(w)``, ``sum(w x)``, ``sum(w x x)`` in the lane order."""
+    a0 = a1 = a2 = a3 = np.float64(0)
+    d0 = d1 = d2 = d3 = np.float64(0)
+    f0 = f1 = f2 = f3 = np.float64(0)
+    for i in range(n):
+        x = xbuf[i]
+        w64 = np.float64(rms + abs(x) if weighting == MAGNITUDE else one)
+        x64 = np.float64(x)
+        wx = w64 * x64
+        wbuf[i] = w64
+        wxbuf[i] = wx
+        wxx = wx * x64
+        k = i % 4
+        if k == 0:
+            a0 += w64
+            d0 += wx
+            f0 += wxx
+        elif k == 1:
+            a1 += w64
+            d1 += wx
+            f1 += wxx
+        elif k == 2:
+            a2 += w64
+            d2 += wx
+            f2 += wxx
+        else:
+            a3 += w64
+            d3 += wx
+            f3 += wxx
+    return (a0 + a1) + (a2 + a3), (d0 + d1) + (d2 + d3), (f0 + f1) + (f2 + f3)
+
+
+@register_jitable
 def _code_sums(wbuf, wxbuf, qbuf, n):
     """``sum(w q)``, ``sum(w q q)``, ``sum(w x q)`` in float64, lane order; ``w q`` and
     ``w x`` are products of float64 values, multiplied by ``q`` last."""
@@ -250,15 +285,7 @@ def refit_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
                 total, _ = _lane_sums2(sq, sq, n)
                 cell[0] = np.sqrt(total / n)  # stored: rounded to the compute type
                 rms = cell[0]
-            for i in range(n):
-                x = xbuf[i]
-                w64 = np.float64(rms + abs(x) if weighting == MAGNITUDE else one)
-                wbuf[i] = w64
-                wx = w64 * np.float64(x)
-                wxbuf[i] = wx
-                sq[i] = wx * np.float64(x)
-            sums[0], sums[3] = _lane_sums2(wbuf, wxbuf, n)
-            sums[5], _ = _lane_sums2(sq, sq, n)
+            sums[0], sums[3], sums[5] = _group_sums(xbuf, rms, weighting, one, n, wbuf, wxbuf)
             err = _score(xbuf, wbuf, wxbuf, qbuf, n, scale, zp, qmin, qmax, sums)
             for _ in range(iterations):
                 ok, s64, z64 = fit(sums, scale, zp, qmin, qmax, sym)
