@@ -61,9 +61,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smollm2_perplexity import perplexity, smollm2_gguf  # noqa: E402
+from smollm2_perplexity import smollm2_gguf  # noqa: E402
 
 import nbwoq  # noqa: E402
+
+
+def perplexity(model, ids, window=512):
+    from nbwoq_torch.evaluate import perplexity as ppl
+
+    return ppl(model, ids, window)
 
 SETTINGS = {
     "q4_0": dict(bits=4, group_size=32, scheme="sym", full_range=True, scale16=True),
