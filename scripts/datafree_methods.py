@@ -47,6 +47,10 @@ norm@0.5:core-refit  14.057 (-17%)                           14.981 (24%)
 sinq:rtn (alpha .5)  14.918 (-63%)
 ===================  ==================  ==================  ==================  ==================
 
+With a third text (``email/message.py``, source 12.606): g128 RTN 17.350, core-refit
+16.754 (13%); q4_0 RTN 14.741, core-refit 14.967 (-11%). ``--iters 2`` instead of 4:
+g128 core-refit 15.276 / 15.856 / 17.080 (17%, 11%, 6%).
+
 No data-free method here closes half the gap; only the refit from round-to-nearest
 improves g128 on both texts. The source is itself a dequantized Q4_1 g32 model (its
 groups already lie on a 16-level grid), which penalizes column folds in particular.
