@@ -19,6 +19,7 @@ from nbwoq._tables import (
 from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq._validate import NonFiniteError
 from nbwoq.clip import search_clip
+from nbwoq.refit import refit_int
 from nbwoq.quantize import (
     qdq_weight_actor,
     qdq_weight_asym,
@@ -50,12 +51,8 @@ __all__ = [
     "quant_tensor",
     "quant_weight_w_scale",
     "quantize_4bit",
+    "refit_int",
     "save",
     "search_clip",
     "set_num_threads",
 ]
-
-# Data-free accuracy (issue 15): least-squares refit of integer group parameters.
-from nbwoq.refit import refit_int  # noqa: E402
-
-__all__ += ["refit_int"]
