@@ -58,9 +58,11 @@ def _parser():
                    help="GGUF: a llama-quantize file type (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q4_0, Q4_1, "
                         "Q5_0, Q5_1, IQ4_NL, F16, BF16, F32) with llama.cpp's per-tensor mix rules; implies "
                         "--format gguf (default: none, the integer settings above as Q4_0/Q4_1/Q8_0)")
-    q.add_argument("--method", choices=("reference",), default="reference",
-                   help="with --type: how blocks are encoded; reference is llama.cpp's own data-free encoder, "
-                        "byte for byte (default reference)")
+    q.add_argument("--method", choices=("rtn", "refit", "reference"), default=None,
+                   help="how codes are decided. Integer settings: rtn (round to nearest, the default) or refit "
+                        "(least-squares refit of each group's scale and zero point, weighted by magnitude; about "
+                        "6x the time, lower error). With --type: reference, llama.cpp's own data-free encoder, "
+                        "byte for byte (the default)")
     q.add_argument("--pure", action="store_true",
                    help="with --type: every quantized tensor gets the type's default block type (llama-quantize "
                         "--pure; default off: the mix rules)")
@@ -136,8 +138,8 @@ def _quantize(args):
     from nbwoq.formats.options import QuantOptions
 
     args.format = _output_format(args.format, args.out, args.type)
-    if args.type is None and (args.pure or args.method != "reference"):
-        raise InputError("--pure and --method apply to --type")
+    if args.type is None and args.pure:
+        raise InputError("--pure applies to --type")
     if args.format == "gguf":
         group_size = 32 if args.group_size is None else args.group_size
         scheme = args.scheme or "sym"

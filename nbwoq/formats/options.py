@@ -19,9 +19,13 @@ from nbwoq.formats.errors import InputError
 from nbwoq.quantize import quant_tensor
 
 CLIP_MODES = ("none", "tensor", "group")
-#: How GGML block types (--type) are encoded: "reference" is llama.cpp's data-free
-#: quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte.
-METHODS = ("reference",)
+#: How codes are decided. Integer settings: "rtn" (round to nearest, the reference
+#: library's) or "refit" (``nbwoq.refit_int``: importance-weighted least-squares refit of
+#: each group's scale and zero point). GGML block types (--type): "reference", llama.cpp's
+#: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte.
+INTEGER_METHODS = ("rtn", "refit")
+GGML_METHODS = ("reference",)
+METHODS = INTEGER_METHODS + GGML_METHODS
 
 # Default selection: 2-D ``.weight`` tensors inside the repeated blocks (``layers.3.``,
 # ``blk.3.``, ``h.3.``) that are not norms. That is every linear layer of a decoder
@@ -36,7 +40,7 @@ class QuantOptions:
 
     def __init__(self, bits=4, group_size=128, scheme="asym", dtype="int", full_range=False, clip="none",
                  include=(), exclude=(), clip_grid=None, clip_weighting="magnitude", python_names=False,
-                 gguf_type=None, method="reference", pure=False):
+                 gguf_type=None, method=None, pure=False):
         def arg(name):  # errors name the setting as the caller spelled it
             return name if python_names else "--" + name.replace("_", "-")
 
@@ -71,8 +75,14 @@ class QuantOptions:
             if self.include:
                 raise InputError("--include has no effect with --type (llama.cpp's rules pick the tensors); "
                                  "use --exclude to keep some unquantized")
-        if method not in METHODS:
-            raise InputError(f"--method must be one of {METHODS}, got {method!r}")
+        allowed = GGML_METHODS if self.gguf_type is not None else INTEGER_METHODS
+        if method is None:
+            method = allowed[0]
+        if method not in allowed:
+            what = f"--type {self.gguf_type}" if self.gguf_type is not None else "integer settings"
+            raise InputError(f"--method must be one of {allowed} with {what}, got {method!r}")
+        if method == "refit" and self.dtype != "int":
+            raise InputError("--method refit refits integer scales and zero points: use --dtype int")
         self.method = method
         self.pure = bool(pure)
         self.codebook = self.dtype != "int"
@@ -112,6 +122,8 @@ class QuantOptions:
             text = f"{self.dtype} g{self.group_size}"
         else:
             text = f"int{self.bits} {self.scheme}{' full' if self.full_range else ''} g{self.group_size}"
+        if self.method == "refit":
+            text += " refit"
         if self.clip == "none":
             return text
         grid = "" if self.clip_grid is None else f" grid={_grid_text(self.clip_grid)}"

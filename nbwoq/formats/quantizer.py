@@ -14,6 +14,7 @@ from nbwoq._layout import group_layout
 from nbwoq.formats import packing, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.quantize import quant_tensor
+from nbwoq.refit import refit_int
 
 
 class Quantized:
@@ -85,8 +86,12 @@ def quantize_rows(array, dtype_name, options, quantile, name, scratch=None):
     out = None if scratch is None else scratch.get("work", array.shape, np.float32)
     work = storage.widen(array, dtype_name, out=out)
     try:
-        _, scale, zp = quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
-                                    check_finite=False)
+        if options.method == "refit":
+            _, scale, zp = refit_int(work, options.bits, options.group_size, options.scheme, options.full_range,
+                                     quantile=quantile, check_finite=False)
+        else:
+            _, scale, zp = quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
+                                        check_finite=False)
     except ValueError as exc:
         raise _input_error(name, exc) from None
     return Quantized(work, scale, zp, None)
@@ -123,8 +128,8 @@ def quantile_rows(quantile, start, stop):
 
 def one_pass(options):
     """True when a tensor can go from source to the packed nbwoq layout in one pass
-    (``quantize_packed``): integer codes without a clip search."""
-    return options.dtype == "int" and options.clip == "none"
+    (``quantize_packed``): round-to-nearest integer codes without a clip search."""
+    return options.dtype == "int" and options.clip == "none" and options.method == "rtn"
 
 
 def quantize_packed(array, dtype_name, options, name, scratch, zeros_dtype):

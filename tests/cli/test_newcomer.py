@@ -127,3 +127,29 @@ def test_load_names_the_real_format_of_a_gguf_file(tiny_bf16, tmp_path):
     assert main(["quantize", tiny_bf16, str(out), "--quiet"]) == 0
     with pytest.raises(ValueError, match="a GGUF file, not nbwoq's format"):
         nbwoq.load(out)
+
+
+def test_method_refit_stores_refit_int_codes_and_lowers_the_error(tiny_f32, tmp_path):
+    import numpy as np
+
+    import nbwoq
+    from cli_helpers import read_tensor
+
+    out_rtn, out_refit = tmp_path / "rtn", tmp_path / "refit"
+    assert main(["quantize", tiny_f32, str(out_rtn), "--group-size", "32", "--quiet"]) == 0
+    assert main(["quantize", tiny_f32, str(out_refit), "--group-size", "32", "--method", "refit", "--quiet"]) == 0
+    name = "model.layers.0.mlp.down_proj.weight"
+    w = read_tensor(tiny_f32, name)
+    codes, scale, zp = nbwoq.refit_int(w.copy(), bits=4, group_size=32, scheme="asym")
+    g = np.arange(w.shape[1]) // 32
+    np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(out_refit)[name]), (codes - zp[:, g]) * scale[:, g])
+    err = {k: float(np.sum((nbwoq.dequantize(nbwoq.load(p)[name]) - w) ** 2)) for k, p in
+           (("rtn", out_rtn), ("refit", out_refit))}
+    assert err["refit"] < err["rtn"]
+
+
+def test_method_must_fit_the_settings(tiny_f32, tmp_path, capsys):
+    assert main(["quantize", tiny_f32, str(tmp_path / "a.gguf"), "--type", "Q4_0", "--method", "refit"]) == 1
+    assert main(["quantize", tiny_f32, str(tmp_path / "b"), "--method", "reference"]) == 1
+    assert main(["quantize", tiny_f32, str(tmp_path / "c"), "--dtype", "nf4", "--method", "refit"]) == 1
+    assert capsys.readouterr().err.count("nbwoq: error:") == 3
