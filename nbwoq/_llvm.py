@@ -56,29 +56,28 @@ fmin_finite = _float_intrinsic("llvm.minnum", 2, ("nnan",))
 fmax_finite = _float_intrinsic("llvm.maxnum", 2, ("nnan",))
 
 
-@intrinsic
-def half_bits_to_float(typingctx, bits):
-    """Widen the IEEE half whose bit pattern is ``bits`` (uint16) to float32, exactly."""
-    if bits != types.uint16:
-        return None
-    sig = types.float32(bits)
+def _half_conversion(arg_type, result_type, convert, doc):
+    """An intrinsic taking ``arg_type`` to ``result_type`` through an IEEE half in LLVM:
+    ``convert(builder, value)`` emits the instructions."""
 
-    def codegen(context, builder, signature, args):
-        half = builder.bitcast(args[0], ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
+    def conversion(typingctx, value):
+        if value != arg_type:
+            return None
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return convert(builder, args[0])
+
+        return result_type(value), codegen
+
+    conversion.__doc__ = doc
+    return intrinsic(conversion)
 
 
-@intrinsic
-def float_to_half_bits(typingctx, value):
-    """Round float32 ``value`` to the nearest IEEE half (ties to even); its bit pattern."""
-    if value != types.float32:
-        return None
-    sig = types.uint16(value)
-
-    def codegen(context, builder, signature, args):
-        half = builder.fptrunc(args[0], ir.HalfType())
-        return builder.bitcast(half, ir.IntType(16))
-
-    return sig, codegen
+#: Widen the IEEE half whose bit pattern is ``bits`` (uint16) to float32, exactly.
+half_bits_to_float = _half_conversion(
+    types.uint16, types.float32, lambda builder, v: builder.fpext(builder.bitcast(v, ir.HalfType()), ir.FloatType()),
+    "Widen the IEEE half whose bit pattern is ``bits`` (uint16) to float32, exactly.")
+#: Round float32 ``value`` to the nearest IEEE half (ties to even); its bit pattern.
+float_to_half_bits = _half_conversion(
+    types.float32, types.uint16, lambda builder, v: builder.bitcast(builder.fptrunc(v, ir.HalfType()), ir.IntType(16)),
+    "Round float32 ``value`` to the nearest IEEE half (ties to even); its bit pattern.")

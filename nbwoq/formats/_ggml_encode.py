@@ -48,6 +48,33 @@ def _f32_bits(typingctx, value):
     return types.int32(value), codegen
 
 
+@register_jitable(inline="always")
+def largest_magnitude(values, n):
+    """The first of ``values[:n]`` with the largest magnitude (0 when all are 0), and that
+    magnitude: the super-block scale rule of Q6_K and IQ4_XS."""
+    best = F0
+    magnitude = F0
+    for j in range(n):
+        if abs(values[j]) > magnitude:
+            magnitude = abs(values[j])
+            best = values[j]
+    return best, magnitude
+
+
+@register_jitable(inline="always")
+def largest_pair(a, b, n):
+    """The largest of ``a[:n]`` and of ``b[:n]``, each at least 0: the super-block scale
+    and min of Q2_K, Q4_K and Q5_K."""
+    max_a = F0
+    max_b = F0
+    for j in range(n):
+        if a[j] > max_a:
+            max_a = a[j]
+        if b[j] > max_b:
+            max_b = b[j]
+    return max_a, max_b
+
+
 @register_jitable
 def _nearest_int(v):
     """llama.cpp's ``nearest_int``: add 1.5 * 2**23, read the low mantissa bits."""
@@ -117,22 +144,29 @@ def _minmax(x):
     return lo, hi
 
 
-@register_jitable
-def _enc_q4(x, o, asym):
-    """Q4_0 (``asym`` False) and Q4_1."""
+@register_jitable(inline="always")
+def _legacy_scale(x, o, asym, top, neg):
+    """A Q4/Q5 block's parameters, stored at the block's start: asym ``d = (hi - lo) / top``
+    then the min, sym ``d = absmax / neg`` (signed). Returns ``(lo, 1 / d, first code byte)``."""
     if asym:
         lo, hi = _minmax(x)
-        d = (hi - lo) / F15
+        d = (hi - lo) / top
         idv = _ratio(d)
         _put_half(o, 0, d)
         _put_half(o, 2, lo)
-        at, add = 4, F_HALF
-    else:
-        mx, _ = _absmax(x)
-        d = mx / FM8
-        idv = _ratio(d)
-        _put_half(o, 0, d)
-        lo, at, add = F0, 2, F8_5
+        return lo, idv, 4
+    mx, _ = _absmax(x)
+    d = mx / neg
+    idv = _ratio(d)
+    _put_half(o, 0, d)
+    return F0, idv, 2
+
+
+@register_jitable
+def _enc_q4(x, o, asym):
+    """Q4_0 (``asym`` False) and Q4_1."""
+    lo, idv, at = _legacy_scale(x, o, asym, F15, FM8)
+    add = F_HALF if asym else F8_5
     for j in range(16):
         q0 = min(15, _int8(_cvtt((x[j] - lo) * idv + add))) if asym else min(15, _int8(_cvtt(x[j] * idv + add)))
         q1 = min(15, _int8(_cvtt((x[j + 16] - lo) * idv + add))) if asym else min(15, _int8(_cvtt(x[j + 16] * idv + add)))
@@ -142,19 +176,7 @@ def _enc_q4(x, o, asym):
 @register_jitable
 def _enc_q5(x, o, asym):
     """Q5_0 (``asym`` False) and Q5_1."""
-    if asym:
-        lo, hi = _minmax(x)
-        d = (hi - lo) / F31
-        idv = _ratio(d)
-        _put_half(o, 0, d)
-        _put_half(o, 2, lo)
-        at = 4
-    else:
-        mx, _ = _absmax(x)
-        d = mx / FM16
-        idv = _ratio(d)
-        _put_half(o, 0, d)
-        lo, at = F0, 2
+    lo, idv, at = _legacy_scale(x, o, asym, F31, FM16)
     qh = np.int64(0)
     for j in range(16):
         if asym:
@@ -333,13 +355,7 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
         for j in range(8):
             wt[i, j] = s2[j] + abs(xt[i, j])
     _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, F0_1, nstep, False, st, scales, mins)
-    max_scale = F0
-    max_min = F0
-    for j in range(8):
-        if scales[j] > max_scale:
-            max_scale = scales[j]
-        if mins[j] > max_min:
-            max_min = mins[j]
+    max_scale, max_min = largest_pair(scales, mins, 8)
     inv_scale = F63 / max_scale if max_scale > F0 else F0
     inv_min = F63 / max_min if max_min > F0 else F0
     for j in range(8):
@@ -382,14 +398,9 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
 
 @register_jitable
 def _enc_q6_k(x, o, L, scales):
-    max_scale = F0
-    max_abs = F0
     for ib in range(16):
-        s = _make_qx(x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 32)
-        scales[ib] = s
-        if abs(s) > max_abs:
-            max_abs = abs(s)
-            max_scale = s
+        scales[ib] = _make_qx(x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 32)
+    max_scale, max_abs = largest_magnitude(scales, 16)
     if max_abs < EPS:
         for k in range(210):
             o[k] = 0
@@ -485,14 +496,9 @@ def _enc_iq4_nl(x, o, L, ntry):
 
 @register_jitable
 def _enc_iq4_xs(x, o, L, scales):
-    max_scale = F0
-    amax_scale = F0
     for ib in range(8):
-        s = _iq4_scale(x[32 * ib:32 * ib + 32], L[32 * ib:32 * ib + 32], 7)
-        scales[ib] = s
-        if abs(s) > amax_scale:
-            amax_scale = abs(s)
-            max_scale = s
+        scales[ib] = _iq4_scale(x[32 * ib:32 * ib + 32], L[32 * ib:32 * ib + 32], 7)
+    max_scale, _ = largest_magnitude(scales, 8)
     d = -max_scale / F32V
     _put_half(o, 0, d)
     idv = _ratio(d)

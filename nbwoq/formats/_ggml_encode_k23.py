@@ -6,7 +6,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from nbwoq.formats._ggml_encode import (EPS, F0, F0_1, F1, F15, _absmax, _get_half, _int8, _make_qkx2_lanes,
-                                        _nearest_int, _put_half)
+                                        _nearest_int, _put_half, largest_pair)
 
 FM4, FM32, FM0_5 = np.float32(-4), np.float32(-32), np.float32(-0.5)
 
@@ -34,13 +34,7 @@ def _enc_q2_k(x, o, xt, wt, Lt, La, st, scales, mins, L):
         for s in range(8):
             for i in range(16):
                 L[16 * (8 * g + s) + i] = Lt[i, s]
-    max_scale = F0
-    max_min = F0
-    for j in range(16):
-        if scales[j] > max_scale:
-            max_scale = scales[j]
-        if mins[j] > max_min:
-            max_min = mins[j]
+    max_scale, max_min = largest_pair(scales, mins, 16)
     if max_scale > F0:
         iscale = F15 / max_scale
         for j in range(16):

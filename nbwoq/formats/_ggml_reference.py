@@ -273,16 +273,13 @@ def _encode_qk_asym(x, nmax, rmin, nstep):
     L = np.zeros((n, QK_K), np.int64)
     scales = np.zeros((n, 8), np.float32)
     mins = np.zeros((n, 8), np.float32)
-    max_scale = np.zeros(n, np.float32)
-    max_min = np.zeros(n, np.float32)
     with np.errstate(all="ignore"):
         for j in range(8):
             xs = x[:, 32 * j:32 * j + 32]
             av_x = np.sqrt(_div(_sumsq(xs), _f(32)))
             w = av_x[:, None] + np.abs(xs)
             scales[:, j], mins[:, j], L[:, 32 * j:32 * j + 32] = make_qkx2_quants(xs, w, nmax, rmin, 0.1, nstep, False)
-            max_scale = _where(scales[:, j] > max_scale, scales[:, j], max_scale)
-            max_min = _where(mins[:, j] > max_min, mins[:, j], max_min)
+        max_scale, max_min = _largest(scales), _largest(mins)
         inv_scale = _where(max_scale > 0, _div(_f(63), max_scale), _f(0))
         inv_min = _where(max_min > 0, _div(_f(63), max_min), _f(0))
         ls = np.minimum(63, nearest_int(inv_scale[:, None] * scales) & 255)
@@ -313,14 +310,11 @@ def encode_q2_k(x):
     L = np.zeros((n, QK_K), np.int64)
     scales = np.zeros((n, 16), np.float32)
     mins = np.zeros((n, 16), np.float32)
-    max_scale = np.zeros(n, np.float32)
-    max_min = np.zeros(n, np.float32)
     with np.errstate(all="ignore"):
         for j in range(16):
             xs = x[:, 16 * j:16 * j + 16]
             scales[:, j], mins[:, j], L[:, 16 * j:16 * j + 16] = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
-            max_scale = _where(scales[:, j] > max_scale, scales[:, j], max_scale)
-            max_min = _where(mins[:, j] > max_min, mins[:, j], max_min)
+        max_scale, max_min = _largest(scales), _largest(mins)
         pos = max_scale > 0
         sb = np.where(pos[:, None], nearest_int(_div(_f(15), max_scale)[:, None] * scales) & 255, 0)
         d16 = fp16_bits(_where(pos, _div(max_scale, _f(15)), _f(0)))
@@ -374,19 +368,34 @@ def make_q3_quants(x, nmax):
     return scale, L
 
 
+def _largest(values):
+    """Per row, the largest of ``values`` and 0 (a NaN never wins: llama.cpp's ``>`` loop)."""
+    best = np.zeros(values.shape[0], np.float32)
+    for j in range(values.shape[1]):
+        best = _where(values[:, j] > best, values[:, j], best)
+    return best
+
+
+def _largest_magnitude(scales):
+    """Per row, the first scale of largest magnitude (0 when all are 0) and that magnitude."""
+    best = np.zeros(scales.shape[0], np.float32)
+    magnitude = np.zeros(scales.shape[0], np.float32)
+    for j in range(scales.shape[1]):
+        a = np.abs(scales[:, j])
+        up = a > magnitude
+        magnitude = _where(up, a, magnitude)
+        best = _where(up, scales[:, j], best)
+    return best, magnitude
+
+
 def encode_q3_k(x):
     n = x.shape[0]
     L = np.zeros((n, QK_K), np.int64)
     scales = np.zeros((n, 16), np.float32)
-    max_scale = np.zeros(n, np.float32)
-    amax = np.zeros(n, np.float32)
     with np.errstate(all="ignore"):
         for j in range(16):
             scales[:, j], L[:, 16 * j:16 * j + 16] = make_q3_quants(x[:, 16 * j:16 * j + 16], 4)
-            a = np.abs(scales[:, j])
-            up = a > amax
-            amax = _where(up, a, amax)
-            max_scale = _where(up, scales[:, j], max_scale)
+        max_scale, amax = _largest_magnitude(scales)
         nz = max_scale != 0
         iscale = _div(_f(-32), max_scale)
         l8 = ((nearest_int(iscale[:, None] * scales) & 255) ^ 128) - 128  # stored in an int8_t
@@ -435,15 +444,10 @@ def encode_q6_k(x):
     n = x.shape[0]
     L = np.zeros((n, QK_K), np.int64)
     scales = np.zeros((n, 16), np.float32)
-    max_scale = np.zeros(n, np.float32)
-    max_abs = np.zeros(n, np.float32)
     with np.errstate(all="ignore"):
         for ib in range(16):
             scales[:, ib], L[:, 16 * ib:16 * ib + 16] = make_qx_quants(x[:, 16 * ib:16 * ib + 16], 32)
-            a = np.abs(scales[:, ib])
-            up = a > max_abs
-            max_abs = _where(up, a, max_abs)
-            max_scale = _where(up, scales[:, ib], max_scale)
+        max_scale, max_abs = _largest_magnitude(scales)
         zero = max_abs < GROUP_MAX_EPS
         iscale = _div(_f(-128), max_scale)
         d16 = fp16_bits(_div(_f(1), iscale))
@@ -535,13 +539,7 @@ def encode_iq4_xs(x, ntry=7):
     """IQ4_XS: ``quantize_row_iq4_xs_ref`` (= ``quantize_iq4_xs`` without importance matrix)."""
     scales, L = _iq4_scales(x, ntry)
     n = x.shape[0]
-    max_scale = np.zeros(n, np.float32)
-    amax_scale = np.zeros(n, np.float32)
-    for ib in range(8):
-        a = np.abs(scales[:, ib])
-        up = a > amax_scale
-        amax_scale = _where(up, a, amax_scale)
-        max_scale = _where(up, scales[:, ib], max_scale)
+    max_scale, _ = _largest_magnitude(scales)
     with np.errstate(all="ignore"):
         d = _div(-max_scale, _f(32))
         idv = _where(d != 0, _div(_f(1), d), _f(0))
