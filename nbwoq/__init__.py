@@ -18,6 +18,7 @@ from nbwoq._tables import (
 )
 from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq._validate import NonFiniteError
+from nbwoq.absorb import AbsorbGroup, AbsorbPlan, fold_column_scale
 from nbwoq.clip import search_clip
 from nbwoq.refit import refit_int
 from nbwoq.quantize import (
@@ -28,10 +29,13 @@ from nbwoq.quantize import (
     quant_weight_w_scale,
     quantize_4bit,
 )
+from nbwoq.formats.absorb_plan import absorb_plan
 from nbwoq.formats.nbwoq_io import QuantizedTensor, dequantize, load, save
 from nbwoq._version import __version__
 
 __all__ = [
+    "AbsorbGroup",
+    "AbsorbPlan",
     "FLOAT_MAPPING",
     "FP4_BNB",
     "FP4_BNB_BIT",
@@ -42,7 +46,9 @@ __all__ = [
     "NF4_BIT",
     "NonFiniteError",
     "QuantizedTensor",
+    "absorb_plan",
     "dequantize",
+    "fold_column_scale",
     "get_num_threads",
     "load",
     "qdq_weight_actor",
