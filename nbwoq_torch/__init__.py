@@ -33,6 +33,7 @@ from nbwoq._tables import (
     NF4,
     NF4_BIT,
 )
+from nbwoq_torch._absorb_plan import absorb_plan
 from nbwoq_torch._batches import forward_wrapper, get_example_input, model_forward, move_input_to_device
 from nbwoq_torch._block_capture import BlockInputs, capture_block_inputs, recover_forward, replace_forward
 from nbwoq_torch._graph import GraphNode, GraphTrace, get_absorb_layers, get_parent
@@ -84,6 +85,7 @@ __all__ = [
     "set_module",
     # beyond the seed
     "BlockInputs",
+    "absorb_plan",
     "GraphNode",
     "capture_block_inputs",
     "capture_module_io",

@@ -383,7 +383,11 @@ class GraphTrace:
         traced = self.trace(model, example_input, backend=backend)
         if traced is None:
             return None, None
-        graph = self._graph_of(traced)
+        return self._absorb_on_graph(model, self._graph_of(traced), op_types, skip_unsupported_layers)
+
+    def _absorb_on_graph(self, model, graph, op_types, skip_unsupported_layers=True):
+        """:meth:`get_absorb_to_layer` on a graph already traced (``_Graph``), so that a
+        caller that also walks the graph itself (``absorb_plan``) traces once."""
         if "Conv1D" in op_types:
             _fuse_conv1d(graph, _conv1d_names(model))
         nodes = [node for node, _ in self.get_nodes(graph, self.mapping_torch_module_to_aten(op_types))]
