@@ -39,6 +39,7 @@ from nbwoq_torch._block_capture import BlockInputs, capture_block_inputs, recove
 from nbwoq_torch._graph import GraphNode, GraphTrace, get_absorb_layers, get_parent
 from nbwoq_torch._module_io import capture_module_io, get_module_input_output
 from nbwoq_torch._patch import patch_reference
+from nbwoq_torch._quantize_model import quantize_model
 from nbwoq_torch._modules import fetch_module, get_block_prefix, get_module, set_module
 from nbwoq_torch.clip import search_clip
 from nbwoq_torch.quantize import (
@@ -90,4 +91,5 @@ __all__ = [
     "capture_block_inputs",
     "capture_module_io",
     "patch_reference",
+    "quantize_model",
 ]
