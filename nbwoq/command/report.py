@@ -44,12 +44,16 @@ def tensor_row(info, shard, label, encoded, bytes_out, seconds, includes_jit=Fal
     """The report row of tensor ``info``; ``encoded`` is its ``writer.Encoded`` (None for
     a tensor copied file to file). ``includes_jit``: its time includes kernel compilation."""
     quantized = encoded is not None and encoded.quantized
-    rel_mse = None
+    rel_mse = weighted = rtn_weighted = None
     if quantized:
         rel_mse = encoded.err / encoded.norm if encoded.norm > 0 else 0.0
+        if encoded.weighted is not None:
+            rtn_err, method_err, norm = encoded.weighted
+            rtn_weighted, weighted = (rtn_err / norm, method_err / norm) if norm > 0 else (0.0, 0.0)
     return dict(name=info.name, shape=list(info.shape), dtype=info.dtype,
                 format=label if quantized else f"copy {info.dtype}",
                 clip=encoded.clip if quantized else None, rel_mse=rel_mse,
+                weighted_error=weighted, rtn_weighted_error=rtn_weighted,
                 seconds=seconds, includes_jit=includes_jit, bytes_in=info.nbytes, bytes_out=bytes_out,
                 shard=shard)
 
@@ -60,6 +64,7 @@ def summarize(rows, wall, fmt, options, source, out, resumed, label):
     bytes_in = sum(r["bytes_in"] for r in rows)
     params_q = sum(int(np.prod(r["shape"])) for r in quantized)
     errors = [r["rel_mse"] for r in quantized]
+    compared = [r for r in quantized if r.get("weighted_error") is not None]
     # Throughput counts the work this run did: rows kept from an interrupted run took no time.
     worked = [r for r in rows if not r.get("resumed")]
     bytes_done = sum(r["bytes_in"] for r in worked)
@@ -72,6 +77,8 @@ def summarize(rows, wall, fmt, options, source, out, resumed, label):
         quantized_params_per_s=params_done / wall if wall > 0 else None,
         mean_rel_mse=float(np.mean(errors)) if errors else None,
         max_rel_mse=float(np.max(errors)) if errors else None,
+        mean_weighted_error=float(np.mean([r["weighted_error"] for r in compared])) if compared else None,
+        mean_rtn_weighted_error=float(np.mean([r["rtn_weighted_error"] for r in compared])) if compared else None,
         peak_rss_bytes=peak_rss_bytes(), resumed_shards=resumed,
         nbwoq=__version__,
     )
@@ -122,6 +129,9 @@ def format_table(report, top=15, rows=True):
                  f"{format_bytes(s['bytes_in'])} -> {format_bytes(s['bytes_out'])}")
     if s["mean_rel_mse"] is not None:
         lines.append(f"relative MSE: mean {s['mean_rel_mse']:.3e}, worst {s['max_rel_mse']:.3e}")
+    if s.get("mean_weighted_error") is not None:
+        lines.append(f"weighted error (rms+|x|), mean: {s['mean_weighted_error']:.3e} with method "
+                     f"{s['settings']['method']}, {s['mean_rtn_weighted_error']:.3e} with rtn")
     lines.append(f"{s['seconds']:.2f} s, {format_bytes(s['throughput_bytes_per_s'])}/s, "
                  f"{s['quantized_params_per_s'] / 1e6:.1f} M quantized params/s, peak RSS {format_bytes(s['peak_rss_bytes'])}")
     if s["resumed_shards"]:

@@ -49,8 +49,9 @@ def valid_rows(rows, infos):
             return False
         if not all(isinstance(row.get(k), t) and not isinstance(row.get(k), bool) for k, t in _ROW_KEYS.items()):
             return False
-        if row.get("rel_mse") is not None and not isinstance(row["rel_mse"], (int, float)):
-            return False
+        for key in ("rel_mse", "weighted_error", "rtn_weighted_error"):
+            if row.get(key) is not None and (not isinstance(row[key], (int, float)) or isinstance(row[key], bool)):
+                return False
         if not isinstance(row.get("clip"), (type(None), int, float, dict)):
             return False
     return True

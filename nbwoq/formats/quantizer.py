@@ -9,6 +9,7 @@ module only prepares the float32 working copy and calls them.
 import numpy as np
 
 from nbwoq import _kernels_finite, _validate
+from nbwoq._importance import weighted_error
 from nbwoq._integer import int_range
 from nbwoq._layout import group_layout
 from nbwoq.formats import packing, storage
@@ -108,6 +109,27 @@ def quantize(array, dtype_name, options, name, scratch=None):
     q = quantize_rows(array, dtype_name, options, quantile, name, scratch)
     q.clip = clip
     return q
+
+
+def compares_with_rtn(options):
+    """True when the report states RTN's weighted error next to the method's: integer
+    settings with a method other than round to nearest."""
+    return options.gguf_type is None and options.method != "rtn"
+
+
+def weighted_errors(array, dtype_name, options, q):
+    """``(rtn_err, method_err, norm)``: importance-weighted squared error sums
+    (``nbwoq._importance``) of plain round to nearest (no clip) and of the codes ``q`` of
+    rows ``array`` (the core's codes and float32 parameters, before the file's rounding
+    of scales), and the weighted squared norm of the rows."""
+    x = storage.widen(array, dtype_name)
+    rtn = quant_tensor(storage.widen(array, dtype_name), **options.core_kwargs(), check_finite=False)
+    size, _ = group_layout(x.shape[1], options.group_size)
+    g = np.arange(x.shape[1]) // size
+    codes = q.codes if q.zp is None else q.codes - q.zp[:, g]
+    rtn_err, norm = weighted_error(x, rtn, options.group_size)
+    method_err, _ = weighted_error(x, codes * q.scale[:, g], options.group_size)
+    return rtn_err, method_err, norm
 
 
 #: Rows of the float32 working copy held at once: the general path quantizes and

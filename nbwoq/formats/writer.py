@@ -20,13 +20,16 @@ from nbwoq.formats import quantizer
 class Encoded(NamedTuple):
     """What one tensor became: ``outputs`` ``[(name, array), ...]`` in write order, its
     clip (``None``, a ratio, or per-group min/mean/max), and the squared error and
-    squared norm sums of what is stored (``0.0`` for a copied tensor)."""
+    squared norm sums of what is stored (``0.0`` for a copied tensor); ``weighted``:
+    ``(rtn_err, method_err, norm)`` importance-weighted sums where the method is not
+    round to nearest (``quantizer.weighted_errors``), else None."""
 
     outputs: list
     quantized: bool
     clip: object
     err: float
     norm: float
+    weighted: object = None
 
 
 class Encoding:
@@ -157,9 +160,13 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
     options = writer.options
     quantile, clip = quantizer.clip_ratios(array, dtype_name, options, info.name)
     enc = writer.begin(info, scratch)
+    weighted = [0.0, 0.0, 0.0] if quantizer.compares_with_rtn(options) else None
     for start, stop in quantizer.row_blocks(*array.shape):
         rows = array[start:stop]
         q = quantizer.quantize_rows(rows, dtype_name, options, quantizer.quantile_rows(quantile, start, stop),
                                     info.name, work)
+        if weighted is not None:
+            weighted = [a + b for a, b in zip(weighted, quantizer.weighted_errors(rows, dtype_name, options, q))]
         writer.encode_rows(enc, start, rows, dtype_name, q)
-    return Encoded(writer.finish(enc), True, clip, enc.error(), enc.norm_sum())
+    return Encoded(writer.finish(enc), True, clip, enc.error(), enc.norm_sum(),
+                   None if weighted is None else tuple(weighted))

@@ -148,6 +148,59 @@ def test_method_refit_stores_refit_int_codes_and_lowers_the_error(tiny_f32, tmp_
     assert err["refit"] < err["rtn"]
 
 
+def _weighted(x, y, size):
+    """Relative importance-weighted error (w = rms of the group + |x|), one group at a time."""
+    import numpy as np
+
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    err = norm = 0.0
+    for g0 in range(0, x.shape[1], size):
+        seg = x[:, g0:g0 + size]
+        w = np.sqrt((seg ** 2).mean(axis=1, keepdims=True)) + np.abs(seg)
+        err += (w * (seg - y[:, g0:g0 + size]) ** 2).sum()
+        norm += (w * seg ** 2).sum()
+    return err / norm
+
+
+@pytest.mark.parametrize("fmt", ["nbwoq", "gptq"])
+def test_report_states_rtn_weighted_error_next_to_the_method(tiny_f32, tmp_path, capsys, fmt):
+    import numpy as np
+
+    import nbwoq
+    from cli_helpers import read_tensor
+
+    report_path = tmp_path / "r.json"
+    assert main(["quantize", tiny_f32, str(tmp_path / "out"), "--format", fmt, "--group-size", "32", "--method",
+                 "refit", "--report", str(report_path)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    rows = [r for r in report["tensors"] if r["rel_mse"] is not None]
+    assert rows and all(r["weighted_error"] <= r["rtn_weighted_error"] for r in rows)
+    assert all(r["weighted_error"] is None for r in report["tensors"] if r["rel_mse"] is None)
+    name = "model.layers.0.mlp.down_proj.weight"
+    row = next(r for r in rows if r["name"] == name)
+    w = read_tensor(tiny_f32, name)
+    codes, scale, zp = nbwoq.refit_int(w.copy(), bits=4, group_size=32)
+    g = np.arange(w.shape[1]) // 32
+    assert row["weighted_error"] == pytest.approx(_weighted(w, (codes - zp[:, g]) * scale[:, g], 32), rel=1e-6)
+    rtn = nbwoq.quant_tensor(w.copy(), bits=4, group_size=32)
+    assert row["rtn_weighted_error"] == pytest.approx(_weighted(w, rtn, 32), rel=1e-6)
+    s = report["summary"]
+    assert s["mean_weighted_error"] == pytest.approx(np.mean([r["weighted_error"] for r in rows]))
+    assert s["mean_weighted_error"] < s["mean_rtn_weighted_error"]
+    assert f"{s['mean_weighted_error']:.3e} with method refit, {s['mean_rtn_weighted_error']:.3e} with rtn" in text
+
+
+def test_rtn_report_has_no_weighted_comparison(tiny_f32, tmp_path, capsys):
+    report_path = tmp_path / "r.json"
+    assert main(["quantize", tiny_f32, str(tmp_path / "out"), "--group-size", "32", "--clip", "group",
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert all(r["weighted_error"] is None and r["rtn_weighted_error"] is None for r in report["tensors"])
+    assert report["summary"]["mean_weighted_error"] is None
+    assert "weighted error" not in capsys.readouterr().out
+
+
 def test_method_must_fit_the_settings(tiny_f32, tmp_path, capsys):
     assert main(["quantize", tiny_f32, str(tmp_path / "a.gguf"), "--type", "Q4_0", "--method", "refit"]) == 1
     assert main(["quantize", tiny_f32, str(tmp_path / "b"), "--method", "reference"]) == 1
