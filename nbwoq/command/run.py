@@ -146,7 +146,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     """A single-file (GGUF) run, written in place as ``OUT.partial``.
 
     The writer's header comes first; the tensor data follows in plan order, each tensor
-    padded to the alignment. After each source shard the file is fsynced and its record
+    padded to the alignment, then the writer's ``extra_tensors``. After each source shard the file is fsynced and its record
     (``resume.file_state_path``) says how many tensors and bytes it holds, their CRC-32
     and report rows. ``resume`` checks all of it, cuts the file back to those bytes and
     carries on from the next shard: nothing is copied or quantized twice.
@@ -201,6 +201,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
             os.fsync(f.fileno())
             records.write_json_atomic(state_path, dict(run=run_id, tensors=index, shards=shard_no + 1,
                                                        bytes=f.tell(), crc=crc, rows=rows))
+        _write_padded(f, writer.extra_tensors(), alignment, crc)  # after every shard: a resume redoes them
         f.close()
     except BaseException:
         f.close()

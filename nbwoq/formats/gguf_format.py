@@ -237,6 +237,8 @@ class GgufWriter(FileWriter):
         try:
             for info, selected in plan:
                 self.tensor_info(gw, info, selected)
+            for name, array in self.extra_tensors():
+                gw.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
             self.metadata(gw)
             gw.write_header_to_file()
             gw.write_kv_data_to_file()
@@ -250,6 +252,9 @@ class GgufWriter(FileWriter):
             if os.path.exists(scratch_path):
                 os.remove(scratch_path)
         return header + bytes(-len(header) % alignment), alignment
+
+    def extra_tensors(self):
+        return [] if self.convert is None else self.convert.extra_tensors()
 
     # -- encoding -----------------------------------------------------------------
     def copy(self, info, array, dtype_name):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from nbwoq.formats import storage
+from nbwoq.formats import hf_vocab, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.hf_config import (config_float, config_int, config_optional_float, config_optional_int,
                                     llama_shape, rope_parameters, rope_theta)
@@ -39,6 +39,7 @@ class LlamaConversion:
     special_ids_always = False  # Llama: special ids only beside a tokenizer
     special_first_of_list = False
     skip_byte_fallback = False
+    rope_llama3 = True  # llama.cpp writes rope_freqs.weight for Llama 3 rope scaling (Llama's converter only)
 
     def __init__(self, source, gguf):
         self.source, self.gguf = source, gguf
@@ -101,13 +102,26 @@ class LlamaConversion:
         gguf_writer.add_layer_norm_rms_eps(shape["rms_eps"])
         self.family_metadata(gguf_writer)
         written = self.tokenizer(gguf_writer)
-        if written or self.special_ids_always:
+        if written == "llama":
+            hf_vocab.write_special_vocab(gguf_writer, self.source.folder, self.config, shape["vocab"])
+        elif written or self.special_ids_always:
             self.special_ids(gguf_writer)
 
     def family_metadata(self, gguf_writer):
-        """The family's keys after the shared ones (Llama: rotary dimensions, vocabulary size)."""
+        """The family's keys after the shared ones (Llama: rotary dimensions, vocabulary
+        size, rope scaling)."""
         gguf_writer.add_rope_dimension_count(self.shape["head_dim"])
         gguf_writer.add_vocab_size(self.shape["vocab"])
+        _rope_scaling(self, gguf_writer, rope_parameters(self.config))
+
+    def extra_tensors(self):
+        """``[(GGUF name, float32 array)]``: tensors llama.cpp's converter adds that the
+        folder does not hold (Llama 3 rope scaling: ``rope_freqs.weight``)."""
+        params = rope_parameters(self.config)
+        if not self.rope_llama3 or _rope_kind(params) != "llama3":
+            return []
+        name = self.gguf.TENSOR_NAMES[self.gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        return [(name, llama3_rope_factors(params, self.shape["head_dim"], self.shape["rope_theta"]))]
 
     def special_ids(self, gguf_writer):
         """Special token ids from ``config.json`` (``special_keys``), each when it is a valid
@@ -123,18 +137,51 @@ class LlamaConversion:
                 setters[key](value)
 
     def tokenizer(self, gguf_writer):
-        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer; none is fine.
-        Every entry is checked: a malformed tokenizer is one ``InputError``. Returns whether
-        a tokenizer was written."""
+        """The folder's tokenizer, as llama.cpp's converter picks it for Llama: a
+        ``tokenizer.model`` (SentencePiece) becomes GGUF's ``llama`` tokenizer, else a
+        byte-level BPE ``tokenizer.json`` becomes ``gpt2``; none is fine. Returns what was
+        written: ``"llama"``, ``"gpt2"`` or None."""
+        cfg = hf_vocab.side_file(self.source.folder, "tokenizer_config.json")
+        if isinstance(cfg, dict) and isinstance(cfg.get("add_prefix_space"), bool):
+            gguf_writer.add_add_space_prefix(cfg["add_prefix_space"])
+        if self.has_sentencepiece():
+            return self.sentencepiece_tokenizer(gguf_writer)
+        return self.json_tokenizer(gguf_writer)
+
+    def has_sentencepiece(self):
+        return os.path.isfile(os.path.join(self.source.folder, "tokenizer.model"))
+
+    def sentencepiece_tokenizer(self, gguf_writer, phi3=False):
+        """``tokenizer.model`` (and the added tokens of the side files) as GGUF's ``llama``
+        tokenizer (``hf_vocab``); the special ids follow in ``metadata``."""
+        tokens, scores, types = hf_vocab.sentencepiece_vocab(self.source.folder, self.shape["vocab"], phi3=phi3)
+        gguf_writer.add_tokenizer_model("llama")
+        gguf_writer.add_tokenizer_pre("default")
+        gguf_writer.add_token_list(tokens)
+        gguf_writer.add_token_scores(scores)
+        gguf_writer.add_token_types(types)
+        return "llama"
+
+    def json_tokenizer(self, gguf_writer):
+        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer. Every entry
+        is checked: a malformed tokenizer is one ``InputError``; a SentencePiece-style one
+        (Unigram, or BPE with byte fallback) without its ``tokenizer.model`` is one too."""
         path = os.path.join(self.source.folder, "tokenizer.json")
         if not os.path.isfile(path):
-            return False
+            return None
         tok = read_json(path, "tokenizer.json")
         model = tok.get("model") if isinstance(tok, dict) else None
-        if not isinstance(model, dict) or model.get("type") != "BPE":
-            return False
-        if self.skip_byte_fallback and model.get("byte_fallback"):
-            return False  # a SentencePiece vocabulary: llama.cpp's "llama" tokenizer, not written here
+        if not isinstance(model, dict):
+            return None
+        if model.get("type") == "Unigram" or (model.get("type") == "BPE" and model.get("byte_fallback")):
+            if self.skip_byte_fallback:
+                return None
+            raise InputError(f"{printable(path)}: a SentencePiece vocabulary ({printable(model.get('type'))}"
+                             f"{' with byte fallback' if model.get('byte_fallback') else ''}) is converted from its "
+                             "tokenizer.model, which the folder lacks; add the model repository's tokenizer.model "
+                             "(llama.cpp's convert_hf_to_gguf.py needs it too)")
+        if model.get("type") != "BPE":
+            return None
         vocab, added_tokens, merges = model.get("vocab"), tok.get("added_tokens", []), model.get("merges", [])
         n = self.shape["vocab"]
         if not (isinstance(vocab, dict) and all(isinstance(t, str) and _is_index(i) for t, i in vocab.items())
@@ -164,15 +211,44 @@ class LlamaConversion:
         gguf_writer.add_token_list(tokens)
         gguf_writer.add_token_types(types)
         gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-        return True
+        return "gpt2"
 
+
+def _rope_kind(params):
+    kind = params.get("rope_type", params.get("type", "default"))
+    return kind.lower() if isinstance(kind, str) else kind
+
+
+def llama3_rope_factors(params, head_dim, theta):
+    """Llama 3's rope scaling as llama.cpp applies it: one factor per rotary pair that
+    divides its frequency (``rope_freqs.weight``, ``head_dim / 2`` float32 values). Pairs
+    whose wavelength is below ``original_max_position_embeddings / high_freq_factor``
+    keep theirs (1), those above ``/ low_freq_factor`` are divided by ``factor``, and
+    the ones between blend the two smoothly. Computed in float32, as llama.cpp's converter."""
+    factor = config_float(params, "factor", 8.0)
+    low = config_float(params, "low_freq_factor", 1.0)
+    high = config_float(params, "high_freq_factor", 4.0)
+    orig = config_int(params, "original_max_position_embeddings", 1, 1 << 26, default=8192)
+    if high < low:
+        raise InputError(f"config.json: llama3 rope scaling needs high_freq_factor ({high:g}) at least "
+                         f"low_freq_factor ({low:g})")
+    f32 = np.float32
+    exponent = np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim)
+    freqs = f32(1.0) / np.power(f32(theta), exponent, dtype=f32)
+    wavelen = f32(2 * np.pi) / freqs
+    with np.errstate(divide="ignore", invalid="ignore"):  # high == low (Llama 4): no pair in between
+        smooth = (f32(orig) / wavelen - f32(low)) / f32(high - low)
+        blended = f32(1.0) / ((f32(1.0) - smooth) / f32(factor) + smooth)
+    out = np.where(wavelen < f32(orig / high), f32(1.0), np.where(wavelen > f32(orig / low), f32(factor), blended))
+    return out.astype(np.float32)
 
 def _rope_scaling(conv, gguf_writer, params):
-    """Rope scaling llama.cpp represents by keys (none, linear, YaRN); any other kind needs
-    tensors or rules this converter does not write: one ``InputError``."""
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind in (None, "default"):
-        return
+    """Rope scaling llama.cpp represents by keys (none, linear, YaRN) or, for Llama, by
+    the ``rope_freqs.weight`` tensor (llama3); any other kind needs tensors or rules this
+    converter does not write: one ``InputError``."""
+    kind = _rope_kind(params)
+    if kind in (None, "default") or (kind == "llama3" and conv.rope_llama3):
+        return  # llama3: no keys, the factors are the rope_freqs.weight tensor (extra_tensors)
     scaling = conv.gguf.RopeScalingType
     if kind == "linear":
         gguf_writer.add_rope_scaling_type(scaling.LINEAR)
@@ -207,6 +283,12 @@ class Qwen2Conversion(LlamaConversion):
     special_ids_always = True
     special_first_of_list = True
     skip_byte_fallback = True
+    rope_llama3 = False
+
+    def tokenizer(self, gguf_writer):
+        """Qwen's tokenizer is byte-level BPE: ``tokenizer.json`` only, as llama.cpp's
+        converter reads it."""
+        return self.json_tokenizer(gguf_writer)
 
     def family_metadata(self, gguf_writer):
         # llama.cpp counts the token list; transformers' loader needs the key without one
@@ -235,6 +317,16 @@ class Gemma2Conversion(Qwen2Conversion):
 
     arch, model_arch = "gemma2", "GEMMA2"
     tokenizer_pre = "default"
+    skip_byte_fallback = False
+
+    def tokenizer(self, gguf_writer):
+        """``tokenizer.model`` as the ``llama`` tokenizer with no space prefix (llama.cpp's
+        Gemma converters), else ``tokenizer.json`` as for Llama."""
+        if not self.has_sentencepiece():
+            return self.json_tokenizer(gguf_writer)
+        written = self.sentencepiece_tokenizer(gguf_writer)
+        gguf_writer.add_add_space_prefix(False)
+        return written
 
     def out_name(self, info):
         if info.name == "lm_head.weight":
@@ -322,6 +414,15 @@ class Phi3Conversion(Qwen2Conversion):
 
     arch, model_arch = "phi3", "PHI3"
     tokenizer_pre = "default"
+    skip_byte_fallback = False
+
+    def tokenizer(self, gguf_writer):
+        """As llama.cpp's Phi-3 converter: a ``GPT2Tokenizer`` (Phi-4) is ``tokenizer.json``'s
+        BPE; else ``tokenizer.model`` with Phi-3's added-token rules (``hf_vocab``)."""
+        cfg = hf_vocab.side_file(self.source.folder, "tokenizer_config.json")
+        if (isinstance(cfg, dict) and cfg.get("tokenizer_class") == "GPT2Tokenizer") or not self.has_sentencepiece():
+            return self.json_tokenizer(gguf_writer)
+        return self.sentencepiece_tokenizer(gguf_writer, phi3=True)
 
     def out_name(self, info):
         name = super().out_name(info)

@@ -142,6 +142,12 @@ class FileWriter(Writer):
         to the alignment. ``scratch_path`` is a file name the writer may use and remove."""
         raise NotImplementedError
 
+    def extra_tensors(self):
+        """``[(name, array), ...]``: tensors the file holds that the source does not (GGUF:
+        llama.cpp's ``rope_freqs.weight`` for Llama 3 rope scaling), stored after the
+        plan's tensors, as they are, and listed in ``header``'s tensor infos."""
+        return []
+
 
 def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
     """The per-tensor step: quantize and encode tensor ``info`` when ``selected``, else
