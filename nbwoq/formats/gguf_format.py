@@ -21,9 +21,10 @@ into a header written by ``gguf_header``, and tensors keep their names. From a H
 Face folder (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, Phi-3:
 ``hf_to_gguf.CONVERSIONS``) the names are mapped to GGUF's, the query and key rows are
 permuted to llama.cpp's rotary layout where the family needs it, values are changed
-where llama.cpp changes them (Gemma's norms), and the metadata is written from
-``config.json`` (and ``tokenizer.json`` when present), into a header written by gguf-py's
-``GGUFWriter``.
+where llama.cpp changes them (Gemma's norms), the metadata is written from
+``config.json`` and the tokenizer files (``tokenizer.model``, ``tokenizer.json`` and their
+side files) into a header written by gguf-py's ``GGUFWriter``, and tensors llama.cpp adds
+(Llama 3's ``rope_freqs.weight``) follow the source's.
 """
 
 import fnmatch

@@ -4,8 +4,11 @@ One class per architecture family, registered in ``CONVERSIONS`` by ``config.jso
 ``model_type``. A conversion knows the family's rules that llama.cpp's converter applies
 (``convert_hf_to_gguf.py``, read for the facts): GGUF tensor names (through gguf-py's
 tensor-name map), the query/key row permutation of the rotary layout where the family
-needs it, values changed on the way (none for Llama), the key/values of the file and the
-tokenizer. Any other ``model_type`` is one ``InputError`` naming llama.cpp's converter.
+needs it, values changed on the way (none for Llama), the key/values of the file, tensors
+llama.cpp adds (Llama 3 rope scaling's ``rope_freqs.weight``) and the tokenizer: a
+SentencePiece ``tokenizer.model`` as llama.cpp's ``llama`` tokenizer (``hf_vocab``), a
+byte-level BPE ``tokenizer.json`` as ``gpt2``. Any other ``model_type`` is one
+``InputError`` naming llama.cpp's converter.
 """
 
 import os

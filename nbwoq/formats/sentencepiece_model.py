@@ -3,8 +3,8 @@
 The file is a serialized protobuf ``sentencepiece.ModelProto`` (facts from SentencePiece's
 ``sentencepiece_model.proto``): field 1 repeats ``SentencePiece`` messages (``piece`` 1,
 a UTF-8 string; ``score`` 2, a 32-bit float; ``type`` 3, an enum, NORMAL when absent);
-the trainer, normalizer and self-test messages (fields 2 to 5) are not needed here and
-are skipped by their length. Fields may come in any order and a number this reader does
+the trainer, normalizer and self-test messages (fields 2 to 5) are not needed here:
+their structure is checked, their values are not read. Fields may come in any order and a number this reader does
 not know is skipped by its wire type, as protobuf readers do.
 
 No protobuf or sentencepiece import: every varint is at most 10 bytes and every length
@@ -117,6 +117,16 @@ def _piece(buf, start, stop):
     return piece, score, kind
 
 
+def _walk(buf, start, stop, nested=()):
+    """Check the structure of a message whose values are not needed (trainer, normalizer,
+    self-test data); ``nested``: its field numbers that hold messages, checked too."""
+    pos = start
+    while pos < stop:
+        number, wire, value, pos = _field(buf, pos, stop)
+        if number in nested and wire == _BYTES:
+            _walk(buf, *value)
+
+
 def _check_pieces(pieces):
     """SentencePiece's own load checks, as one message or None."""
     seen = {}
@@ -175,6 +185,8 @@ def read_pieces(path, max_bytes=MAX_BYTES):
                 if wire != _BYTES:
                     raise _Malformed(f"field 1 (a piece) has wire type {wire}, expected {_BYTES}")
                 pieces.append(_piece(buf, *value))
+            elif number in (2, 3, 4, 5) and wire == _BYTES:  # trainer, normalizer, self-test, denormalizer
+                _walk(buf, *value, nested=(1,) if number == 4 else ())
     except _Malformed as exc:
         raise InputError(f"{printable(path)}: not a valid SentencePiece model ({exc})") from None
     problem = _check_pieces(pieces) if pieces else "it holds no pieces"

@@ -150,3 +150,66 @@ def test_what_cannot_be_converted_is_one_error_line(phi3, tmp_path, capsys, chan
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+# -- Llama 3 rope scaling: llama.cpp's rope_freqs.weight ------------------------------------
+
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    """A Llama with Llama 3 rope scaling whose 8 rotary pairs fall in all three bands
+    (head_dim 16: wavelengths 6, 20, 63, 199, ... against 64/4 and 64/1)."""
+    folder = str(tmp_path_factory.mktemp("llama3") / "tiny-llama3")
+    config = transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA3_ROPE, max_position_embeddings=512,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder, model
+
+
+def _default_inv_freq(dim, base=10000.0):
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def test_llama3_rope_scaling_is_rope_freqs(llama3, tmp_path):
+    """The factors divide each pair's frequency in llama.cpp: default / transformers' own
+    llama3 frequencies. No scaling keys (llama.cpp's converter writes none for llama3)."""
+    folder, model = llama3
+    out = str(tmp_path / "m.gguf")
+    assert main(["quantize", folder, out, "--type", "Q8_0", "--quiet"]) == 0
+    reader = gguf.GGUFReader(out)
+    t = {t.name: t for t in reader.tensors}["rope_freqs.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [8]
+    want = (_default_inv_freq(16) / model.model.rotary_emb.inv_freq).numpy()
+    np.testing.assert_allclose(t.data, want, rtol=2e-6)
+    assert t.data[0] == 1.0 and t.data[-1] == 8.0 and 1.0 < t.data[1] < 8.0  # every band
+    assert not any(k.startswith("llama.rope.scaling") for k in reader.fields)
+
+
+def test_llama3_file_gives_the_source_logits_with_its_rope_freqs(llama3, tmp_path):
+    """transformers' GGUF loader ignores rope_freqs; given the rotary frequencies llama.cpp
+    derives from the file (default / factor), the loaded model is the source model."""
+    folder, model = llama3
+    out = str(tmp_path / "m.gguf")
+    assert main(["quantize", folder, out, "--type", "F32", "--quiet"]) == 0
+    factors = {t.name: t for t in gguf.GGUFReader(out).tensors}["rope_freqs.weight"].data
+    loaded = _load(out)
+    assert not torch.allclose(_logits(loaded), _logits(model), atol=1e-3)  # the factors matter here
+    loaded.model.rotary_emb.inv_freq = _default_inv_freq(16) / torch.from_numpy(np.array(factors))
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=1e-5, atol=1e-5)
+
+
+def test_llama3_rope_is_refused_where_llama_cpp_has_no_rope_freqs(tmp_path, capsys):
+    folder = str(tmp_path / "qwen2")
+    _model("qwen2", folder)
+    src = _edit_config(folder, tmp_path / "src", rope_parameters=LLAMA3_ROPE)
+    out = tmp_path / "m.gguf"
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["quantize", src, str(out), "--type", "Q8_0", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "rope scaling 'llama3' is not converted here (qwen2)" in err and len(err.splitlines()) == 1
+    assert not out.exists()

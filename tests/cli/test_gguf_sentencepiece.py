@@ -246,3 +246,78 @@ def test_llama_cpp_tokenizes_and_runs_it(converted):
     # rope factors of 1 instead of Llama 3's move the Llama's by 1e-2 of it
     tol = {"gemma3": 2e-3}.get(family, 3e-4)
     np.testing.assert_allclose(np.array(got["logits"], dtype=np.float32), ref, rtol=0, atol=tol * np.abs(ref).max())
+
+
+# -- what is refused ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("llama-src") / "tiny-llama")
+    os.makedirs(folder)
+    _, config, _ = _llama(folder)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    return folder
+
+
+def _variant(src, dst, remove=(), **files):
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in remove:
+        os.remove(os.path.join(dst, name))
+    for name, value in files.items():
+        with open(os.path.join(dst, name.replace("__", ".")), "w", encoding="utf-8") as f:
+            f.write(value if isinstance(value, str) else json.dumps(value))
+    return str(dst)
+
+
+def _one_error(capsys, argv, out):
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nbwoq: error:"), err
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
+    return err
+
+
+def test_sentencepiece_tokenizer_json_without_its_model_is_refused(llama_folder, tmp_path, capsys):
+    """llama.cpp's converter needs tokenizer.model for these too (its tokenizer.json fallback
+    for Llama scores every piece alike); so does nbwoq, in one line."""
+    src = _variant(llama_folder, tmp_path / "src", remove=["tokenizer.model"])
+    out = tmp_path / "m.gguf"
+    err = _one_error(capsys, ["quantize", src, str(out), "--type", "Q8_0"], out)
+    assert "tokenizer.json" in err and "SentencePiece vocabulary ('BPE' with byte fallback)" in err
+    assert "tokenizer.model" in err
+
+
+@pytest.mark.parametrize("files, needle", [
+    (dict(added_tokens__json={"<x>": "5"}), "has id '5', not a non-negative integer"),
+    (dict(added_tokens__json=[1, 2]), "added_tokens.json': the file must be an object"),
+    (dict(tokenizer_config__json=dict(added_tokens_decoder={"1e3": dict(content="x")})), "entry '1e3'"),
+    (dict(tokenizer_config__json=dict(added_tokens_decoder={"7": dict(content=7)})), "string 'content'"),
+    (dict(tokenizer_config__json=dict(chat_template=5)), "chat_template must be a string"),
+    (dict(tokenizer__json=dict(added_tokens=[dict(id=-1, content="x")])), "added_tokens must be a list"),
+    (dict(tokenizer_config__json="{not json"), "not a valid tokenizer_config.json"),
+], ids=["added-id-string", "added-not-object", "decoder-key", "decoder-content", "chat-template", "json-added-id",
+        "config-not-json"])
+def test_malformed_side_files_are_one_error_line(llama_folder, tmp_path, capsys, files, needle):
+    src = _variant(llama_folder, tmp_path / "src", **files)
+    out = tmp_path / "m.gguf"
+    assert needle in _one_error(capsys, ["quantize", src, str(out), "--type", "Q8_0"], out)
+
+
+def test_phi4_style_gpt2_tokenizer_wins_over_tokenizer_model(tmp_path):
+    """llama.cpp's Phi-3 converter reads a GPT2Tokenizer's tokenizer.json (Phi-4) even
+    beside a tokenizer.model; a byte-level tokenizer.json without BPE byte fallback."""
+    folder = str(tmp_path / "phi")
+    os.makedirs(folder)
+    _, config, _ = _phi3(folder)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    _write(folder, "tokenizer_config.json", dict(tokenizer_class="GPT2Tokenizer"))
+    _write(folder, "tokenizer.json", dict(added_tokens=[], model=dict(type="BPE", vocab={"a": 0, "b": 1, "ab": 2},
+                                                                        merges=["a b"])))
+    out = str(tmp_path / "m.gguf")
+    assert main(["quantize", folder, out, "--type", "F32", "--quiet"]) == 0
+    fields = gguf.GGUFReader(out).fields
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.tokens"].contents()[:3] == ["a", "b", "ab"]

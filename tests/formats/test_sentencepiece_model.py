@@ -113,3 +113,17 @@ def test_mutated_files_are_read_alike_or_refused(tmp_path_factory, data):
         return  # SentencePiece refuses something the pieces do not show (a trainer or normalizer field)
     assert _comparable(got) == _oracle(sp)
 
+
+
+def test_nbwoq_never_imports_sentencepiece_or_protobuf():
+    import ast
+    import pathlib
+
+    import nbwoq
+
+    root = pathlib.Path(nbwoq.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("sentencepiece", "google") for n in names), (path, names)

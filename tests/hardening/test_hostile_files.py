@@ -314,7 +314,82 @@ def test_tensor_in_two_shards_is_refused(tmp_path):
         nbwoq.load(str(folder))
 
 
-# -- 4. names in messages -----------------------------------------------------------
+# -- 4. SentencePiece models (tokenizer.model) -------------------------------------------
+
+def _sp(*pieces, trainer=b""):
+    from sentencepiece_files import model_bytes
+
+    return model_bytes(pieces, trainer=trainer)
+
+
+def _sp_cases():
+    from sentencepiece_files import BYTE, CONTROL, UNKNOWN, field, small_pieces, varint
+
+    valid = _sp(*small_pieces())
+    unk = ("<unk>", 0.0, UNKNOWN)
+    return [
+        pytest.param(valid[:-3], "runs past the end|declares", id="truncated"),
+        pytest.param(valid[:1], "runs past the end", id="one-byte"),
+        pytest.param(b"", "holds no pieces", id="empty"),
+        pytest.param(b"\x0a" + varint(2**62) + b"xx", "declares 4611686018427387904 bytes", id="huge-length"),
+        pytest.param(b"\x0a" + varint(2**64 - 1) + b"xx", "declares", id="length-2**64-1"),
+        pytest.param(b"\x0a" + b"\xff" * 11, "longer than 10 bytes", id="endless-varint"),
+        pytest.param(b"\x0a" + b"\xff" * 9 + b"\x7f", "exceeds 64 bits", id="varint-past-64-bits"),
+        pytest.param(b"\x0b\x00", "wire type 3", id="group-start"),
+        pytest.param(b"\x0f\x00", "wire type 7", id="bad-wire-type"),
+        pytest.param(b"\x02\x00", "field number 0", id="field-zero"),
+        pytest.param(b"\x08\x01", "field 1 \\(a piece\\) has wire type 0", id="piece-as-varint"),
+        pytest.param(field(1, 2, field(1, 0, 5)), "wire type 0, expected 2", id="piece-text-as-varint"),
+        pytest.param(field(1, 2, field(1, 2, b"a") + field(2, 0, 1)), "wire type 0, expected 5", id="score-as-varint"),
+        pytest.param(field(1, 2, field(1, 2, b"\xff\xfe")), "not valid UTF-8", id="piece-not-utf8"),
+        pytest.param(field(1, 2, field(1, 2, b"a") + field(3, 0, 9)) + _sp(unk), "type 9", id="unknown-type"),
+        pytest.param(_sp(unk, ("", 0.0, None)), "piece 1 is empty", id="empty-piece"),
+        pytest.param(_sp(unk, ("a", 0.0, None), ("a", -1.0, None)), "both piece 1 and piece 2", id="duplicate-piece"),
+        pytest.param(_sp(unk, ("<0xZZ>", 0.0, BYTE)), "not <0xXX>", id="bad-byte-piece"),
+        pytest.param(_sp(("<s>", 0.0, CONTROL)), "0 unknown pieces", id="no-unknown"),
+        pytest.param(_sp(unk, ("<u2>", 0.0, UNKNOWN)), "2 unknown pieces", id="two-unknowns"),
+        pytest.param(_sp(unk) + field(2, 2, b"\x08"), "runs past the end", id="truncated-trainer-spec"),
+        pytest.param(b"PK\x03\x04" + bytes(60), "wire type|runs past|declares|field number", id="zip-file"),
+    ]
+
+
+@pytest.mark.parametrize("data, match", _sp_cases())
+def test_hostile_sentencepiece_model_is_one_input_error(tmp_path, data, match):
+    from nbwoq.formats import sentencepiece_model
+
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(data)
+    with pytest.raises(errors.InputError, match=match) as info:
+        sentencepiece_model.read_pieces(str(path))
+    assert "\n" not in str(info.value) and "not a valid SentencePiece model" in str(info.value)
+
+
+def test_sentencepiece_model_larger_than_the_limit_is_not_read(tmp_path):
+    from nbwoq.formats import sentencepiece_model
+
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(bytes(2048))
+    with pytest.raises(errors.InputError, match="too large for a SentencePiece model \\(2048 bytes\\)"):
+        sentencepiece_model.read_pieces(str(path), max_bytes=1024)
+
+
+@pytest.mark.parametrize("data, match", [pytest.param(*p.values, id=p.id) for p in _sp_cases()
+                                         if p.id in ("huge-length", "endless-varint", "duplicate-piece")])
+def test_hostile_tokenizer_model_stops_the_gguf_run_before_anything_is_written(tmp_path, capsys, data, match):
+    from nbwoq.command.cli import main
+    from nbwoq.command.demo_model import write_checkpoint
+
+    src = write_checkpoint(str(tmp_path / "src"), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    (tmp_path / "src" / "tokenizer.model").write_bytes(data)
+    out = tmp_path / "m.gguf"
+    assert main(["quantize", str(src), str(out), "--type", "Q8_0", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nbwoq: error:") and "tokenizer.model" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["src"]  # no OUT, no OUT.partial, no scratch
+
+
+# -- 5. names in messages -----------------------------------------------------------
 
 def test_nbwoq_tensor_name_with_control_characters_is_escaped(tmp_path):
     meta, parts = _saved(tmp_path, bits=4, group_size=16)
