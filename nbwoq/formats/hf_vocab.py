@@ -148,9 +148,8 @@ def _template_flags(tok_json, contents, add):
             single = proc.get("single")
             if not isinstance(single, list) or len(single) < 2:
                 continue
-            ends = [s.get("SpecialToken", {}).get("id") if isinstance(s, dict) and isinstance(s.get("SpecialToken"), dict)
-                    else None for s in (single[0], single[-1])]
-            first, last = (e if isinstance(e, str) else None for e in ends)
+            ends = [s.get("SpecialToken") if isinstance(s, dict) else None for s in (single[0], single[-1])]
+            first, last = (e.get("id") if isinstance(e, dict) and isinstance(e.get("id"), str) else None for e in ends)
             if first:
                 if not contents["bos"]:
                     contents["bos"] = first

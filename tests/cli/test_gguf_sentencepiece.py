@@ -1,6 +1,6 @@
 """SentencePiece tokenizers (``tokenizer.model``) of Hugging Face folders -> GGUF's ``llama`` tokenizer.
 
-Each family (Llama, Gemma 3, Phi-3) gets a tiny BPE SentencePiece model trained here on a
+Each family (Llama, Gemma 2, Gemma 3, Phi-3) gets a tiny BPE SentencePiece model trained here on a
 fixed text (``sentencepiece_files.train``, byte fallback, identity normalization as the
 real models use) and the side files its real repositories have, beside a tiny random
 model. The file must hold
@@ -15,6 +15,7 @@ model. The file must hold
   ``rope_freqs.weight`` is checked by llama.cpp itself).
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -71,7 +72,7 @@ def _llama(folder):
     return sp, config, added
 
 
-def _gemma3(folder):
+def _gemma(folder, config_class="Gemma3TextConfig"):
     sp = train(folder, N_PIECES, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=False,
                user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "<unused0>", "\u2581\u2581"])
     decoder = [(0, "<pad>", True), (1, "<eos>", True), (2, "<bos>", True), (3, "<unk>", True),
@@ -82,15 +83,16 @@ def _gemma3(folder):
     _write(folder, "tokenizer_config.json", dict(
         add_bos_token=True, add_eos_token=False, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
         unk_token="<unk>", added_tokens_decoder=_decoder(decoder), tokenizer_class="GemmaTokenizer"))
-    config = transformers.Gemma3TextConfig(**SMALL, head_dim=256, vocab_size=N_PIECES, bos_token_id=2,
-                                           eos_token_id=1, pad_token_id=0)
+    config = getattr(transformers, config_class)(**SMALL, head_dim=256, vocab_size=N_PIECES, bos_token_id=2,
+                                                 eos_token_id=1, pad_token_id=0)
     return sp, config, dict(decoder=decoder, phi3=False)
 
 
 def _phi3(folder):
     sp = train(folder, N_PIECES)
     n = N_PIECES
-    _write(folder, "added_tokens.json", {"<|endoftext|>": n, "<|assistant|>": n + 1, "<|end|>": n + 2, "<|user|>": n + 3})
+    _write(folder, "added_tokens.json",
+           {"<|endoftext|>": n, "<|assistant|>": n + 1, "<|end|>": n + 2, "<|user|>": n + 3})
     decoder = [(0, "<unk>", True), (1, "<s>", True), (2, "</s>", False), (n, "<|endoftext|>", True),
                (n + 1, "<|assistant|>", True), (n + 2, "<|end|>", False), (n + 3, "<|user|>", False)]
     json_added = [(n + 2, "<|end|>", True)]  # tokenizer.json has the last word for Phi-3
@@ -104,7 +106,8 @@ def _phi3(folder):
     return sp, config, dict(decoder=decoder, json_added=json_added, added_json=True, phi3=True)
 
 
-FAMILIES = {"llama": _llama, "gemma3": _gemma3, "phi3": _phi3}
+FAMILIES = {"llama": _llama, "gemma2": functools.partial(_gemma, config_class="Gemma2Config"), "gemma3": _gemma,
+            "phi3": _phi3}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -161,6 +164,7 @@ def test_special_ids_flags_and_template(converted):
     want = {"llama": dict(bos=1, eos=2, unknown=0, padding=None, add_bos=True, space=None),
             # no tokenizer.json: the ids come from config.json alone
             "gemma3": dict(bos=2, eos=1, unknown=None, padding=0, add_bos=True, space=False),
+            "gemma2": dict(bos=2, eos=1, unknown=None, padding=0, add_bos=True, space=False),
             # eos and pad found by content among tokenizer.json's added tokens come before config.json's ids
             "phi3": dict(bos=1, eos=N_PIECES, unknown=0, padding=N_PIECES, add_bos=False, space=None)}[family]
     for key in ("bos", "eos", "unknown", "padding"):
@@ -186,7 +190,7 @@ def test_transformers_gguf_tokenizer_encodes_like_sentencepiece(converted):
     for text in STRINGS:
         assert tok(text, add_special_tokens=False).input_ids == sp.encode(text), text
         assert tok.decode(sp.encode(text)) == sp.decode(sp.encode(text)), text
-    if converted["family"] == "gemma3":
+    if converted["family"].startswith("gemma"):
         text = "<start_of_turn>user\nhi  there<end_of_turn>"
         assert tok(text, add_special_tokens=False).input_ids == sp.encode(text)
     if converted["family"] == "phi3":
@@ -195,7 +199,7 @@ def test_transformers_gguf_tokenizer_encodes_like_sentencepiece(converted):
 
 def test_transformers_loads_the_model_with_its_tokenizer(converted):
     if converted["family"] == "llama":
-        pytest.skip("transformers' GGUF loader does not read rope_freqs (tests/cli/test_gguf_families.py patches it in)")
+        pytest.skip("transformers' GGUF loader ignores rope_freqs (test_gguf_families.py patches it in)")
     out = converted["out"]
     loaded = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(out), gguf_file=os.path.basename(out),
                                                                dtype=torch.float32).eval()
@@ -244,7 +248,7 @@ def test_llama_cpp_tokenizes_and_runs_it(converted):
         ref = converted["model"](torch.tensor([evaluate])).logits[0].numpy()
     # summation order, and for Gemma ggml's float16 GELU table: a little of the logits' range;
     # rope factors of 1 instead of Llama 3's move the Llama's by 1e-2 of it
-    tol = {"gemma3": 2e-3}.get(family, 3e-4)
+    tol = 2e-3 if family.startswith("gemma") else 3e-4
     np.testing.assert_allclose(np.array(got["logits"], dtype=np.float32), ref, rtol=0, atol=tol * np.abs(ref).max())
 
 

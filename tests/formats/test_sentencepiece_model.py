@@ -64,7 +64,8 @@ def test_field_order_and_unknown_fields_do_not_matter(tmp_path):
     unknown = field(200, 0, 7) + field(201, 1, b"\x01" * 8) + field(202, 2, b"skip me") + field(203, 5, b"\x00" * 4)
     body = b""
     for text, score, kind in small_pieces():
-        inner = field(3, 0, kind or NORMAL) + unknown + field(2, 5, struct.pack("<f", score)) + field(1, 2, text.encode())
+        inner = (field(3, 0, kind or NORMAL) + unknown + field(2, 5, struct.pack("<f", score))
+                 + field(1, 2, text.encode()))
         body += field(1, 2, inner)
     data = field(2, 2, field(4, 0, 300) + field(35, 0, 1)) + body + field(5, 2, b"") + field(4, 2, b"")
     path = tmp_path / "tokenizer.model"
