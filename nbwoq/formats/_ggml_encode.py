@@ -15,6 +15,7 @@ from numba import types
 from numba.extending import intrinsic, register_jitable
 
 from nbwoq._llvm import float_to_half_bits, half_bits_to_float
+from nbwoq._simd import load8, load16, nearest_clamp, select, splat8, splat16, store, to_float, vabs, vsqrt
 from nbwoq.formats.ggml_blocks import BLOCK_TYPES, KVALUES_IQ4NL
 
 #: Block type name -> the kernels' ``kind`` argument.
@@ -79,13 +80,6 @@ def largest_pair(a, b, n):
 def _nearest_int(v):
     """llama.cpp's ``nearest_int``: add 1.5 * 2**23, read the low mantissa bits."""
     return np.int64(_f32_bits(v + MAGIC) & 0x007FFFFF) - 0x00400000
-
-
-@register_jitable
-def _nearest_clamp32(v, hi):
-    """``MAX(0, MIN(hi, nearest_int(v)))`` in int32 arithmetic (so that lane loops vectorize)."""
-    l = (_f32_bits(v + MAGIC) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
-    return max(np.int32(0), min(hi, l))
 
 
 @register_jitable
@@ -210,151 +204,109 @@ def _enc_q8_0(x, o):
 
 
 # -- K-quants --------------------------------------------------------------------------
-_LANES = 8  # sub-blocks searched side by side: a literal, so LLVM unrolls and vectorizes
+# The searches run 8 (Q4_K, Q5_K, Q2_K) or 16 (Q6_K) sub-blocks side by side, one per
+# vector lane: scratch arrays hold the sub-blocks transposed (value i of lane s at flat
+# index ``lanes * i + s``) and every lane sums in C's order, so each lane equals the scalar
+# routine bit for bit. A trial's accepted codes are not copied: the winning trial's scale
+# and offset are kept and its codes recomputed once at the end (the same operations).
 
 
 @register_jitable
-def _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, rdelta, nstep, mad, st, scale_out, min_out):
-    """llama.cpp's ``make_qkx2_quants`` (``mad``: absolute error) of the sub-blocks in the
-    columns of ``xt`` (n, 8), all at once: every lane keeps its own sums in C's order, so each
-    equals the scalar routine bit for bit, and the lane loops vectorize. Codes go to ``L``
-    (n, lanes); ``scale_out``/``min_out`` get each lane's scale and ``the_min``."""
-    n = xt.shape[0]
-    # Lane state lives in the rows of ``st`` indexed in place (one base pointer: LLVM sees
-    # the rows cannot overlap and vectorizes the lane loops without runtime alias checks).
-    fn = np.float32(nmax)
-    n32 = np.int32(nmax)
-    for s in range(_LANES):
-        st[0, s] = xt[0, s]
-        st[1, s] = xt[0, s]
-        st[2, s] = wt[0, s]
-        st[3, s] = wt[0, s] * xt[0, s]
-    for i in range(1, n):
-        for s in range(_LANES):
-            v = xt[i, s]
-            st[0, s] = v if v < st[0, s] else st[0, s]
-            st[1, s] = v if v > st[1, s] else st[1, s]
-            st[2, s] += wt[i, s]
-            st[3, s] += wt[i, s] * v
-    for s in range(_LANES):
-        st[0, s] = F0 if st[0, s] > F0 else st[0, s]
-        st[13, s] = F1 if st[1, s] == st[0, s] else F0  # flat: every code 0, scale 0
-        st[4, s] = fn / (st[1, s] - st[0, s])
-        st[5, s] = F1 / st[4, s]
-        st[6, s] = F0
+def _qkx2_error(xt, wt, Lq, n, scale, lo, mad):
+    """Per lane: sum of ``w * |diff|`` (``mad``) or ``w * diff**2`` with
+    ``diff = scale * l + lo - x``, over the ``n`` rows of codes ``Lq``."""
+    err = splat8(F0)
     for i in range(n):
-        for s in range(_LANES):
-            l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
-            L[i, s] = l
-            diff = st[5, s] * np.float32(l) + st[0, s] - xt[i, s]
-            st[6, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
-    for s in range(_LANES):
-        scale_out[s] = F0 if st[13, s] != F0 else st[5, s]
-        min_out[s] = st[0, s]
-    for step in range(nstep + 1):
-        for s in range(_LANES):
-            st[4, s] = (rmin + rdelta * np.float32(step) + fn) / (st[1, s] - st[0, s])
-            st[7, s] = F0
-            st[8, s] = F0
-            st[9, s] = F0
-        for i in range(n):
-            for s in range(_LANES):
-                l = _nearest_clamp32(st[4, s] * (xt[i, s] - st[0, s]), n32)
-                La[i, s] = l
-                wl = wt[i, s] * np.float32(l)
-                st[7, s] += wl
-                st[8, s] += wl * np.float32(l)
-                st[9, s] += wl * xt[i, s]
-        for s in range(_LANES):
-            D = st[2, s] * st[8, s] - st[7, s] * st[7, s]
-            a = (st[2, s] * st[9, s] - st[3, s] * st[7, s]) / D
-            b = (st[8, s] * st[3, s] - st[7, s] * st[9, s]) / D
-            st[10, s] = st[9, s] / st[8, s] if b > F0 else a
-            st[11, s] = F0 if b > F0 else b
-            st[12, s] = F0
-            st[7, s] = F1 if D > F0 else F0  # reused: this trial counts
-        for i in range(n):
-            for s in range(_LANES):
-                diff = st[10, s] * np.float32(La[i, s]) + st[11, s] - xt[i, s]
-                st[12, s] += wt[i, s] * (abs(diff) if mad else diff * diff)
-        for s in range(_LANES):
-            st[7, s] = F1 if (st[7, s] != F0 and st[12, s] < st[6, s]) else F0
-            st[6, s] = st[12, s] if st[7, s] != F0 else st[6, s]
-            st[5, s] = st[10, s] if st[7, s] != F0 else st[5, s]
-            st[0, s] = st[11, s] if st[7, s] != F0 else st[0, s]  # later trials start from the accepted min
-        for i in range(n):
-            for s in range(_LANES):
-                L[i, s] = La[i, s] if st[7, s] != F0 else L[i, s]
-    for s in range(_LANES):
-        flat = st[13, s] != F0
-        scale_out[s] = F0 if flat else st[5, s]
-        min_out[s] = -min_out[s] if flat else -st[0, s]
-        if flat:
-            for i in range(n):
-                L[i, s] = np.int32(0)
+        diff = scale * to_float(load8(Lq, 8 * i)) + lo - load8(xt, 8 * i)
+        err += load8(wt, 8 * i) * (vabs(diff) if mad else diff * diff)
+    return err
 
 
 @register_jitable
-def _qx_trial(x, L, nmax, iscale, store):
-    slx = F0
-    sl2 = F0
-    for i in range(x.shape[0]):
-        l = max(-nmax, min(nmax - 1, _nearest_int(iscale * x[i])))
-        if store:
-            L[i] = l + nmax
-        w = x[i] * x[i]
-        fl = np.float32(l)
-        slx += w * x[i] * fl
-        sl2 += w * fl * fl
-    return slx, sl2
-
-
-@register_jitable
-def _make_qx(x, L, nmax):
-    """llama.cpp's ``make_qx_quants`` with ``rmse_type = 1`` and no weights."""
-    mx, amax = _absmax(x)
-    if amax < EPS:
-        for i in range(x.shape[0]):
-            L[i] = 0
-        return F0
+def _make_qkx2_lanes(xt, wt, n, L, La, nmax, rmin, rdelta, nstep, mad, scale_out, min_out):
+    """llama.cpp's ``make_qkx2_quants`` (``mad``: absolute error) of 8 sub-blocks of ``n``
+    values at once: ``xt``/``wt`` hold values and weights transposed (n, 8). Codes go to
+    ``L`` (n, 8; ``La`` is scratch), each lane's scale and ``the_min`` to ``scale_out``
+    and ``min_out``."""
+    v = load8(xt, 0)
+    w = load8(wt, 0)
+    lo = v
+    hi = v
+    sum_w = w
+    sum_x = w * v
+    for i in range(1, n):
+        v = load8(xt, 8 * i)
+        w = load8(wt, 8 * i)
+        lo = select(v < lo, v, lo)
+        hi = select(v > hi, v, hi)
+        sum_w += w
+        sum_x += w * v
+    zero = splat8(F0)
+    lo = select(lo > zero, zero, lo)
+    flat = hi == lo  # every code 0, scale 0
+    lo_flat = lo
     fn = np.float32(nmax)
-    slx, sl2 = _qx_trial(x, L, nmax, -fn / mx, True)
-    scale = slx / sl2 if sl2 != F0 else F0
-    best = scale * slx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(fn + F0_1 * np.float32(step)) / mx
-        tlx, tl2 = _qx_trial(x, L, nmax, iscale, False)
-        if tl2 > F0 and tlx * tlx > best * tl2:
-            _qx_trial(x, L, nmax, iscale, True)
-            scale = tlx / tl2
-            best = scale * tlx
-    return scale
+    iscale = splat8(fn) / (hi - lo)
+    scale = splat8(F1) / iscale
+    for i in range(n):
+        store(L, 8 * i, nearest_clamp(iscale * (load8(xt, 8 * i) - lo), 0, nmax))
+    best = _qkx2_error(xt, wt, L, n, scale, lo, mad)
+    best_iscale = iscale
+    best_lo = lo
+    for step in range(nstep + 1):
+        iscale = splat8(rmin + rdelta * np.float32(step) + fn) / (hi - lo)
+        sl = zero
+        sl2 = zero
+        sxl = zero
+        for i in range(n):
+            v = load8(xt, 8 * i)
+            l = nearest_clamp(iscale * (v - lo), 0, nmax)
+            store(La, 8 * i, l)
+            fl = to_float(l)
+            wl = load8(wt, 8 * i) * fl
+            sl += wl
+            sl2 += wl * fl
+            sxl += wl * v
+        D = sum_w * sl2 - sl * sl
+        this_scale = (sum_w * sxl - sum_x * sl) / D
+        this_min = (sl2 * sum_x - sl * sxl) / D
+        pos = this_min > zero
+        this_scale = select(pos, sxl / sl2, this_scale)
+        this_min = select(pos, zero, this_min)
+        err = _qkx2_error(xt, wt, La, n, this_scale, this_min, mad)
+        take = (D > zero) & (err < best)
+        best = select(take, err, best)
+        scale = select(take, this_scale, scale)
+        best_iscale = select(take, iscale, best_iscale)
+        best_lo = select(take, lo, best_lo)
+        lo = select(take, this_min, lo)  # later trials start from the accepted min
+    none = splat8(np.int32(0))
+    for i in range(n):
+        l = nearest_clamp(best_iscale * (load8(xt, 8 * i) - best_lo), 0, nmax)
+        store(L, 8 * i, select(flat, none, l))
+    store(scale_out, 0, select(flat, zero, scale))
+    store(min_out, 0, -select(flat, lo_flat, lo))
 
 
 @register_jitable
 def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
     """Q4_K (``five`` False) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
-    The sub-blocks are searched side by side: ``xt[i, j] = x[32 * j + i]``."""
+    The sub-blocks are searched side by side: ``xt[i, j] = x[32 * j + i]``; ``L``/``La``
+    int32 (32, 8) and ``st`` float32 (16, 8) are scratch."""
     nmax = 31 if five else 15
     rmin = np.float32(-0.5) if five else np.float32(-1.0)
     nstep = 15 if five else 20
     for j in range(8):
         for i in range(32):
             xt[i, j] = x[32 * j + i]
-    s2 = st[14]
-    for j in range(8):
-        s2[j] = F0
+    s2 = splat8(F0)
     for i in range(32):
-        for j in range(8):
-            s2[j] += xt[i, j] * xt[i, j]
-    for j in range(8):
-        s2[j] = np.sqrt(s2[j] / F32V)
+        v = load8(xt, 8 * i)
+        s2 += v * v
+    av_x = vsqrt(s2 / splat8(F32V))
     for i in range(32):
-        for j in range(8):
-            wt[i, j] = s2[j] + abs(xt[i, j])
-    _make_qkx2_lanes(xt, wt, L, La, nmax, rmin, F0_1, nstep, False, st, scales, mins)
+        store(wt, 8 * i, av_x + vabs(load8(xt, 8 * i)))
+    _make_qkx2_lanes(xt, wt, 32, L, La, nmax, rmin, F0_1, nstep, False, scales, mins)
     max_scale, max_min = largest_pair(scales, mins, 8)
     inv_scale = F63 / max_scale if max_scale > F0 else F0
     inv_min = F63 / max_min if max_min > F0 else F0
@@ -375,12 +327,14 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
     d0 = _get_half(o, 0)
     m0 = _get_half(o, 2)
     for j in range(8):
-        d = d0 * np.float32(ls[j])
-        if d == F0:
-            continue
-        dm = m0 * np.float32(lm[j])
-        for i in range(32):
-            L[i, j] = max(0, min(nmax, _nearest_int((x[32 * j + i] + dm) / d)))
+        st[0, j] = d0 * np.float32(ls[j])
+        st[1, j] = m0 * np.float32(lm[j])
+    d = load8(st, 0)
+    dm = load8(st, 8)
+    keep = d == splat8(F0)  # C skips a sub-block whose d is 0 (not one whose d is NaN)
+    for i in range(32):
+        l = nearest_clamp((load8(xt, 8 * i) + dm) / d, 0, nmax)
+        store(L, 8 * i, select(keep, load8(L, 8 * i), l))
     if five:
         for i in range(32):
             o[16 + i] = 0
@@ -397,9 +351,67 @@ def _enc_qk_asym(x, o, five, xt, wt, L, La, st, scales, mins, ls, lm):
 
 
 @register_jitable
-def _enc_q6_k(x, o, L, scales):
-    for ib in range(16):
-        scales[ib] = _make_qx(x[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 32)
+def _qx_trial(xt, wt, iscale, nmax):
+    """One ``make_qx_quants`` trial of 16 lanes: per lane ``sum w*x*l`` and ``sum w*l*l``."""
+    slx = splat16(F0)
+    sl2 = splat16(F0)
+    for i in range(16):
+        v = load16(xt, 16 * i)
+        w = load16(wt, 16 * i)
+        fl = to_float(nearest_clamp(iscale * v, -nmax, nmax - 1))
+        slx += w * v * fl
+        sl2 += w * fl * fl
+    return slx, sl2
+
+
+@register_jitable
+def _make_qx_lanes(xt, wt, L, nmax, scale_out):
+    """llama.cpp's ``make_qx_quants`` (``rmse_type = 1``, no weights) of 16 sub-blocks of
+    16 values side by side (``xt`` (16, 16) transposed; ``wt`` receives ``x * x``): codes
+    plus ``nmax`` to ``L`` (int32, same layout), scales to ``scale_out``."""
+    zero = splat16(F0)
+    amax = zero
+    mx = zero
+    for i in range(16):
+        v = load16(xt, 16 * i)
+        a = vabs(v)
+        t = a > amax
+        amax = select(t, a, amax)
+        mx = select(t, v, mx)
+        store(wt, 16 * i, v * v)
+    empty = amax < splat16(EPS)
+    fn = np.float32(nmax)
+    iscale = splat16(np.float32(-nmax)) / mx
+    slx, sl2 = _qx_trial(xt, wt, iscale, nmax)
+    scale = select(sl2 != zero, slx / sl2, zero)
+    best = scale * slx
+    best_iscale = iscale
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = splat16(-(fn + F0_1 * np.float32(step))) / mx
+        tlx, tl2 = _qx_trial(xt, wt, iscale, nmax)
+        take = (tl2 > zero) & (tlx * tlx > best * tl2)
+        scale = select(take, tlx / tl2, scale)
+        best = select(take, scale * tlx, best)
+        best_iscale = select(take, iscale, best_iscale)
+    none = splat16(np.int32(0))
+    top = splat16(np.int32(nmax))
+    for i in range(16):
+        l = nearest_clamp(best_iscale * load16(xt, 16 * i), -nmax, nmax - 1) + top
+        store(L, 16 * i, select(empty, none, l))
+    store(scale_out, 0, select(empty, zero, scale))
+
+
+@register_jitable
+def _enc_q6_k(x, o, L, scales, xt, wt):
+    """Q6_K: 16 sub-blocks of 16, 6-bit codes, int8 scales. ``L`` int32 and ``xt``, ``wt``
+    float32 (256 values each) are scratch, holding sub-block ``j``'s value ``i`` at
+    ``16 * i + j``."""
+    for j in range(16):
+        for i in range(16):
+            xt.flat[16 * i + j] = x[16 * j + i]
+    _make_qx_lanes(xt, wt, L, 32, scales)
     max_scale, max_abs = largest_magnitude(scales, 16)
     if max_abs < EPS:
         for k in range(210):
@@ -411,17 +423,21 @@ def _enc_q6_k(x, o, L, scales):
         o[192 + ib] = np.uint8(min(127, _nearest_int(iscale * scales[ib])) & 255)
     d0 = _get_half(o, 208)
     for j in range(16):
-        d = d0 * np.float32(_int8(np.int64(o[192 + j])))
-        if d == F0:
-            continue
-        for i in range(16):
-            L[16 * j + i] = max(-32, min(31, _nearest_int(x[16 * j + i] / d))) + 32
+        scales[j] = d0 * np.float32(_int8(np.int64(o[192 + j])))
+    d = load16(scales, 0)
+    keep = d == splat16(F0)  # C skips a sub-block whose d is 0
+    top = splat16(np.int32(32))
+    for i in range(16):
+        l = nearest_clamp(load16(xt, 16 * i) / d, -32, 31) + top
+        store(L, 16 * i, select(keep, load16(L, 16 * i), l))
     for h in range(2):
         for i in range(32):
-            a = L[128 * h + i]
-            b = L[128 * h + 32 + i]
-            c = L[128 * h + 64 + i]
-            e = L[128 * h + 96 + i]
+            # value k sits at 16 * (k % 16) + k // 16
+            k = 128 * h + i
+            a = L.flat[16 * (k % 16) + k // 16]
+            b = L.flat[16 * ((k + 32) % 16) + (k + 32) // 16]
+            c = L.flat[16 * ((k + 64) % 16) + (k + 64) // 16]
+            e = L.flat[16 * ((k + 96) % 16) + (k + 96) // 16]
             o[64 * h + i] = np.uint8((a & 15) | ((c & 15) << 4))
             o[64 * h + 32 + i] = np.uint8((b & 15) | ((e & 15) << 4))
             o[128 + 32 * h + i] = np.uint8((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6))

@@ -29,8 +29,7 @@ def _enc_q2_k(x, o, xt, wt, Lt, La, st, scales, mins, L):
                 v = x[16 * (8 * g + s) + i]
                 xt[i, s] = v
                 wt[i, s] = abs(v)
-        _make_qkx2_lanes(xt[:16], wt[:16], Lt[:16], La[:16], 3, FM0_5, F0_1, 15, True, st,
-                         scales[8 * g:8 * g + 8], mins[8 * g:8 * g + 8])
+        _make_qkx2_lanes(xt, wt, 16, Lt, La, 3, FM0_5, F0_1, 15, True, scales[8 * g:8 * g + 8], mins[8 * g:8 * g + 8])
         for s in range(8):
             for i in range(16):
                 L[16 * (8 * g + s) + i] = Lt[i, s]

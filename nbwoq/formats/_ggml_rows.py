@@ -66,7 +66,7 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
             elif kind == Q3_K:
                 _enc_q3_k(xb, ob, L, scales)
             elif kind == Q6_K:
-                _enc_q6_k(xb, ob, L, scales)
+                _enc_q6_k(xb, ob, Lt, scales, xt, wt)
             elif kind == IQ4_NL:
                 _enc_iq4_nl(xb, ob, L, iq4_ntry)
             elif kind == IQ4_XS:

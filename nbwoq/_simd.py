@@ -1,0 +1,257 @@
+"""Fixed-width SIMD vectors for Numba kernels: LLVM's ``<8 x float>`` and kin as a Numba type.
+
+LLVM vectorizes a loop only when it can prove its reductions may be reordered, which a
+float32 sum in C's order never allows, and when it can tell arrays apart, which Numba's
+arrays do not let it. Searching several independent groups side by side (one group per
+lane, each lane summing in its own group's order) is exact, but only explicit vectors
+make LLVM emit it. Every operation here is one IEEE operation per lane, without fastmath
+flags, so a lane's result is the scalar code's bit for bit.
+
+``Vec(dtype, lanes)`` holds float32, int32 or boolean (a comparison's mask) lanes.
+Arithmetic (``+ - * /`` and unary ``-``; ``+`` and ``&`` on int32, ``&`` on masks) and comparisons (``< > <= >= ==``
+ordered, false on NaN as in C; ``!=`` unordered, true on NaN as in C) take two vectors of
+one type. Vectors are built by ``load8``/``load16`` (from a contiguous array at a flat
+element index), ``splat8``/``splat16`` (one scalar in every lane), and leave by ``store``.
+"""
+
+import operator
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
+
+
+class Vec(types.Type):
+    """``lanes`` values of ``dtype`` (float32, int32 or boolean) as one LLVM vector."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"Vec({dtype}x{lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = ir.IntType(1) if fe_type.dtype == types.boolean else dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+_LANE_TYPES = (types.float32, types.int32)
+
+
+def _vector_pointer(context, builder, array_type, array, index, lanes):
+    """Pointer to ``lanes`` elements of the contiguous ``array`` from flat element ``index``."""
+    data = context.make_array(array_type)(context, builder, array).data
+    element = context.get_data_type(array_type.dtype)
+    at = builder.gep(data, [index])
+    return builder.bitcast(at, ir.PointerType(ir.VectorType(element, lanes)))
+
+
+def _loader(lanes):
+    def load(typingctx, array, index):
+        """The ``lanes`` values of contiguous ``array`` from flat element ``index`` on."""
+        if not (isinstance(array, types.Array) and array.dtype in _LANE_TYPES and array.layout == "C"
+                and isinstance(index, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            at = context.cast(builder, args[1], signature.args[1], types.intp)
+            return builder.load(_vector_pointer(context, builder, array, args[0], at, lanes), align=4)
+
+        return Vec(array.dtype, lanes)(array, index), codegen
+
+    return intrinsic(load)
+
+
+def _splatter(lanes):
+    def splat(typingctx, value):
+        """``value`` (float32 or int32) in every one of ``lanes`` lanes."""
+        if value not in _LANE_TYPES:
+            return None
+
+        def codegen(context, builder, signature, args):
+            vt = ir.VectorType(context.get_value_type(value), lanes)
+            one = builder.insert_element(ir.Constant(vt, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+        return Vec(value, lanes)(value), codegen
+
+    return intrinsic(splat)
+
+
+load8, load16 = _loader(8), _loader(16)
+splat8, splat16 = _splatter(8), _splatter(16)
+
+
+@intrinsic
+def store(typingctx, array, index, vector):
+    """Write ``vector``'s lanes into contiguous ``array`` from flat element ``index`` on."""
+    if not (isinstance(vector, Vec) and isinstance(array, types.Array) and array.dtype == vector.dtype
+            and array.layout == "C" and array.mutable and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        builder.store(args[2], _vector_pointer(context, builder, array, args[0], at, vector.lanes), align=4)
+        return context.get_dummy_value()
+
+    return types.none(array, index, vector), codegen
+
+
+def _same_vectors(a, b, dtypes):
+    return isinstance(a, Vec) and a == b and a.dtype in dtypes
+
+
+def _binary(build, dtypes, result=None):
+    """An intrinsic applying ``build(builder, a, b)`` to two vectors of one type in ``dtypes``."""
+
+    def op(typingctx, a, b):
+        if not _same_vectors(a, b, dtypes):
+            return None
+        out = a if result is None else result(a)
+
+        def codegen(context, builder, signature, args):
+            return build(builder, *args)
+
+        return out(a, b), codegen
+
+    return intrinsic(op)
+
+
+_F, _I, _M = (types.float32,), (types.int32,), (types.boolean,)
+
+
+def _mask(vector):
+    return Vec(types.boolean, vector.lanes)
+
+
+_add = _binary(lambda b, x, y: b.fadd(x, y), _F)
+_sub = _binary(lambda b, x, y: b.fsub(x, y), _F)
+_mul = _binary(lambda b, x, y: b.fmul(x, y), _F)
+_div = _binary(lambda b, x, y: b.fdiv(x, y), _F)
+_and = _binary(lambda b, x, y: b.and_(x, y), _I + _M)
+_iadd = _binary(lambda b, x, y: b.add(x, y), _I)
+# C's comparisons: ordered (false on NaN) except ``!=``
+_compare = {op: _binary(lambda b, x, y, c=c: b.fcmp_ordered(c, x, y), _F, _mask) for op, c in
+            ((operator.lt, "<"), (operator.gt, ">"), (operator.le, "<="), (operator.ge, ">="), (operator.eq, "=="))}
+_compare[operator.ne] = _binary(lambda b, x, y: b.fcmp_unordered("!=", x, y), _F, _mask)
+
+
+def _register(py_op, impl, dtypes):
+    @overload(py_op)
+    def _ov(a, b):
+        if _same_vectors(a, b, dtypes):
+            return lambda a, b: impl(a, b)
+
+
+for _op, _impl in ((operator.add, _add), (operator.iadd, _add), (operator.sub, _sub), (operator.isub, _sub),
+                   (operator.mul, _mul), (operator.imul, _mul), (operator.truediv, _div),
+                   (operator.itruediv, _div)):
+    _register(_op, _impl, _F)
+_register(operator.and_, _and, _I + _M)
+_register(operator.add, _iadd, _I)
+for _op, _impl in _compare.items():
+    _register(_op, _impl, _F)
+
+
+@intrinsic
+def _neg(typingctx, a):
+    if not (isinstance(a, Vec) and a.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fsub(ir.Constant(args[0].type, [-0.0] * a.lanes), args[0])  # C's -x, also of 0
+
+    return a(a), codegen
+
+
+@overload(operator.neg)
+def _ov_neg(a):
+    if isinstance(a, Vec) and a.dtype == types.float32:
+        return lambda a: _neg(a)
+
+
+@intrinsic
+def select(typingctx, mask, a, b):
+    """Per lane: ``a`` where ``mask`` else ``b`` (C's ``mask ? a : b``)."""
+    if not (isinstance(mask, Vec) and mask.dtype == types.boolean and isinstance(a, Vec) and a == b
+            and a.lanes == mask.lanes):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return a(mask, a, b), codegen
+
+
+def _float_unary(llvm_name):
+    def op(typingctx, a):
+        if not (isinstance(a, Vec) and a.dtype == types.float32):
+            return None
+
+        def codegen(context, builder, signature, args):
+            vt = args[0].type
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), f"{llvm_name}.v{a.lanes}f32")
+            return builder.call(fn, args)
+
+        return a(a), codegen
+
+    return intrinsic(op)
+
+
+#: ``fabsf`` per lane.
+vabs = _float_unary("llvm.fabs")
+#: ``sqrtf`` per lane (correctly rounded).
+vsqrt = _float_unary("llvm.sqrt")
+
+
+@intrinsic
+def nearest_clamp(typingctx, v, lo, hi):
+    """llama.cpp's ``MAX(lo, MIN(hi, nearest_int(v)))`` per lane (int32): the low mantissa
+    bits of ``v + 1.5 * 2**23``, whatever ``v`` (out-of-range values wrap as in C)."""
+    if not (isinstance(v, Vec) and v.dtype == types.float32 and isinstance(lo, types.Integer)
+            and isinstance(hi, types.Integer)):
+        return None
+    out = Vec(types.int32, v.lanes)
+
+    def codegen(context, builder, signature, args):
+        n = v.lanes
+        ft, it = ir.VectorType(ir.FloatType(), n), ir.VectorType(ir.IntType(32), n)
+        bits = builder.bitcast(builder.fadd(args[0], ir.Constant(ft, [12582912.0] * n)), it)
+        l = builder.sub(builder.and_(bits, ir.Constant(it, [0x007FFFFF] * n)), ir.Constant(it, [0x00400000] * n))
+        bounds = []
+        for value, vtype in zip(args[1:], signature.args[1:]):
+            scalar = context.cast(builder, value, vtype, types.int32)
+            one = builder.insert_element(ir.Constant(it, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+            bounds.append(builder.shuffle_vector(one, ir.Constant(it, ir.Undefined), ir.Constant(it, [0] * n)))
+        l = builder.select(builder.icmp_signed(">", l, bounds[1]), bounds[1], l)
+        return builder.select(builder.icmp_signed("<", l, bounds[0]), bounds[0], l)
+
+    return out(v, lo, hi), codegen
+
+
+@intrinsic
+def to_float(typingctx, v):
+    """int32 lanes -> float32 lanes (exact below 2**24, as C's ``(float)l``)."""
+    if not (isinstance(v, Vec) and v.dtype == types.int32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.sitofp(args[0], ir.VectorType(ir.FloatType(), v.lanes))
+
+    return Vec(types.float32, v.lanes)(v), codegen
+
+
+@intrinsic
+def any_lane(typingctx, mask):
+    """Whether any lane of ``mask`` is set."""
+    if not (isinstance(mask, Vec) and mask.dtype == types.boolean):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(mask.lanes))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(mask.lanes), 0))
+
+    return types.boolean(mask), codegen
