@@ -7,8 +7,8 @@ lane, each lane summing in its own group's order) is exact, but only explicit ve
 make LLVM emit it. Every operation here is one IEEE operation per lane, without fastmath
 flags, so a lane's result is the scalar code's bit for bit.
 
-``Vec(dtype, lanes)`` holds float32, int32 or boolean (a comparison's mask) lanes.
-Arithmetic (``+ - * /`` and unary ``-``; ``+`` and ``&`` on int32, ``&`` on masks) and comparisons (``< > <= >= ==``
+``Vec(dtype, lanes)`` holds float32, float64, int32 or boolean (a comparison's mask) lanes.
+Arithmetic (``+ - * /`` and unary ``-``; ``+ & |`` on int32, ``& |`` on masks) and comparisons (``< > <= >= ==``
 ordered, false on NaN as in C; ``!=`` unordered, true on NaN as in C) take two vectors of
 one type. Vectors are built by ``load8``/``load16`` (from a contiguous array at a flat
 element index), ``splat8``/``splat16`` (one scalar in every lane), and leave by ``store``.
@@ -23,7 +23,7 @@ from numba.extending import intrinsic, models, overload, register_model
 
 
 class Vec(types.Type):
-    """``lanes`` values of ``dtype`` (float32, int32 or boolean) as one LLVM vector."""
+    """``lanes`` values of ``dtype`` (float32, float64, int32 or boolean) as one LLVM vector."""
 
     def __init__(self, dtype, lanes):
         self.dtype = dtype
@@ -38,7 +38,7 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
 
 
-_LANE_TYPES = (types.float32, types.int32)
+_LANE_TYPES = (types.float32, types.float64, types.int32)
 
 
 def _vector_pointer(context, builder, array_type, array, index, lanes):
@@ -67,7 +67,7 @@ def _loader(lanes):
 
 def _splatter(lanes):
     def splat(typingctx, value):
-        """``value`` (float32 or int32) in every one of ``lanes`` lanes."""
+        """``value`` (float32, float64 or int32) in every one of ``lanes`` lanes."""
         if value not in _LANE_TYPES:
             return None
 
@@ -120,7 +120,7 @@ def _binary(build, dtypes, result=None):
     return intrinsic(op)
 
 
-_F, _I, _M = (types.float32,), (types.int32,), (types.boolean,)
+_F, _I, _M = (types.float32, types.float64), (types.int32,), (types.boolean,)
 
 
 def _mask(vector):
@@ -133,6 +133,7 @@ _mul = _binary(lambda b, x, y: b.fmul(x, y), _F)
 _div = _binary(lambda b, x, y: b.fdiv(x, y), _F)
 _and = _binary(lambda b, x, y: b.and_(x, y), _I + _M)
 _iadd = _binary(lambda b, x, y: b.add(x, y), _I)
+_or = _binary(lambda b, x, y: b.or_(x, y), _I + _M)
 # C's comparisons: ordered (false on NaN) except ``!=``
 _compare = {op: _binary(lambda b, x, y, c=c: b.fcmp_ordered(c, x, y), _F, _mask) for op, c in
             ((operator.lt, "<"), (operator.gt, ">"), (operator.le, "<="), (operator.ge, ">="), (operator.eq, "=="))}
@@ -152,13 +153,14 @@ for _op, _impl in ((operator.add, _add), (operator.iadd, _add), (operator.sub, _
     _register(_op, _impl, _F)
 _register(operator.and_, _and, _I + _M)
 _register(operator.add, _iadd, _I)
+_register(operator.or_, _or, _I + _M)
 for _op, _impl in _compare.items():
     _register(_op, _impl, _F)
 
 
 @intrinsic
 def _neg(typingctx, a):
-    if not (isinstance(a, Vec) and a.dtype == types.float32):
+    if not (isinstance(a, Vec) and a.dtype in _F):
         return None
 
     def codegen(context, builder, signature, args):
@@ -169,7 +171,7 @@ def _neg(typingctx, a):
 
 @overload(operator.neg)
 def _ov_neg(a):
-    if isinstance(a, Vec) and a.dtype == types.float32:
+    if isinstance(a, Vec) and a.dtype in _F:
         return lambda a: _neg(a)
 
 
@@ -188,12 +190,13 @@ def select(typingctx, mask, a, b):
 
 def _float_unary(llvm_name):
     def op(typingctx, a):
-        if not (isinstance(a, Vec) and a.dtype == types.float32):
+        if not (isinstance(a, Vec) and a.dtype in _F):
             return None
 
         def codegen(context, builder, signature, args):
             vt = args[0].type
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), f"{llvm_name}.v{a.lanes}f32")
+            suffix = "f32" if a.dtype == types.float32 else "f64"
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), f"{llvm_name}.v{a.lanes}{suffix}")
             return builder.call(fn, args)
 
         return a(a), codegen
@@ -255,3 +258,123 @@ def any_lane(typingctx, mask):
         return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(mask.lanes), 0))
 
     return types.boolean(mask), codegen
+
+
+@intrinsic
+def widen(typingctx, v):
+    """float32 lanes -> float64 lanes, exactly."""
+    if not (isinstance(v, Vec) and v.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(args[0], ir.VectorType(ir.DoubleType(), v.lanes))
+
+    return Vec(types.float64, v.lanes)(v), codegen
+
+
+@intrinsic
+def lane_sum(typingctx, v):
+    """The sum of ``v``'s float lanes, in lane order (``((v0 + v1) + v2) + ...``)."""
+    if not (isinstance(v, Vec) and v.dtype in _F):
+        return None
+
+    def codegen(context, builder, signature, args):
+        total = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
+        for k in range(1, v.lanes):
+            total = builder.fadd(total, builder.extract_element(args[0], ir.Constant(ir.IntType(32), k)))
+        return total
+
+    return v.dtype(v), codegen
+
+
+def _lane_pick(compare):
+    def op(typingctx, v):
+        if not (isinstance(v, Vec) and v.dtype in _F):
+            return None
+
+        def codegen(context, builder, signature, args):
+            best = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
+            for k in range(1, v.lanes):
+                x = builder.extract_element(args[0], ir.Constant(ir.IntType(32), k))
+                best = builder.select(builder.fcmp_ordered(compare, x, best), x, best)
+            return best
+
+        return v.dtype(v), codegen
+
+    return intrinsic(op)
+
+
+#: The largest / smallest lane (the first of equals; lanes must not be NaN).
+lane_max = _lane_pick(">")
+lane_min = _lane_pick("<")
+
+
+def _int_const(builder, vt, value):
+    return ir.Constant(vt, [value] * vt.count)
+
+
+@intrinsic
+def trunc_int8(typingctx, v):
+    """C's ``(int8_t)v`` of float32 lanes as x86 computes it: truncate to int32
+    (0x80000000 when out of range), keep the low byte, sign-extend (int32 lanes)."""
+    if not (isinstance(v, Vec) and v.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        it = ir.VectorType(ir.IntType(32), v.lanes)
+        ft = args[0].type
+        inside = builder.and_(builder.fcmp_ordered(">", args[0], ir.Constant(ft, [-2147483648.0] * v.lanes)),
+                              builder.fcmp_ordered("<", args[0], ir.Constant(ft, [2147483648.0] * v.lanes)))
+        l = builder.select(inside, builder.fptosi(args[0], it), _int_const(builder, it, -2147483648))
+        return builder.sext(builder.trunc(l, ir.VectorType(ir.IntType(8), v.lanes)), it)
+
+    return Vec(types.int32, v.lanes)(v), codegen
+
+
+@intrinsic
+def imin(typingctx, v, hi):
+    """Per lane ``MIN(hi, v)`` of int32 lanes and an integer."""
+    if not (isinstance(v, Vec) and v.dtype == types.int32 and isinstance(hi, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        it = args[0].type
+        scalar = context.cast(builder, args[1], signature.args[1], types.int32)
+        one = builder.insert_element(ir.Constant(it, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        top = builder.shuffle_vector(one, ir.Constant(it, ir.Undefined), ir.Constant(it, [0] * v.lanes))
+        return builder.select(builder.icmp_signed(">", args[0], top), top, args[0])
+
+    return v(v, hi), codegen
+
+
+@intrinsic
+def shl(typingctx, v, bits):
+    """int32 lanes shifted left by the integer ``bits`` (0 to 31)."""
+    if not (isinstance(v, Vec) and v.dtype == types.int32 and isinstance(bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        it = args[0].type
+        scalar = context.cast(builder, args[1], signature.args[1], types.int32)
+        one = builder.insert_element(ir.Constant(it, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shl(args[0], builder.shuffle_vector(one, ir.Constant(it, ir.Undefined),
+                                                           ir.Constant(it, [0] * v.lanes)))
+
+    return v(v, bits), codegen
+
+
+@intrinsic
+def store_bytes(typingctx, array, index, v):
+    """The low bytes of int32 lanes ``v`` into uint8 ``array`` from flat ``index`` on."""
+    if not (isinstance(v, Vec) and v.dtype == types.int32 and isinstance(array, types.Array)
+            and array.dtype == types.uint8 and array.layout == "C" and array.mutable
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        low = builder.trunc(args[2], ir.VectorType(ir.IntType(8), v.lanes))
+        builder.store(low, _vector_pointer(context, builder, array, args[0], at, v.lanes), align=1)
+        return context.get_dummy_value()
+
+    return types.none(array, index, v), codegen

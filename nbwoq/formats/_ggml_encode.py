@@ -15,7 +15,8 @@ from numba import types
 from numba.extending import intrinsic, register_jitable
 
 from nbwoq._llvm import float_to_half_bits, half_bits_to_float
-from nbwoq._simd import load8, load16, nearest_clamp, select, splat8, splat16, store, to_float, vabs, vsqrt
+from nbwoq._simd import (imin, lane_max, lane_min, lane_sum, load8, load16, nearest_clamp, select, shl, splat8, splat16, store,
+                         store_bytes, to_float, trunc_int8, vabs, vsqrt, widen)
 from nbwoq.formats.ggml_blocks import BLOCK_TYPES, KVALUES_IQ4NL
 
 #: Block type name -> the kernels' ``kind`` argument.
@@ -95,14 +96,14 @@ def _int8(v):
     return ((v & 255) ^ 128) - 128
 
 
-@register_jitable
+@register_jitable(inline="always")
 def _put_half(o, at, v):
     h = float_to_half_bits(v)
     o[at] = np.uint8(h & 255)
     o[at + 1] = np.uint8(h >> 8)
 
 
-@register_jitable
+@register_jitable(inline="always")
 def _get_half(o, at):
     return half_bits_to_float(np.uint16(np.uint16(o[at]) | (np.uint16(o[at + 1]) << np.uint16(8))))
 
@@ -111,6 +112,21 @@ def _get_half(o, at):
 def _ratio(d):
     """``d ? 1.0f/d : 0.0f``."""
     return F1 / d if d != F0 else F0
+
+
+@register_jitable(inline="always")
+def block_error(x, y, n, err, norm):
+    """``err + sum((x - y)**2)`` and ``norm + sum(x**2)`` in float64 over the first ``n``
+    (a multiple of 8) float32 values of ``x`` and ``y``: 8 partial sums, one per lane,
+    instead of one serial chain (a report, not a stored value: the order is free)."""
+    e = splat8(np.float64(0))
+    s = splat8(np.float64(0))
+    for i in range(0, n, 8):
+        v = widen(load8(x, i))
+        d = v - widen(load8(y, i))
+        e += d * d
+        s += v * v
+    return err + lane_sum(e), norm + lane_sum(s)
 
 
 # -- legacy 32-value blocks -----------------------------------------------------------
@@ -156,9 +172,50 @@ def _legacy_scale(x, o, asym, top, neg):
     return F0, idv, 2
 
 
-@register_jitable
+@register_jitable(inline="always")
+def _enc_q4_0(x, o):
+    """Q4_0 in 8-value vectors: ``d = max / -8`` (``max``: the first value of largest
+    magnitude), codes ``MIN(15, (int8_t)(x / d + 8.5))``; byte j holds values j and j + 16."""
+    v0 = load8(x, 0)
+    v1 = load8(x, 8)
+    v2 = load8(x, 16)
+    v3 = load8(x, 24)
+    a0 = vabs(v0)
+    a1 = vabs(v1)
+    a2 = vabs(v2)
+    a3 = vabs(v3)
+    a0 = select(a1 > a0, a1, a0)
+    a2 = select(a3 > a2, a3, a2)
+    amax = lane_max(select(a2 > a0, a2, a0))
+    hi = lane_max(select(v1 > v0, v1, v0))
+    hi = max(hi, lane_max(select(v3 > v2, v3, v2)))
+    lo = lane_min(select(v1 < v0, v1, v0))
+    lo = min(lo, lane_min(select(v3 < v2, v3, v2)))
+    if amax == F0:
+        mx = F0
+    elif hi == amax and lo == -amax:
+        mx, _ = _absmax(x)  # both signs reach the magnitude: the first one decides
+    else:
+        mx = hi if hi == amax else lo
+    d = mx / FM8
+    idv = splat8(_ratio(d))
+    _put_half(o, 0, d)
+    add = splat8(F8_5)
+    q0 = imin(trunc_int8(v0 * idv + add), 15)
+    q1 = imin(trunc_int8(v1 * idv + add), 15)
+    q2 = imin(trunc_int8(v2 * idv + add), 15)
+    q3 = imin(trunc_int8(v3 * idv + add), 15)
+    low = splat8(np.int32(255))
+    store_bytes(o, 2, (q0 & low) | shl(q2, 4))
+    store_bytes(o, 10, (q1 & low) | shl(q3, 4))
+
+
+@register_jitable(inline="always")
 def _enc_q4(x, o, asym):
     """Q4_0 (``asym`` False) and Q4_1."""
+    if not asym:
+        _enc_q4_0(x, o)
+        return
     lo, idv, at = _legacy_scale(x, o, asym, F15, FM8)
     add = F_HALF if asym else F8_5
     for j in range(16):

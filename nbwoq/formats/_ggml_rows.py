@@ -9,7 +9,7 @@ from nbwoq._config import njit_kernel
 from nbwoq.formats._ggml_decode import decode_block
 from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, _BB, _BV,
                                         _enc_iq4_nl, _enc_iq4_xs, _enc_q4, _enc_q5, _enc_q6_k, _enc_q8_0,
-                                        _enc_qk_asym)
+                                        _enc_qk_asym, block_error)
 from nbwoq.formats._ggml_encode_k23 import _enc_q2_k, _enc_q3_k
 
 
@@ -72,11 +72,7 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
             elif kind == IQ4_XS:
                 _enc_iq4_xs(xb, ob, L, scales)
             decode_block(ob, kind, y)
-            for i in range(bv):
-                v = np.float64(xb[i])
-                dv = v - np.float64(y[i])
-                e += dv * dv
-                n += v * v
+            e, n = block_error(xb, y, bv, e, n)
         err[r] = e
         norm[r] = n
 

@@ -53,6 +53,18 @@ def sample(rng, rows, blocks, name, scale, pattern):
 PATTERNS = ["normal", "negative", "positive", "zero-blocks", "spike", "constant", "integers"]
 
 
+def sample_ties(rng, rows, blocks, name, scale):
+    """Rows of a few levels of both signs, both zeros among them, in runs: equal
+    magnitudes of opposite sign (which one is the block's ``max`` is decided by order),
+    flat and all-zero sub-blocks, exact rounding ties."""
+    cols = blocks * BLOCK_TYPES[name].block_values
+    levels = np.array([-2.0, -1.0, -0.0, 0.0, 1.0, 2.0], np.float32)
+    x = rng.choice(levels, (rows, cols))
+    run = int(rng.choice([1, 4, 16]))
+    x = np.repeat(x[:, ::run], run, axis=1)[:, :cols]
+    return (x * np.float32(scale)).astype(np.float32)
+
+
 # -- the table ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(BLOCK_TYPES))
 def test_table_matches_gguf(name):
@@ -125,6 +137,13 @@ def test_kernel_equals_reference_property(name, rows, blocks, scale, pattern, se
     raw = encode_rows(x, name)
     np.testing.assert_array_equal(raw, _ggml_reference.encode(x, name))
     np.testing.assert_array_equal(decode_rows(raw, name, x.shape[1]), _ggml_reference_decode.decode(raw, name, x.shape[1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(SUPPORTED), st.integers(1, 3), st.sampled_from([1e-20, 1.0, 3e5]), st.integers(0, 2**32 - 1))
+def test_kernel_equals_reference_on_ties(name, blocks, scale, seed):
+    x = sample_ties(np.random.default_rng(seed), 3, blocks, name, scale)
+    np.testing.assert_array_equal(encode_rows(x, name), _ggml_reference.encode(x, name))
 
 
 @pytest.mark.parametrize("name", [n for n in SUPPORTED if _gguf_quantizes(n)])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import ggml_oracle
 from nbwoq.formats import _ggml_reference
 from nbwoq.formats.ggml_blocks import BLOCK_TYPES, SUPPORTED, decode_rows, encode_rows, row_bytes
-from test_ggml_blocks import PATTERNS, SCALES, sample
+from test_ggml_blocks import PATTERNS, SCALES, sample, sample_ties
 
 _LIB = []
 
@@ -63,6 +63,12 @@ def test_encode_equals_llama_cpp(lib, name, pattern):
        st.sampled_from(PATTERNS), st.integers(0, 2**32 - 1))
 def test_encode_equals_llama_cpp_property(lib, name, rows, blocks, scale, pattern, seed):
     _check(lib, sample(np.random.default_rng(seed), rows, blocks, name, scale, pattern), name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(SUPPORTED), st.integers(1, 3), st.sampled_from([1e-20, 1.0, 3e5]), st.integers(0, 2**32 - 1))
+def test_encode_equals_llama_cpp_on_ties(lib, name, blocks, scale, seed):
+    _check(lib, sample_ties(np.random.default_rng(seed), 3, blocks, name, scale), name)
 
 
 def test_iq4_nl_search_equals_quantize_iq4_nl(lib):
