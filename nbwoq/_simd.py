@@ -19,7 +19,8 @@ import operator
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.core.imputils import lower_builtin
+from numba.extending import intrinsic, models, register_model, type_callable
 
 
 class Vec(types.Type):
@@ -100,79 +101,60 @@ def store(typingctx, array, index, vector):
     return types.none(array, index, vector), codegen
 
 
-def _same_vectors(a, b, dtypes):
-    return isinstance(a, Vec) and a == b and a.dtype in dtypes
-
-
-def _binary(build, dtypes, result=None):
-    """An intrinsic applying ``build(builder, a, b)`` to two vectors of one type in ``dtypes``."""
-
-    def op(typingctx, a, b):
-        if not _same_vectors(a, b, dtypes):
-            return None
-        out = a if result is None else result(a)
-
-        def codegen(context, builder, signature, args):
-            return build(builder, *args)
-
-        return out(a, b), codegen
-
-    return intrinsic(op)
-
-
 _F, _I, _M = (types.float32, types.float64), (types.int32,), (types.boolean,)
+
+
+def _operator(py_op, builds, result=None):
+    """Type and lower ``py_op`` on two vectors of one type as the LLVM instruction
+    ``builds[dtype](builder, a, b)`` (no wrapper function to compile)."""
+
+    @type_callable(py_op)
+    def _typer(context):
+        def typer(a, b):
+            if isinstance(a, Vec) and a == b and a.dtype in builds:
+                return a if result is None else result(a)
+
+        return typer
+
+    @lower_builtin(py_op, Vec, Vec)
+    def _lower(context, builder, signature, args):
+        return builds[signature.args[0].dtype](builder, *args)
 
 
 def _mask(vector):
     return Vec(types.boolean, vector.lanes)
 
 
-_add = _binary(lambda b, x, y: b.fadd(x, y), _F)
-_sub = _binary(lambda b, x, y: b.fsub(x, y), _F)
-_mul = _binary(lambda b, x, y: b.fmul(x, y), _F)
-_div = _binary(lambda b, x, y: b.fdiv(x, y), _F)
-_and = _binary(lambda b, x, y: b.and_(x, y), _I + _M)
-_iadd = _binary(lambda b, x, y: b.add(x, y), _I)
-_or = _binary(lambda b, x, y: b.or_(x, y), _I + _M)
+def _each(dtypes, build):
+    return {dtype: build for dtype in dtypes}
+
+
+for _ops, _float, _int in (((operator.add, operator.iadd), lambda b, x, y: b.fadd(x, y), lambda b, x, y: b.add(x, y)),
+                           ((operator.sub, operator.isub), lambda b, x, y: b.fsub(x, y), None),
+                           ((operator.mul, operator.imul), lambda b, x, y: b.fmul(x, y), None),
+                           ((operator.truediv, operator.itruediv), lambda b, x, y: b.fdiv(x, y), None)):
+    for _op in _ops:  # ``a += b`` is ``a = a + b``: vectors are values
+        _operator(_op, {**_each(_F, _float), **(_each(_I, _int) if _int else {})})
+_operator(operator.and_, _each(_I + _M, lambda b, x, y: b.and_(x, y)))
+_operator(operator.or_, _each(_I + _M, lambda b, x, y: b.or_(x, y)))
 # C's comparisons: ordered (false on NaN) except ``!=``
-_compare = {op: _binary(lambda b, x, y, c=c: b.fcmp_ordered(c, x, y), _F, _mask) for op, c in
-            ((operator.lt, "<"), (operator.gt, ">"), (operator.le, "<="), (operator.ge, ">="), (operator.eq, "=="))}
-_compare[operator.ne] = _binary(lambda b, x, y: b.fcmp_unordered("!=", x, y), _F, _mask)
+for _op, _c in ((operator.lt, "<"), (operator.gt, ">"), (operator.le, "<="), (operator.ge, ">="), (operator.eq, "==")):
+    _operator(_op, _each(_F, lambda b, x, y, c=_c: b.fcmp_ordered(c, x, y)), _mask)
+_operator(operator.ne, _each(_F, lambda b, x, y: b.fcmp_unordered("!=", x, y)), _mask)
 
 
-def _register(py_op, impl, dtypes):
-    @overload(py_op)
-    def _ov(a, b):
-        if _same_vectors(a, b, dtypes):
-            return lambda a, b: impl(a, b)
+@type_callable(operator.neg)
+def _type_neg(context):
+    def typer(a):
+        if isinstance(a, Vec) and a.dtype in _F:
+            return a
+
+    return typer
 
 
-for _op, _impl in ((operator.add, _add), (operator.iadd, _add), (operator.sub, _sub), (operator.isub, _sub),
-                   (operator.mul, _mul), (operator.imul, _mul), (operator.truediv, _div),
-                   (operator.itruediv, _div)):
-    _register(_op, _impl, _F)
-_register(operator.and_, _and, _I + _M)
-_register(operator.add, _iadd, _I)
-_register(operator.or_, _or, _I + _M)
-for _op, _impl in _compare.items():
-    _register(_op, _impl, _F)
-
-
-@intrinsic
-def _neg(typingctx, a):
-    if not (isinstance(a, Vec) and a.dtype in _F):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fsub(ir.Constant(args[0].type, [-0.0] * a.lanes), args[0])  # C's -x, also of 0
-
-    return a(a), codegen
-
-
-@overload(operator.neg)
-def _ov_neg(a):
-    if isinstance(a, Vec) and a.dtype in _F:
-        return lambda a: _neg(a)
+@lower_builtin(operator.neg, Vec)
+def _lower_neg(context, builder, signature, args):
+    return builder.fsub(ir.Constant(args[0].type, [-0.0] * args[0].type.count), args[0])  # C's -x, also of 0
 
 
 @intrinsic
@@ -248,19 +230,6 @@ def to_float(typingctx, v):
 
 
 @intrinsic
-def any_lane(typingctx, mask):
-    """Whether any lane of ``mask`` is set."""
-    if not (isinstance(mask, Vec) and mask.dtype == types.boolean):
-        return None
-
-    def codegen(context, builder, signature, args):
-        bits = builder.bitcast(args[0], ir.IntType(mask.lanes))
-        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(mask.lanes), 0))
-
-    return types.boolean(mask), codegen
-
-
-@intrinsic
 def widen(typingctx, v):
     """float32 lanes -> float64 lanes, exactly."""
     if not (isinstance(v, Vec) and v.dtype == types.float32):
@@ -272,41 +241,41 @@ def widen(typingctx, v):
     return Vec(types.float64, v.lanes)(v), codegen
 
 
-@intrinsic
-def lane_sum(typingctx, v):
-    """The sum of ``v``'s float lanes, in lane order (``((v0 + v1) + v2) + ...``)."""
-    if not (isinstance(v, Vec) and v.dtype in _F):
-        return None
+def _halves(builder, vector, combine):
+    """Fold ``vector`` in halves (lanes k and k + n/2 combined) down to one lane."""
+    n = vector.type.count
+    while n > 1:
+        half = n // 2
+        undef = ir.Constant(vector.type, ir.Undefined)
+        low = builder.shuffle_vector(vector, undef, ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half))))
+        high = builder.shuffle_vector(vector, undef,
+                                      ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half, n))))
+        vector = combine(builder, low, high)
+        n = half
+    return builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
 
-    def codegen(context, builder, signature, args):
-        total = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
-        for k in range(1, v.lanes):
-            total = builder.fadd(total, builder.extract_element(args[0], ir.Constant(ir.IntType(32), k)))
-        return total
 
-    return v.dtype(v), codegen
-
-
-def _lane_pick(compare):
+def _reduction(combine, doc):
     def op(typingctx, v):
         if not (isinstance(v, Vec) and v.dtype in _F):
             return None
 
         def codegen(context, builder, signature, args):
-            best = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
-            for k in range(1, v.lanes):
-                x = builder.extract_element(args[0], ir.Constant(ir.IntType(32), k))
-                best = builder.select(builder.fcmp_ordered(compare, x, best), x, best)
-            return best
+            return _halves(builder, args[0], combine)
 
         return v.dtype(v), codegen
 
+    op.__doc__ = doc
     return intrinsic(op)
 
 
-#: The largest / smallest lane (the first of equals; lanes must not be NaN).
-lane_max = _lane_pick(">")
-lane_min = _lane_pick("<")
+#: The sum of the float lanes, folded in halves: a fixed order, not C's sequential one
+#: (for reports, never for a stored value).
+lane_sum = _reduction(lambda b, x, y: b.fadd(x, y), "Sum of the lanes, folded in halves.")
+#: The largest / smallest lane. Lanes must not be NaN; of equal lanes (+0.0 and -0.0)
+#: either may be returned.
+lane_max = _reduction(lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x), "Largest lane.")
+lane_min = _reduction(lambda b, x, y: b.select(b.fcmp_ordered("<", y, x), y, x), "Smallest lane.")
 
 
 def _int_const(builder, vt, value):

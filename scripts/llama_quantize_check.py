@@ -9,7 +9,7 @@ built from its source release by ``scripts/integration.sh``. Three checks:
 2. mixes: the per-tensor types of Q4_K_S, Q4_K_M, Q5_K_S and Q5_K_M equal llama's;
 3. speed: wall time and peak RSS of both on the same BF16 GGUF, same thread count.
 
-    python scripts/llama_quantize_check.py WORK [--nbwoq-python PY] [--skip-speed]
+    python scripts/llama_quantize_check.py WORK [--nbwoq-python PY] [--skip-speed | --speed-only]
 
 Runs in an environment with ``llama_cpp``; nbwoq runs as its own command in the
 project's Python (``--nbwoq-python``), so each tool's memory is its own process's.
@@ -80,14 +80,34 @@ def compare_bytes(a, b):
     return len(ta), bad + [n for n in tb if n not in ta]
 
 
+def _speed(py, work):
+    """Check 3: wall time and peak RSS of both tools on the generated 1.1B model's BF16 GGUF."""
+    print("== speed: generated 1.1B model, BF16 GGUF, 2 threads each")
+    big, big_src = os.path.join(work, "1b"), os.path.join(work, "1b-bf16.gguf")
+    if not os.path.exists(big_src):
+        _run([py, "-m", "nbwoq", "generate", big, "--size", "1b"])
+        _run([py, "-m", "nbwoq", "quantize", big, big_src, "--type", "BF16", "--quiet"])
+    for name in SPEED_TYPES:
+        t_ours, rss_ours, wall = nbwoq_quantize(py, big_src, os.path.join(work, f"1b-nbwoq-{name}.gguf"), name,
+                                                False)
+        t_llama, rss_llama = llama_quantize(big_src, os.path.join(work, f"1b-llama-{name}.gguf"), name, False)
+        print(f"{name:8s} nbwoq {t_ours:6.1f} s ({wall:.1f} s with start-up), peak {rss_ours / 2**20:5.0f} MiB | "
+              f"llama.cpp {t_llama:6.1f} s, peak {rss_llama / 2**20:5.0f} MiB | "
+              f"nbwoq/llama time {t_ours / t_llama:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work")
     parser.add_argument("--nbwoq-python", default="python")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed comparison (check 3)")
     args = parser.parse_args()
     py, work = args.nbwoq_python, args.work
     os.makedirs(work, exist_ok=True)
+    if args.speed_only:
+        _speed(py, work)
+        return 0
     demo, src = os.path.join(work, "demo"), os.path.join(work, "demo-bf16.gguf")
     if not os.path.exists(src):
         _run([py, "-m", "nbwoq", "generate", demo])
@@ -112,18 +132,7 @@ def main():
         print(f"{name:8s} {len(ta) - len(bad)}/{len(ta)} tensor types equal"
               + (f"; differ: {[(n, ta[n].tensor_type.name, tb[n].tensor_type.name) for n in bad[:4]]}" if bad else ""))
     if not args.skip_speed:
-        print("== speed: generated 1.1B model, BF16 GGUF, 2 threads each")
-        big, big_src = os.path.join(work, "1b"), os.path.join(work, "1b-bf16.gguf")
-        if not os.path.exists(big_src):
-            _run([py, "-m", "nbwoq", "generate", big, "--size", "1b"])
-            _run([py, "-m", "nbwoq", "quantize", big, big_src, "--type", "BF16", "--quiet"])
-        for name in SPEED_TYPES:
-            t_ours, rss_ours, wall = nbwoq_quantize(py, big_src, os.path.join(work, f"1b-nbwoq-{name}.gguf"), name,
-                                                    False)
-            t_llama, rss_llama = llama_quantize(big_src, os.path.join(work, f"1b-llama-{name}.gguf"), name, False)
-            print(f"{name:8s} nbwoq {t_ours:6.1f} s ({wall:.1f} s with start-up), peak {rss_ours / 2**20:5.0f} MiB | "
-                  f"llama.cpp {t_llama:6.1f} s, peak {rss_llama / 2**20:5.0f} MiB | "
-                  f"nbwoq/llama time {t_ours / t_llama:.2f}x")
+        _speed(py, work)
     print("llama_quantize_check: " + ("all passed" if not failures else f"{failures} check(s) FAILED"))
     return 1 if failures else 0
 

@@ -96,14 +96,14 @@ def _int8(v):
     return ((v & 255) ^ 128) - 128
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _put_half(o, at, v):
     h = float_to_half_bits(v)
     o[at] = np.uint8(h & 255)
     o[at + 1] = np.uint8(h >> 8)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _get_half(o, at):
     return half_bits_to_float(np.uint16(np.uint16(o[at]) | (np.uint16(o[at + 1]) << np.uint16(8))))
 
@@ -187,10 +187,12 @@ def _enc_q4_0(x, o):
     a0 = select(a1 > a0, a1, a0)
     a2 = select(a3 > a2, a3, a2)
     amax = lane_max(select(a2 > a0, a2, a0))
-    hi = lane_max(select(v1 > v0, v1, v0))
-    hi = max(hi, lane_max(select(v3 > v2, v3, v2)))
-    lo = lane_min(select(v1 < v0, v1, v0))
-    lo = min(lo, lane_min(select(v3 < v2, v3, v2)))
+    h0 = select(v1 > v0, v1, v0)
+    h2 = select(v3 > v2, v3, v2)
+    hi = lane_max(select(h2 > h0, h2, h0))
+    l0 = select(v1 < v0, v1, v0)
+    l2 = select(v3 < v2, v3, v2)
+    lo = lane_min(select(l2 < l0, l2, l0))
     if amax == F0:
         mx = F0
     elif hi == amax and lo == -amax:
