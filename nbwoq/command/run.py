@@ -24,7 +24,7 @@ from nbwoq.formats.gguf_format import GgufWriter
 from nbwoq.formats.gptq_format import GptqWriter
 from nbwoq.formats.nbwoq_format import NbwoqWriter
 from nbwoq.formats.source import INDEX_NAME, Source
-from nbwoq.formats.writer import encode_tensor
+from nbwoq.formats.writer import Encoded, encode_tensor
 
 #: Output formats: adding one is a module with a ``writer.FolderWriter`` or
 #: ``writer.FileWriter`` and a line here.
@@ -142,6 +142,55 @@ def _write_padded(f, outputs, alignment, crc):
     return n, crc
 
 
+#: Bytes read at a time when a tensor is copied file to file.
+_COPY_CHUNK = 4 << 20
+#: Source bytes of the tensors re-encoded together from their GGML blocks (one kernel
+#: call: one launch and one split of the work per batch, not per tensor).
+_BATCH_BYTES = 8 << 20
+
+
+def _windows(items, writer):
+    """``items`` (``[(info, selected)]``) in consecutive runs whose tensors the writer takes
+    as blocks (``takes_blocks``) hold at most ``_BATCH_BYTES`` (or one tensor)."""
+    window, size = [], 0
+    for info, selected in items:
+        if writer.takes_blocks(info, selected):
+            if size and size + info.nbytes > _BATCH_BYTES:
+                yield window
+                window, size = [], 0
+            size += info.nbytes
+        window.append((info, selected))
+    if window:
+        yield window
+
+
+def _requantize(source, writer, infos, scratch):
+    """Re-encode ``infos`` together from one map of their source bytes; returns
+    ``{id(info): (Encoded, seconds)}``, the batch's time shared by parameter count."""
+    if not infos:
+        return {}
+    t0 = time.perf_counter()
+    start, stop = min(info.start for info in infos), max(info.stop for info in infos)
+    with source.open_bytes(start, stop) as data:
+        results = writer.requantize(infos, data, start, scratch)
+    seconds = time.perf_counter() - t0
+    total = sum(info.size for info in infos)
+    return {id(info): (Encoded(outputs, True, None, err, norm), seconds * info.size / total)
+            for info, (outputs, err, norm) in zip(infos, results)}
+
+
+def _copy_padded(f, source, info, alignment, crc, chunk):
+    """Copy tensor ``info``'s stored bytes from the source file into ``f`` through the
+    buffer ``chunk``, padded to ``alignment``; returns their size and the CRC-32 ``crc``
+    continued over what was written."""
+    for view in source.read_chunks(info, chunk):
+        f.write(view)
+        crc = zlib.crc32(view, crc)
+    pad = bytes(-info.nbytes % alignment)
+    f.write(pad)
+    return info.nbytes, zlib.crc32(pad, crc)
+
+
 def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     """A single-file (GGUF) run, written in place as ``OUT.partial``.
 
@@ -181,26 +230,39 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     bar = _progress(total, progress, initial=skipped)
     label = writer.type_name
     work, scratch = quantizer.Scratch(), quantizer.Scratch()
+    chunk = bytearray(_COPY_CHUNK)
     first = FirstOfKind()
     try:
         index = n_done
         for shard_no, (shard, items) in enumerate(plan):
             if shard_no < shards_done:
                 continue
-            for info, selected in items:
-                t0 = time.perf_counter()
-                with source.open(info) as (array, dtype_name):
-                    encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
-                    nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
-                rows.append(tensor_row(info, shard, writer.stored_as(info, label), encoded, nbytes,
-                                       time.perf_counter() - t0, first(encoded, info.dtype)))
-                index += 1
-                if bar is not None:
-                    bar.update(info.nbytes)
+            for window in _windows(items, writer):
+                batch = _requantize(source, writer, [info for info, sel in window if writer.takes_blocks(info, sel)],
+                                    scratch)
+                for info, selected in window:
+                    t0 = time.perf_counter()
+                    if id(info) in batch:
+                        encoded, seconds = batch[id(info)]
+                        nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
+                    elif not selected and writer.copies_raw(info):
+                        encoded, seconds = None, 0.0  # streamed file to file: never mapped, never decoded
+                        nbytes, crc = _copy_padded(f, source, info, alignment, crc, chunk)
+                    else:
+                        with source.open(info) as (array, dtype_name):
+                            encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
+                            nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
+                        seconds = 0.0
+                    rows.append(tensor_row(info, shard, writer.stored_as(info, label), encoded, nbytes,
+                                           seconds + time.perf_counter() - t0, first(encoded, info.dtype)))
+                    index += 1
+                    if bar is not None:
+                        bar.update(info.nbytes)
             f.flush()
             os.fsync(f.fileno())
-            records.write_json_atomic(state_path, dict(run=run_id, tensors=index, shards=shard_no + 1,
-                                                       bytes=f.tell(), crc=crc, rows=rows))
+            if shard_no + 1 < len(plan):  # the last shard's record would be removed unread
+                records.write_json_atomic(state_path, dict(run=run_id, tensors=index, shards=shard_no + 1,
+                                                           bytes=f.tell(), crc=crc, rows=rows))
         _write_padded(f, writer.extra_tensors(), alignment, crc)  # after every shard: a resume redoes them
         f.close()
     except BaseException:
@@ -211,7 +273,7 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     finally:
         if bar is not None:
             bar.close()
-    os.remove(state_path)
+    paths.remove_entry(state_path)
     return rows, shards_done
 
 

@@ -1,9 +1,12 @@
-"""Decoding one GGML block (llama.cpp's ``dequantize_row_*``, in its float32 order): the
-helper of the decode kernel and of the encoder's error measurement (``_ggml_rows``)."""
+"""Decoding GGML blocks (llama.cpp's ``dequantize_row_*``, in its float32 order): the
+helpers of the row kernels (``_ggml_rows``), for decoding, for re-encoding a decoded
+source, and for the encoder's error measurement. ``decode_block`` takes one block of
+any type; ``decode_legacy`` every block of a row of a 32-value type at once."""
 
 import numpy as np
 from numba.extending import register_jitable
 
+from nbwoq._llvm import half_bits_to_float
 from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, KV, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
                                          _get_half, _int8)
 
@@ -118,3 +121,55 @@ def decode_block(b, kind, y):
                 q = np.int64(b[8 + 16 * ib + j])
                 y[32 * ib + j] = dl * KV[q & 15]
                 y[32 * ib + 16 + j] = dl * KV[q >> 4]
+
+
+@register_jitable
+def _half2(raw, b, at):
+    """The half at bytes ``at``, ``at + 1`` of block ``b`` of ``raw`` (blocks, bytes), widened."""
+    return half_bits_to_float(np.uint16(np.uint16(raw[b, at]) | (np.uint16(raw[b, at + 1]) << np.uint16(8))))
+
+
+@register_jitable
+def decode_legacy(raw, kind, y):
+    """``decode_block`` of every block of a 32-value type: ``raw`` (blocks, bytes) into ``y``
+    (blocks, 32). Each block's loop runs to a length the compiler does not know (16 or
+    32, from ``y``'s shape), so LLVM vectorizes it instead of unrolling it."""
+    h = y.shape[1] // 2
+    for b in range(raw.shape[0]):
+        d = _half2(raw, b, 0)
+        if kind == Q4_0:
+            for j in range(h):
+                q = np.int32(raw[b, 2 + j])
+                y[b, j] = np.float32((q & 15) - 8) * d
+                y[b, h + j] = np.float32((q >> 4) - 8) * d
+        elif kind == Q4_1:
+            m = _half2(raw, b, 2)
+            for j in range(h):
+                q = np.int32(raw[b, 4 + j])
+                y[b, j] = np.float32(q & 15) * d + m
+                y[b, h + j] = np.float32(q >> 4) * d + m
+        elif kind == IQ4_NL:
+            for j in range(h):
+                q = np.int32(raw[b, 2 + j])
+                y[b, j] = d * KV[q & 15]
+                y[b, h + j] = d * KV[q >> 4]
+        elif kind == Q5_0 or kind == Q5_1:
+            at = 4 if kind == Q5_1 else 2
+            m = _half2(raw, b, 2) if kind == Q5_1 else np.float32(0)
+            off = np.int32(0) if kind == Q5_1 else np.int32(16)
+            qh = np.int32(0)
+            for k in range(4):
+                qh |= np.int32(raw[b, at + k]) << np.int32(8 * k)
+            for j in range(h):
+                q = np.int32(raw[b, at + 4 + j])
+                lo = (q & 15) | (((qh >> j) << 4) & 16)
+                hi = (q >> 4) | ((qh >> (j + 12)) & 16)
+                if kind == Q5_0:
+                    y[b, j] = np.float32(lo - off) * d
+                    y[b, h + j] = np.float32(hi - off) * d
+                else:
+                    y[b, j] = np.float32(lo) * d + m
+                    y[b, h + j] = np.float32(hi) * d + m
+        else:  # Q8_0
+            for j in range(2 * h):
+                y[b, j] = np.float32(_int8(np.int64(raw[b, 2 + j]))) * d

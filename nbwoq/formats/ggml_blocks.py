@@ -7,9 +7,10 @@ llama.cpp's data-free ``quantize_row_*_ref`` routines byte for byte (no importan
 matrix), in float32 and in llama.cpp's order of operations, built without FMA
 contraction (the portable build); decoding is llama.cpp's ``dequantize_row_*``.
 
-``encode_rows`` and ``decode_rows`` validate their arguments and call the parallel
-Numba kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins
-the tests compare them with. Nothing here imports ``gguf``: the test suite checks the
+``encode_rows``, ``decode_rows`` and ``requant_rows`` (blocks of one type re-encoded as
+another, a row at a time) validate their arguments and call the parallel Numba
+kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins the tests
+compare them with. Nothing here imports ``gguf``: the test suite checks the
 table against ``gguf.GGML_QUANT_SIZES``.
 """
 
@@ -83,6 +84,11 @@ def _check_cols(cols, t):
     if not isinstance(cols, (int, np.integer)) or isinstance(cols, bool) or cols <= 0 or cols % t.block_values:
         raise ValueError(f"cols must be a positive multiple of {t.block_values} (the {t.name} block); got {cols!r}")
 
+
+#: Kinds (``_ggml_encode.KIND``, table order) of the 32-value types; IQ4_NL's encoder is
+#: not among the legacy ones (``requant_batch`` picks its kernel by these).
+_LEGACY = [t.block_values == 32 for t in BLOCK_TYPES.values()]
+_IQ4_NL = list(BLOCK_TYPES).index("IQ4_NL")
 
 #: Block types ``encode_rows``/``decode_rows`` implement.
 SUPPORTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
@@ -185,3 +191,134 @@ def decode_rows(raw, type_name, cols):
     out = np.empty((raw.shape[0], int(cols)), dtype=np.float32)
     _ggml_rows.decode_blocks(raw, _ggml_encode.KIND[t.name], out)
     return out
+
+
+def requant_rows(raw, source_type, type_name, *, return_error=False, iq4_nl_search=False, out=None):
+    """Re-encode GGML blocks: ``encode_rows(decode_rows(raw, source_type, cols), type_name)``
+    in one pass, without the float32 copy of the whole tensor.
+
+    Each row is decoded into a row buffer, checked, encoded and measured while it is in
+    cache, so memory and time follow the bytes read and written. The result (and, with
+    ``return_error``, the error sums) equals the two-step form exactly.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        uint8 (rows, bytes per row), C-contiguous: whole blocks of ``source_type``.
+    source_type, type_name : str
+        Block types of the source and of the result (each one of ``SUPPORTED``); the
+        row's value count must be a multiple of ``type_name``'s block too.
+    return_error, iq4_nl_search
+        As ``encode_rows``.
+    out : numpy.ndarray, optional
+        uint8 (rows, bytes per row of ``type_name``), C-contiguous, to write into.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        uint8 (rows, bytes per row); with ``return_error``, ``(raw, err, norm)``.
+
+    Raises
+    ------
+    ValueError
+        On a wrong array, type or row width; ``nbwoq.NonFiniteError`` (a ``ValueError``
+        whose ``row`` is the first such row) when a row decodes to NaN or Inf.
+    """
+    src = _supported(source_type)
+    _check_matrix(raw, "raw", np.uint8)
+    if raw.shape[1] % src.block_bytes or raw.shape[1] == 0:
+        raise ValueError(f"raw must have a positive multiple of {src.block_bytes} bytes per row (the {src.name} "
+                         f"block), got {raw.shape[1]}")
+    cols = raw.shape[1] // src.block_bytes * src.block_values
+    rows = raw.shape[0]
+    shape = (rows, row_bytes(type_name, cols))
+    if out is not None:
+        _check_matrix(out, "out", np.uint8)
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    [(got, err, norm)], bad = requant_batch(raw.reshape(-1), [(0, rows, cols, src.name, type_name)],
+                                            iq4_nl_search=iq4_nl_search,
+                                            out=None if out is None else out.reshape(-1))
+    if bad is not None:
+        from nbwoq._validate import NonFiniteError
+
+        raise NonFiniteError(f"raw: row {bad[1]} decodes to NaN or Inf; GGML blocks cannot store it", bad[1])
+    got = out if out is not None else got
+    return (got, err, norm) if return_error else got
+
+
+def requant_batch(data, items, *, iq4_nl_search=False, out=None):
+    """``requant_rows`` of several tensors in one kernel call: one launch and one split of
+    the work over the threads for the whole batch.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        uint8, 1-D, C-contiguous: bytes holding every tensor of the batch.
+    items : list of tuple
+        ``(start, rows, cols, source_type, type_name)`` per tensor: its rows of ``cols``
+        values, blocks of ``source_type``, from ``data[start]`` on.
+    iq4_nl_search : bool
+        As ``encode_rows``.
+    out : numpy.ndarray, optional
+        uint8, 1-D, C-contiguous, at least the results' bytes, to write into.
+
+    Returns
+    -------
+    results, bad
+        ``results``: per item ``(raw, err, norm)``, ``raw`` its uint8 (rows, bytes per
+        row) in ``out`` (one after the other); ``bad``: None, or ``(k, row)`` of the first
+        item whose rows decode to NaN or Inf and the first such row (those rows are zeros).
+
+    Raises
+    ------
+    ValueError
+        On a wrong array, type, row width, or an item outside ``data``.
+    """
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1 or not data.flags.c_contiguous:
+        raise ValueError("data must be a 1-D C-contiguous uint8 array")
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    n = len(items)
+    first_row = np.zeros(n + 1, dtype=np.int64)
+    table = np.zeros((6, n), dtype=np.int64)  # start, source kind, cols, kind, out start, out bytes per row
+    total = 0
+    for k, (start, rows, cols, source_type, type_name) in enumerate(items):
+        src, t = _supported(source_type), _supported(type_name)
+        _check_cols(cols, src)
+        _check_cols(cols, t)
+        in_row, out_row = cols // src.block_values * src.block_bytes, cols // t.block_values * t.block_bytes
+        if not (isinstance(start, (int, np.integer)) and isinstance(rows, (int, np.integer))
+                and start >= 0 and rows >= 0 and start + rows * in_row <= data.size):
+            raise ValueError(f"item {k}: {rows} rows of {in_row} bytes from byte {start} lie outside data "
+                             f"({data.size} bytes)")
+        first_row[k + 1] = first_row[k] + rows
+        table[:, k] = (start, _ggml_encode.KIND[src.name], cols, _ggml_encode.KIND[t.name], total, out_row)
+        total += rows * out_row
+    if out is None:
+        out = np.empty(total, dtype=np.uint8)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 1 and out.flags.c_contiguous
+              and out.size >= total):
+        raise ValueError(f"out must be a 1-D C-contiguous uint8 array of at least {total} bytes")
+    rows = int(first_row[-1])
+    err = np.empty(rows, dtype=np.float64)
+    norm = np.empty(rows, dtype=np.float64)
+    bad = np.zeros(rows, dtype=np.bool_)
+    if rows and all(_LEGACY[k] for k in table[1]) and all(_LEGACY[k] and k != _IQ4_NL for k in table[3]):
+        _ggml_rows.requant_legacy_blocks(data, first_row, table[0], table[1], table[2], table[3], table[4],
+                                         out, err, norm, bad)
+    elif rows:
+        _ggml_rows.requant_blocks(data, first_row, table[0], table[1], table[2], table[3], table[4],
+                                  7 if iq4_nl_search else -1, out, err, norm, bad)
+    results = []
+    for k in range(n):
+        r0, r1 = first_row[k], first_row[k + 1]
+        at = table[4, k]
+        raw = out[at:at + (r1 - r0) * table[5, k]].reshape(r1 - r0, table[5, k])
+        results.append((raw, err[r0:r1], norm[r0:r1]))
+    first = None
+    if bad.any():
+        r = int(np.argmax(bad))
+        k = int(np.searchsorted(first_row, r, side="right")) - 1
+        first = (k, r - int(first_row[k]))
+    return results, first

@@ -30,6 +30,8 @@ import os
 import struct
 from typing import NamedTuple
 
+import numpy as np
+
 from nbwoq.formats.errors import InputError, printable
 
 MAGIC = b"GGUF"
@@ -53,6 +55,8 @@ _MIN_KV, _MIN_TENSOR = 8 + 4 + 1, 8 + 4 + 4 + 8
 MAX_ARRAY_ITEMS = 1 << 21
 #: Most tensors read (gguf-py builds several views per tensor; real models have thousands).
 MAX_TENSORS = 1 << 18
+#: Bytes of metadata strings checked as UTF-8 in one decode.
+_UTF8_RUN = 1 << 24
 
 
 class GgufTensor(NamedTuple):
@@ -125,24 +129,56 @@ class _Reader:
 
     def strings(self, count, key):
         """Skip ``count`` strings (a tokenizer's vocabulary: keep it tight), checking each
-        length against the file and each string's UTF-8."""
+        length against the file and each string's UTF-8.
+
+        The loop only reads the lengths; the strings are checked by decoding runs of them
+        at once (about ``_UTF8_RUN`` bytes each) with every length field zeroed. That is
+        exact: a NUL is a whole character and never continues one, so a run decodes
+        exactly when each of its strings does. Only a run that fails is walked again,
+        string by string, to name the first bad item."""
         length = struct.Struct(self.order + "Q").unpack_from
         buf, pos, size = self.buf, self.pos, self.size
+        run_start, run_item, fields = pos, 0, []
         for i in range(count):
             if size - pos < 8:
                 self.pos = pos
                 self.need(8, f"the length of item {i} of {printable(key)}")
             (n,) = length(buf, pos)
+            fields.append(pos)
             pos += 8
             if n > size - pos:
                 self.pos = pos
                 self.need(n, f"item {i} of {printable(key)} ({n} bytes)")
-            try:
-                str(buf[pos:pos + n], "utf-8")
-            except UnicodeDecodeError:
-                self.fail(f"item {i} of {printable(key)}, {printable(buf[pos:pos + n])}, is not valid UTF-8")
             pos += n
+            if pos - run_start >= _UTF8_RUN:
+                self._check_run(run_start, pos, fields, run_item, key)
+                run_start, run_item, fields = pos, i + 1, []
+        self._check_run(run_start, pos, fields, run_item, key)
         self.pos = pos
+
+    def _check_run(self, start, stop, fields, first_item, key):
+        """Check the strings of bytes ``[start, stop)``, whose length fields start at ``fields``."""
+        if not fields:
+            return
+        run = np.frombuffer(self.buf, dtype=np.uint8, count=stop - start, offset=start).copy()
+        at = np.asarray(fields, dtype=np.int64) - start
+        for k in range(8):
+            run[at + k] = 0
+        try:
+            str(run.data, "utf-8")
+        except UnicodeDecodeError:
+            self._first_bad_string(start, len(fields), first_item, key)
+
+    def _first_bad_string(self, pos, count, first_item, key):
+        length = struct.Struct(self.order + "Q").unpack_from
+        for i in range(first_item, first_item + count):
+            (n,) = length(self.buf, pos)
+            pos += 8
+            try:
+                str(self.buf[pos:pos + n], "utf-8")
+            except UnicodeDecodeError:
+                self.fail(f"item {i} of {printable(key)}, {printable(self.buf[pos:pos + n])}, is not valid UTF-8")
+            pos += n
 
 
 def scan(path):

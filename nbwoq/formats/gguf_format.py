@@ -272,9 +272,38 @@ class GgufWriter(FileWriter):
     def one_pass(self):
         return self.types is not None
 
+    def takes_blocks(self, info, selected):
+        """A GGUF source's block-quantized tensor goes to a block type re-encoded row by row
+        from its blocks (``ggml_blocks.requant_batch``): no float32 copy of the tensor."""
+        return (selected and self.types is not None and self.source.kind == "gguf" and info.size > 0
+                and len(info.shape) > 0 and info.dtype in ggml_blocks.SUPPORTED
+                and self.types[self.out_name(info)] not in _FLOATS)
+
+    def copies_raw(self, info):
+        return self.source.kind == "gguf"
+
+    def requantize(self, infos, data, base, scratch):
+        """Re-encode the tensors ``infos`` (each ``takes_blocks``) in one kernel call, from
+        ``data``: the source's bytes from file offset ``base`` on. Returns per tensor
+        ``(outputs, err_sum, norm_sum)``; the outputs are ``scratch``'s ``"batch"`` buffer.
+        A row that decodes to NaN or Inf raises ``InputError`` naming the tensor and row."""
+        items, size = [], 0
+        for info in infos:
+            rows, cols = math.prod(info.shape[:-1]), info.shape[-1]
+            target = self.types[self.out_name(info)]
+            items.append((info.start - base, rows, cols, info.dtype, target))
+            size += rows * ggml_blocks.row_bytes(target, cols)
+        results, bad = ggml_blocks.requant_batch(data, items, iq4_nl_search=True,
+                                                 out=scratch.get("batch", (size,), np.uint8))
+        if bad is not None:
+            raise quantizer.non_finite_error(infos[bad[0]].name, bad[1])
+        return [([(self.out_name(info), raw.reshape(*info.shape[:-1], raw.shape[-1]))], float(err.sum()),
+                 float(norm.sum())) for info, (raw, err, norm) in zip(infos, results)]
+
     def quantize_encode(self, info, array, dtype_name, scratch):
         """Under ``--type``: the tensor's GGML type, encoded by llama.cpp's data-free rule
-        (``ggml_blocks``) in blocks of rows from the source; or a float type."""
+        (``ggml_blocks``) in blocks of rows from the source; or a float type. (A GGUF
+        source's block tensors go through ``requantize`` instead.)"""
         name = self.out_name(info)
         target = self.types[name]
         cols = info.shape[-1]

@@ -61,6 +61,15 @@ def _input_error(name, exc):
     return InputError(f"tensor {printable(name)}: {str(exc).split('; pass check_finite')[0]}")
 
 
+def non_finite_error(name, row):
+    """The ``InputError`` for tensor ``name`` whose row ``row`` holds NaN or Inf, worded
+    as ``clip_ratios`` words it."""
+    try:
+        _validate.non_finite(row)
+    except ValueError as exc:
+        return _input_error(name, exc)
+
+
 def clip_ratios(array, dtype_name, options, name):
     """Check ``array`` (stored values) for NaN/Inf and run the clip search on it, without
     a float32 copy (the core reads float16 and bfloat16 in place).

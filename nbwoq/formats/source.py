@@ -195,6 +195,33 @@ class Source:
         finally:
             mapping.close()
 
+    @contextlib.contextmanager
+    def open_bytes(self, start, stop):
+        """Yield the file's bytes ``[start, stop)`` (a single-file source, a range its
+        header declared) as a read-only uint8 array, memory-mapped for the block only."""
+        mapping = st.TensorMap(st.TensorInfo("", self.path, "U8", (stop - start,), start, stop))
+        try:
+            yield mapping.array
+        finally:
+            mapping.close()
+
+    def read_chunks(self, info, buffer):
+        """The stored bytes of tensor ``info``, read from the file into ``buffer`` (a
+        writable bytearray or uint8 array) and yielded as memoryviews of it, in order:
+        a copy streams them without mapping the tensor. Each view is valid until the
+        next. ``InputError`` when the file holds fewer bytes than its header said."""
+        view = memoryview(buffer).cast("B")
+        with open(info.path, "rb", buffering=0) as f:
+            f.seek(info.start)
+            left = info.nbytes
+            while left:
+                n = f.readinto(view[:min(left, len(view))])
+                if not n:
+                    raise InputError(f"{info.path}: changed while it was read (tensor {printable(info.name)} "
+                                     f"ends {left} bytes early)")
+                left -= n
+                yield view[:n]
+
     def gguf_raw(self, info):
         """The stored bytes of GGUF tensor ``info`` as read-only uint8 rows
         ``(*shape[:-1], bytes per row)``, and its GGML type name: what a copy writes.

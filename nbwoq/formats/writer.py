@@ -79,6 +79,24 @@ class Writer:
         ``quantizer.quantize`` followed by ``encode``."""
         return False
 
+    def takes_blocks(self, info, selected):
+        """True when tensor ``info``, stored as GGML blocks, is quantized and encoded from
+        those blocks by ``requantize`` (with other such tensors) rather than decoded to
+        float32 and handed to ``encode_tensor``."""
+        return False
+
+    def requantize(self, infos, data, base, scratch):
+        """Quantize and encode the tensors ``infos`` (each ``takes_blocks``) together, from
+        ``data``, the source's bytes from file offset ``base`` on; returns per tensor
+        ``(outputs, err_sum, norm_sum)``. The outputs may be ``scratch`` buffers, valid
+        until ``scratch``'s next use for ``requantize``."""
+        raise NotImplementedError(f"{type(self).__name__} re-encodes no blocks")
+
+    def copies_raw(self, info):
+        """True when tensor ``info``, if not selected, is stored as the source's bytes, so
+        the run may stream them from the source file without mapping or decoding them."""
+        return False
+
     def quantize_encode(self, info, array, dtype_name, scratch):
         """Quantize and encode in one pass; returns ``(outputs, err_sum, norm_sum)``."""
         raise NotImplementedError(f"{type(self).__name__} has no one-pass path")
