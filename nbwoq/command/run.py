@@ -129,7 +129,7 @@ def _check_report_path(path, src, out):
 
 def _write_padded(f, outputs, alignment, crc):
     """Each output's bytes and the zeros that pad them to ``alignment``; returns their size
-    and the CRC-32 ``crc`` continued over what was written."""
+    and the CRC-32 ``crc`` continued over what was written (None: not computed)."""
     n = 0
     for _, data in outputs:
         raw = data if data.flags.c_contiguous else data.copy()
@@ -137,7 +137,8 @@ def _write_padded(f, outputs, alignment, crc):
         pad = bytes(-raw.nbytes % alignment)
         f.write(view)
         f.write(pad)
-        crc = zlib.crc32(pad, zlib.crc32(view, crc))
+        if crc is not None:
+            crc = zlib.crc32(pad, zlib.crc32(view, crc))
         n += raw.nbytes
     return n, crc
 
@@ -182,24 +183,29 @@ def _requantize(source, writer, infos, scratch):
 def _copy_padded(f, source, info, alignment, crc, chunk):
     """Copy tensor ``info``'s stored bytes from the source file into ``f`` through the
     buffer ``chunk``, padded to ``alignment``; returns their size and the CRC-32 ``crc``
-    continued over what was written."""
+    continued over what was written (None: not computed)."""
     for view in source.read_chunks(info, chunk):
         f.write(view)
-        crc = zlib.crc32(view, crc)
+        if crc is not None:
+            crc = zlib.crc32(view, crc)
     pad = bytes(-info.nbytes % alignment)
     f.write(pad)
-    return info.nbytes, zlib.crc32(pad, crc)
+    return info.nbytes, None if crc is None else zlib.crc32(pad, crc)
 
 
 def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
     """A single-file (GGUF) run, written in place as ``OUT.partial``.
 
     The writer's header comes first; the tensor data follows in plan order, each tensor
-    padded to the alignment, then the writer's ``extra_tensors``. After each source shard the file is fsynced and its record
+    padded to the alignment, then the writer's ``extra_tensors``. After each source shard
+    the file is fsynced and, unless it was the last, its record
     (``resume.file_state_path``) says how many tensors and bytes it holds, their CRC-32
     and report rows. ``resume`` checks all of it, cuts the file back to those bytes and
     carries on from the next shard: nothing is copied or quantized twice.
-    Returns ``(rows, resumed_shards)``.
+
+    Tensors the writer re-encodes from their GGML blocks (``takes_blocks``) go through
+    ``requantize`` in batches of about ``_BATCH_BYTES`` of source; copied tensors of a
+    GGUF source are streamed file to file. Returns ``(rows, resumed_shards)``.
     """
     if os.path.isdir(partial) and not os.path.islink(partial):
         paths.remove_entry(partial)
@@ -237,6 +243,8 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
         for shard_no, (shard, items) in enumerate(plan):
             if shard_no < shards_done:
                 continue
+            if shard_no + 1 == len(plan):
+                crc = None  # no record follows the last shard: its CRC-32 would go unread
             for window in _windows(items, writer):
                 batch = _requantize(source, writer, [info for info, sel in window if writer.takes_blocks(info, sel)],
                                     scratch)
