@@ -58,6 +58,47 @@ MAX_TENSORS = 1 << 18
 #: Bytes of metadata strings checked as UTF-8 in one decode.
 _UTF8_RUN = 1 << 24
 
+#: ggml tensor types: id -> (name, values per block, bytes per block), gguf-py's
+#: ``GGMLQuantizationType`` and ``GGML_QUANT_SIZES`` (0.19; a test holds them equal to the
+#: installed gguf-py). A GGUF run reads its source without importing gguf-py (a tenth of
+#: a second); a type missing here is looked up there (``ggml_type``).
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}
+_TYPE_IDS = {name: type_id for type_id, (name, _, _) in GGML_TYPES.items()}
+#: ``general.quantization_version`` of the blocks nbwoq writes (gguf-py's ``GGML_QUANT_VERSION``).
+QUANT_VERSION = 2
+
+
+def ggml_type(type_id):
+    """``(name, values per block, bytes per block)`` of ggml type ``type_id``, or None."""
+    known = GGML_TYPES.get(type_id)
+    if known is None:
+        try:
+            import gguf
+
+            gtype = gguf.GGMLQuantizationType(type_id)
+            known = (gtype.name, *gguf.GGML_QUANT_SIZES[gtype])
+        except (ImportError, ValueError, KeyError):
+            return None
+    return known
+
+
+def ggml_type_id(name):
+    """The id of the ggml type named ``name`` (``KeyError`` when neither table has it)."""
+    if name in _TYPE_IDS:
+        return _TYPE_IDS[name]
+    import gguf
+
+    return int(gguf.GGMLQuantizationType[name])
+
 
 class GgufTensor(NamedTuple):
     """One tensor as the header declares it: absolute byte range ``[start, stop)``."""
@@ -202,17 +243,15 @@ def scan(path):
         dimensions, a shape whose size overflows or is not whole blocks, tensor data
         outside the file, misaligned or overlapping, or no ``general.architecture``.
     """
-    import gguf  # the block sizes of every ggml type: gguf-py's table
-
     path = os.fspath(path)
     size = os.path.getsize(path)
     if size < 24:
         raise InputError(f"{path}: not a readable GGUF file: {size} bytes, shorter than the 24-byte GGUF header")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return _scan(_Reader(path, buf, "<"), gguf.GGML_QUANT_SIZES, gguf.GGMLQuantizationType)
+        return _scan(_Reader(path, buf, "<"))
 
 
-def _scan(r, block_sizes, ggml_types):
+def _scan(r):
     if bytes(r.buf[:4]) != MAGIC:
         r.fail(f"bad magic {printable(bytes(r.buf[:4]))} (a GGUF file starts with b'GGUF')")
     r.pos = 4
@@ -290,17 +329,16 @@ def _scan(r, block_sizes, ggml_types):
         dims = tuple(r.unpack("Q", f"a dimension of {shown}") for _ in range(n_dims))
         raw_type = r.unpack("I", f"the type of {shown}")
         offset = r.unpack("Q", f"the data offset of {shown}")
-        try:
-            gtype = ggml_types(raw_type)
-            block, type_size = block_sizes[gtype]
-        except (ValueError, KeyError):
+        known = ggml_type(raw_type)
+        if known is None:
             r.fail(f"tensor {shown} has unknown ggml type {raw_type}")
+        type_name, block, type_size = known
         n = math.prod(dims)  # Python ints: no uint64 wrap-around
         if any(d >= 1 << 63 for d in dims) or n >= 1 << 63:
             r.fail(f"tensor {shown} has shape {list(dims)}, beyond int64")
         if block > 1 and (not dims or dims[0] % block):
-            r.fail(f"tensor {shown} of type {gtype.name} has shape {list(dims)}: rows are not whole blocks of {block}")
-        declared.append((name, gtype.name, dims, offset, n // block * type_size))
+            r.fail(f"tensor {shown} of type {type_name} has shape {list(dims)}: rows are not whole blocks of {block}")
+        declared.append((name, type_name, dims, offset, n // block * type_size))
     data_start = r.pos + (-r.pos % alignment)
     tensors = []
     for name, type_name, dims, offset, nbytes in declared:

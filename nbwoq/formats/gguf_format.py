@@ -35,7 +35,7 @@ import os
 import numpy as np
 
 from nbwoq._version import __version__
-from nbwoq.formats import ggml_blocks, gguf_header, hf_to_gguf, packing, quantizer, storage
+from nbwoq.formats import ggml_blocks, gguf_check, gguf_header, hf_to_gguf, packing, quantizer, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_mix import FILE_TYPES, plan_types
 from nbwoq.formats.writer import Encoding, FileWriter
@@ -85,20 +85,24 @@ class GgufWriter(FileWriter):
 
     def __init__(self, options, source):
         super().__init__(options, source)
-        try:
-            import gguf
-        except ImportError:  # pragma: no cover
-            raise InputError("--format gguf needs the 'gguf' package (pip install gguf)") from None
-        self.gguf = gguf
+        # gguf-py writes a Hugging Face source's header; a GGUF source's is ours
+        # (``gguf_header``), and its run does without importing gguf-py.
+        self.gguf = None
+        if source.kind != "gguf":
+            try:
+                import gguf
+            except ImportError:  # pragma: no cover
+                raise InputError("--format gguf needs the 'gguf' package (pip install gguf)") from None
+            self.gguf = gguf
         self.file_type = options.gguf_type  # a llama.cpp file type (--type), or None: the core's codes
         if self.file_type is None:
             self.type_name = gguf_type(options)
             self.kind = _KINDS[self.type_name]
-            self.qtype = getattr(gguf.GGMLQuantizationType, self.type_name)
+            self.qtype = gguf_check.ggml_type_id(self.type_name)
         else:
             self.type_name = self.file_type
         # A Hugging Face folder is converted (names, row order, metadata); a GGUF is kept as it is.
-        self.convert = None if source.kind == "gguf" else hf_to_gguf.conversion(source, gguf)
+        self.convert = None if source.kind == "gguf" else hf_to_gguf.conversion(source, self.gguf)
         self.arch = source.gguf.architecture if self.convert is None else self.convert.arch
         self.types = self._plan_types() if self.file_type is not None else None
 
@@ -170,7 +174,8 @@ class GgufWriter(FileWriter):
             rows, cols = info.shape
             _, bsize = packing.GGUF_BLOCK[self.kind]
             byte_shape = (rows, cols // 32 * bsize)
-            gguf_writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1], raw_dtype=self.qtype)
+            gguf_writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), rows * byte_shape[1],
+                                        raw_dtype=gguf.GGMLQuantizationType(self.qtype))
             return
         itemsize = 2 if info.dtype in ("F16", "BF16") else 4
         nbytes = info.size * itemsize
@@ -190,7 +195,7 @@ class GgufWriter(FileWriter):
         """The key/values nbwoq sets itself: (key, GGUF value type name, value)."""
         return (("general.file_type", "UINT32",
                  FILE_TYPES[self.file_type][0] if self.file_type else _FILE_TYPE[self.type_name]),
-                ("general.quantization_version", "UINT32", self.gguf.GGML_QUANT_VERSION),
+                ("general.quantization_version", "UINT32", gguf_check.QUANT_VERSION),
                 ("general.quantized_by", "STRING", f"nbwoq {__version__} ({self.options.label()})"))
 
     def metadata(self, gguf_writer):
@@ -220,11 +225,10 @@ class GgufWriter(FileWriter):
         records = [raw for key, raw in self.source.gguf_records().items()
                    if key not in skip and not key.startswith("GGUF.")]  # GGUF.*: gguf-py's own names
         records += [encode[vtype](key, value) for key, vtype, value in own]
-        types = self.gguf.GGMLQuantizationType
         tensors = []
         for info, selected in plan:
             type_name, nbytes = self._stored(info, selected)
-            tensors.append((self.out_name(info), info.shape, int(types[type_name]), nbytes))
+            tensors.append((self.out_name(info), info.shape, gguf_check.ggml_type_id(type_name), nbytes))
         alignment = self.source.gguf.alignment
         return gguf_header.header(records, tensors, alignment), alignment
 

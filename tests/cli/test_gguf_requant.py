@@ -117,3 +117,15 @@ def test_copy_of_a_source_that_shrank_is_one_error(tmp_path, monkeypatch, capsys
     assert main(["quantize", src, out, "--type", "Q4_0", "--quiet", "--exclude", "blk.1.attn_q.weight"]) == 1
     assert "changed while it was read" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_gguf_to_gguf_does_without_gguf_py(tmp_path):
+    """A GGUF source's run reads and writes with our own tables and header writer."""
+    import subprocess
+    import sys
+
+    src = _source(tmp_path / "src.gguf", np.random.default_rng(4))
+    code = ("import sys; from nbwoq.command.cli import main; "
+            f"assert main(['quantize', {src!r}, {str(tmp_path / 'out.gguf')!r}, '--type', 'Q4_K_M', '--quiet']) == 0; "
+            "assert 'gguf' not in sys.modules, 'gguf imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -72,3 +72,13 @@ def test_a_length_field_never_completes_a_character(tmp_path):
     path = _gguf(tmp_path / "t.gguf", [b"a\xe4\xb8", b"x" * 0xAD])
     with pytest.raises(InputError, match="item 0 of 'tok'"):
         gguf_check.scan(path)
+
+
+def test_ggml_type_table_matches_gguf_py():
+    gguf = pytest.importorskip("gguf")
+    for gtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        assert gguf_check.GGML_TYPES[int(gtype)] == (gtype.name, block, size)
+        assert gguf_check.ggml_type_id(gtype.name) == int(gtype)
+    assert set(gguf_check.GGML_TYPES) == {int(t) for t in gguf.GGML_QUANT_SIZES}
+    assert gguf_check.QUANT_VERSION == gguf.GGML_QUANT_VERSION
+    assert gguf_check.ggml_type(77) is None
