@@ -5,27 +5,62 @@ Numba path; every other array-API array takes the reference path in its own name
 on its own device.
 """
 
+import sys
+
 import array_api_compat
 import numpy as np
 
-try:  # bfloat16 as JAX, safetensors and ml_dtypes users hold it
-    import ml_dtypes
-
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is optional
-    ml_dtypes = None
-    BFLOAT16 = None
-
-#: NumPy dtypes the kernels accept, with the integer view each is handed as.
+#: NumPy dtypes the kernels accept, with the integer view each is handed as (ml_dtypes'
+#: bfloat16, as an int16 view, once ``_known`` has met it).
 _KERNEL_VIEW = {
     np.dtype(np.float32): None,
     np.dtype(np.float64): None,
     np.dtype(np.float16): np.dtype(np.uint16),
 }
-if BFLOAT16 is not None:
-    _KERNEL_VIEW[BFLOAT16] = np.dtype(np.int16)
 
 SUPPORTED_NAMES = "float16, bfloat16, float32 or float64"
+
+_NOT_YET = object()
+_bfloat16 = _NOT_YET  # ml_dtypes' bfloat16 once looked up (None without ml_dtypes)
+
+
+def bfloat16():
+    """ml_dtypes' bfloat16 (as JAX, safetensors and ml_dtypes users hold it), or None
+    where ml_dtypes is not installed.
+
+    ml_dtypes is imported here, on first need, not with nbwoq: its import takes about a
+    second of CPU, longer than the command takes to re-quantize a small model. An array
+    can only hold its bfloat16 once something has imported ml_dtypes, so a dtype is
+    checked against it only then (``_known``)."""
+    global _bfloat16
+    if _bfloat16 is _NOT_YET:
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - ml_dtypes is optional
+            _bfloat16 = None
+        else:
+            bf16 = np.dtype(ml_dtypes.bfloat16)
+            _KERNEL_VIEW[bf16] = np.dtype(np.int16)
+            _EXPONENT[bf16] = (np.dtype(np.uint16), np.uint16(0x7F80))
+            _bfloat16 = bf16
+    return _bfloat16
+
+
+def is_bfloat16(dtype):
+    """True when ``dtype`` is ml_dtypes' bfloat16 (never importing ml_dtypes to say no)."""
+    return getattr(dtype, "name", None) == "bfloat16" and "ml_dtypes" in sys.modules and dtype == bfloat16()
+
+
+def _known(dtype):
+    """True when the kernels take NumPy ``dtype`` (ml_dtypes' bfloat16 is added on sight)."""
+    return dtype in _KERNEL_VIEW or is_bfloat16(dtype)
+
+
+def __getattr__(name):
+    # ``BFLOAT16``, as this module exported it before it imported ml_dtypes lazily.
+    if name == "BFLOAT16":
+        return bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_numpy(x):
@@ -33,7 +68,7 @@ def is_numpy(x):
 
 
 def numpy_dtype_supported(dtype):
-    return dtype in _KERNEL_VIEW
+    return _known(dtype)
 
 
 def compute_dtype(dtype, xp=None):
@@ -59,6 +94,7 @@ def kernel_param(value, cdt):
 def kernel_view(x):
     """The array the kernels take for NumPy array ``x``: ``x`` itself or an integer view
     of its memory (float16 -> uint16, bfloat16 -> int16). Never a copy."""
+    _known(x.dtype)
     view_dtype = _KERNEL_VIEW[x.dtype]
     return x if view_dtype is None else x.view(view_dtype)
 
@@ -69,13 +105,12 @@ _EXPONENT = {
     np.dtype(np.float64): (np.dtype(np.uint64), np.uint64(0x7FF0000000000000)),
     np.dtype(np.float16): (np.dtype(np.uint16), np.uint16(0x7C00)),
 }
-if BFLOAT16 is not None:
-    _EXPONENT[BFLOAT16] = (np.dtype(np.uint16), np.uint16(0x7F80))
 
 
 def exponent_view(x):
     """``(bits, mask)``: ``x`` viewed as unsigned integers of its width, and the mask of
     its exponent field (all ones means NaN or Inf). Never a copy."""
+    _known(x.dtype)
     view_dtype, mask = _EXPONENT[x.dtype]
     return x.view(view_dtype), mask
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nbwoq._arrays import BFLOAT16
+from nbwoq import _arrays
 from nbwoq.formats.packing import decode_rows
 
 
@@ -70,7 +70,7 @@ def quantizable(name):
 def from_numpy(dtype):
     """The stored name of an in-memory NumPy dtype (ml_dtypes' bfloat16 is ``"BF16"``)."""
     dtype = np.dtype(dtype)
-    if BFLOAT16 is not None and dtype == BFLOAT16:
+    if _arrays.is_bfloat16(dtype):
         return "BF16"
     for storage in TABLE:
         if storage.numpy == dtype and storage.name not in ("BF16", "F8_E4M3", "F8_E5M2"):
@@ -80,7 +80,7 @@ def from_numpy(dtype):
 
 def stored_bytes(array):
     """``array`` as it is stored: bfloat16 (ml_dtypes) as its uint16 pattern, others as is."""
-    if BFLOAT16 is not None and array.dtype == BFLOAT16:
+    if _arrays.is_bfloat16(array.dtype):
         return array.view(np.uint16)
     return array
 
@@ -108,7 +108,8 @@ def as_float(array, name):
     if name == "F32" or name == "F16":
         return array if name == "F32" else array.view(np.float16)
     if name == "BF16":
-        return array.view(BFLOAT16) if BFLOAT16 is not None else widen(array, name)
+        bf16 = _arrays.bfloat16()
+        return array.view(bf16) if bf16 is not None else widen(array, name)
     raise TypeError(f"cannot decode dtype {name}")
 
 
