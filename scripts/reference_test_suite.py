@@ -4,7 +4,7 @@ Usage (needs ``pip install -e ".[clients]"`` and ``pytest-timeout``)::
 
     python scripts/reference_test_suite.py [--git-dir /work/.mirror/intel+neural-compressor/repo]
         [--rev HEAD] [--scratch /tmp/ref-tests] [--test-timeout 600] [--file-timeout 5400]
-        [--files rtn awq ...] [--json results.json]
+        [--files rtn awq ...] [--absorb-backend torchscript] [--json results.json]
 
 The reference's weight-only test files (RTN, AWQ, TEQ, GPTQ, utility, module and mixed
 algorithms) are taken from a git checkout of neural-compressor at ``--rev`` (its
@@ -23,7 +23,11 @@ makes the tests runnable offline, identically both ways:
   tolerances are then checked on these weights, not the hub's;
 - GPTQ resolves its ``model_path`` through the hub even when it never loads from it, and
   the installed ``huggingface_hub`` rejects the default ``""``; the plugin leaves an empty
-  path empty (only layer-wise loading reads it).
+  path empty (only layer-wise loading reads it);
+- transformers is imported before the reference, as the test files do (the reference's
+  modules bind it only if it is already imported).
+
+Tests that fail both ways but for different reasons are listed beside the regressions.
 
 A test that runs past ``--test-timeout`` is stopped by pytest-timeout and counted as
 "timeout"; a file that runs past ``--file-timeout`` is killed, its unfinished tests are
@@ -140,11 +144,12 @@ def pytest_configure(config):
 
     original = gptq.get_path
     gptq.get_path = lambda path: path if not path else original(path)
-    layer_wise.get_path = gptq.get_path
+    layer_wise.get_path = gptq.get_path  # gptq's layer-wise set-up imports it from there
     if os.environ.get("NBWOQ_SUBSTITUTE") == "1":
         import nbwoq_torch
 
-        _substitution = nbwoq_torch.patch_reference()
+        _substitution = nbwoq_torch.patch_reference(absorb_backend=os.environ.get("NBWOQ_ABSORB_BACKEND",
+                                                                                  "torchscript"))
         _substitution.__enter__()
 
 
@@ -157,14 +162,13 @@ def pytest_unconfigure(config):
 
 def pytest_report_header(config):
     module = sys.modules["neural_compressor.torch.algorithms.weight_only.utility"]
-    return f"utility module: quant_tensor from {module.quant_tensor.__module__} (substituted: {_substitution is not None})"
+    return (f"utility module: quant_tensor from {module.quant_tensor.__module__} (substituted: "
+            f"{_substitution is not None}, absorb_backend {os.environ.get('NBWOQ_ABSORB_BACKEND', 'torchscript')})")
 
 
 def pytest_runtest_logreport(report):
     # Written as each phase ends, so a run killed at the file limit keeps what it did.
-    if _log is None or not (report.when == "call" or report.outcome != "passed"):
-        return
-    if report.when == "teardown" and report.outcome == "passed":
+    if _log is None or (report.when != "call" and report.outcome == "passed"):
         return
     outcome = report.outcome
     text = str(report.longrepr) if report.longrepr else ""
@@ -223,7 +227,8 @@ def run_file(test_file, mode, args, hf_home):
     log = pathlib.Path(workdir) / "reports.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "scripts"), str(ROOT)]),
                HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               NBWOQ_SUBSTITUTE="1" if mode == "nbwoq" else "0", NBWOQ_SUITE_LOG=str(log),
+               NBWOQ_SUBSTITUTE="1" if mode == "nbwoq" else "0", NBWOQ_ABSORB_BACKEND=args.absorb_backend,
+               NBWOQ_SUITE_LOG=str(log),
                NBWOQ_SUITE_CWD=workdir)
     nodes = _collect(test_file, env)
     stats = pathlib.Path(workdir) / "time.txt"
@@ -279,6 +284,8 @@ def main(argv=None):
     parser.add_argument("--file-timeout", type=int, default=5400)
     parser.add_argument("--files", nargs="*", default=list(FILES), choices=list(FILES))
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    parser.add_argument("--absorb-backend", default="torchscript", choices=("torchscript", "auto", "export"),
+                        help="patch_reference(absorb_backend=) of the nbwoq runs")
     parser.add_argument("--json", help="write every test's outcome here")
     parser.add_argument("--keep", action="store_true", help="keep each run's working folder (its pytest output)")
     args = parser.parse_args(argv)
@@ -293,7 +300,8 @@ def main(argv=None):
 
     print(f"reference tests from {args.git_dir}@{args.rev} in {scratch}; nbwoq_torch from "
           f"{pathlib.Path(nbwoq_torch.__file__).parent}; limits {args.test_timeout}s a test, "
-          f"{args.file_timeout}s a file; {os.cpu_count()} CPUs", flush=True)
+          f"{args.file_timeout}s a file; nbwoq with absorb_backend={args.absorb_backend!r}; {os.cpu_count()} CPUs",
+          flush=True)
     runs = {}
     for label in args.files:
         for mode in args.modes:
