@@ -367,8 +367,9 @@ class GraphTrace:
         skip_unsupported_layers : bool, optional
             Drop pairs whose modules cannot take a scale (see
             :meth:`remove_unsupported_layers`).
-        backend : {"torchscript", "export"}, optional
-            How to trace.
+        backend : {"torchscript", "export", "auto"}, optional
+            How to trace. ``"auto"`` traces with TorchScript and, when that
+            fails, with ``torch.export``.
 
         Returns
         -------
@@ -378,8 +379,20 @@ class GraphTrace:
         no_absorb_layers : list of str or None
             Layers of the requested types without an absorbing layer; None
             when tracing failed.
+
+        Raises
+        ------
+        ValueError
+            If ``backend`` is unknown.
         """
         op_types = _check_layer_types(op_types)
+        _check_backend(backend, allow_auto=True)
+        if backend == "auto":
+            for name in _BACKENDS:
+                found = self.get_absorb_to_layer(model, example_input, op_types, skip_unsupported_layers, name)
+                if found[1] is not None:
+                    return found
+            return None, None
         traced = self.trace(model, example_input, backend=backend)
         if traced is None:
             return None, None
@@ -570,14 +583,12 @@ def get_absorb_layers(model, example_inputs, supported_layers=["Linear"], foldin
     """
     _check_backend(backend, allow_auto=True)
     op_types = _check_layer_types(supported_layers)
-    tracer = GraphTrace()
-    backends = _BACKENDS if backend == "auto" else (backend,)
-    for name in backends:
-        absorb_to_layer, no_absorb_layers = tracer.get_absorb_to_layer(model, example_inputs, op_types, backend=name)
-        if no_absorb_layers is not None:
-            if not absorb_to_layer:
-                logger.warning("No absorb layer is detected.")
-            return absorb_to_layer, no_absorb_layers
+    absorb_to_layer, no_absorb_layers = GraphTrace().get_absorb_to_layer(model, example_inputs, op_types,
+                                                                         backend=backend)
+    if no_absorb_layers is not None:
+        if not absorb_to_layer:
+            logger.warning("No absorb layer is detected.")
+        return absorb_to_layer, no_absorb_layers
     # No graph at all: every layer has to be treated as having no absorber.
     fallback_types = {"Linear", "Conv1D"} if "Conv1D" in op_types else {"Linear"}
     return {}, [name for name, module in model.named_modules() if type(module).__name__ in fallback_types]

@@ -37,8 +37,36 @@ _SUBSTITUTES = {
 }
 
 
+_ABSORB_BACKENDS = ("torchscript", "auto", "export")
+
+
+def _absorb_substitutes(absorb_backend):
+    """``get_absorb_layers`` and ``GraphTrace`` tracing with ``absorb_backend`` unless told otherwise."""
+    if absorb_backend not in _ABSORB_BACKENDS:
+        raise ValueError(f"absorb_backend must be one of {_ABSORB_BACKENDS}, got {absorb_backend!r}")
+
+    def get_absorb_layers(model, example_inputs, supported_layers=["Linear"], folding=False,  # noqa: B006
+                          backend=absorb_backend):
+        return _graph.get_absorb_layers(model, example_inputs, supported_layers, folding, backend=backend)
+
+    get_absorb_layers.__doc__ = (f":func:`nbwoq_torch.get_absorb_layers` with ``backend={absorb_backend!r}`` "
+                                 "unless told otherwise (set by :func:`nbwoq_torch.patch_reference`).")
+
+    if absorb_backend == "torchscript":  # GraphTrace's own default
+        return {"get_absorb_layers": get_absorb_layers}
+
+    class GraphTrace(_graph.GraphTrace):
+        __doc__ = _graph.GraphTrace.__doc__
+
+        def get_absorb_to_layer(self, model, example_input, op_types, skip_unsupported_layers=True,
+                                backend=absorb_backend):
+            return super().get_absorb_to_layer(model, example_input, op_types, skip_unsupported_layers, backend)
+
+    return {"get_absorb_layers": get_absorb_layers, "GraphTrace": GraphTrace}
+
+
 @contextlib.contextmanager
-def patch_reference(module_name=REFERENCE_MODULE):
+def patch_reference(module_name=REFERENCE_MODULE, *, absorb_backend="torchscript"):
     """Context manager: the reference's weight-only algorithms call nbwoq_torch inside it.
 
     Inside the ``with`` block, ``sys.modules[module_name]`` is a module holding the
@@ -52,6 +80,17 @@ def patch_reference(module_name=REFERENCE_MODULE):
     ----------
     module_name : str, optional
         The reference's utility module.
+    absorb_backend : {"torchscript", "auto", "export"}, optional
+        How the substitute's ``get_absorb_layers`` (AWQ's absorb search) and
+        ``GraphTrace.get_absorb_to_layer`` (TEQ's, with ``folding=True``) trace
+        the model when the caller names no backend. The default,
+        ``"torchscript"``, is the reference's own path, so every algorithm gives
+        the reference's model exactly; on ``transformers`` 5.x models that means
+        TorchScript fails and AWQ finds no absorb layers, as on the reference.
+        ``"auto"`` falls back to ``torch.export`` when TorchScript fails: AWQ
+        then finds the absorb layers and folds their scales into the layers
+        before them, a different (AWQ as intended) model. ``"export"`` uses
+        ``torch.export`` only.
 
     Yields
     ------
@@ -64,6 +103,8 @@ def patch_reference(module_name=REFERENCE_MODULE):
         If the reference (``neural-compressor-pt``) is not installed.
     RuntimeError
         If the module is already patched.
+    ValueError
+        If ``absorb_backend`` is not one of the three.
 
     Examples
     --------
@@ -72,16 +113,17 @@ def patch_reference(module_name=REFERENCE_MODULE):
     ...     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
     ...     model = convert(prepare(model, RTNConfig()))
     """
+    substitutes = {**_SUBSTITUTES, **_absorb_substitutes(absorb_backend)}
     original = importlib.import_module(module_name)
     if getattr(original, "__nbwoq_patched__", False):
         raise RuntimeError(f"{module_name} is already patched by patch_reference")
     substitute = types.ModuleType(module_name, original.__doc__)
     substitute.__dict__.update({k: v for k, v in vars(original).items() if k not in ("__name__", "__doc__")})
-    substitute.__dict__.update(_SUBSTITUTES)
+    substitute.__dict__.update(substitutes)
     substitute.__nbwoq_patched__ = True
 
     # What the reference's own objects are, so that only imports of them are replaced.
-    replaced = {id(getattr(original, name)): _SUBSTITUTES[name] for name in _SUBSTITUTES if hasattr(original, name)}
+    replaced = {id(getattr(original, name)): substitutes[name] for name in substitutes if hasattr(original, name)}
     parent_name, _, child = module_name.rpartition(".")
     undo = [(sys.modules, module_name, original)]
     try:

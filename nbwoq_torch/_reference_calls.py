@@ -14,6 +14,11 @@ their habits need a rule of their own here, kept in one place (SPEC deviation 7)
   drops exactly these, with a one-time warning, so the numbers are the reference's. Any
   other unknown keyword still reaches the core, which raises ``TypeError``.
 - ``fp8_aware=True`` first passes the weight through float8 (:func:`fp8_prescale`).
+- GPTQ on ``transformers`` ``Conv1D`` layers (GPT-2) passes some layers a scale (and zero
+  point) transposed, shape ``(1, rows)``: its export loop transposes another layer's scale
+  in place. The reference's torch arithmetic broadcasts it; :func:`broadcast_like_reference`
+  turns any scale the reference broadcasts into the ``(rows, n_groups)`` one that gives the
+  same numbers, with a one-time warning.
 """
 
 from __future__ import annotations
@@ -171,3 +176,67 @@ def fp8_prescale(weight, scale_bf16_to_fp8):
     scaled = weight.detach().clone().mul_(1 / scale_bf16_to_fp8.to(weight.device))
     scaled = torch.clamp(scaled, min=-protective_range, max=protective_range)
     return scaled.to(torch.float8_e4m3fn).to(torch.float32)
+
+
+def _reference_columns(param, rows, cols, group_size):
+    """``param`` as the ``(rows, n_groups)`` tensor (and its group size) the reference's
+    arithmetic effectively uses, or None where the reference would fail too.
+
+    The reference divides by ``scale[:, i].unsqueeze(1)`` for group ``i``, by
+    ``scale[:, -1].unsqueeze(1)`` for a short last group, and with ``group_size=-1`` by
+    ``scale`` itself, each broadcast by torch against the weight's slice.
+    """
+    if group_size == -1:
+        try:
+            if torch.broadcast_shapes(param.shape, (rows, cols)) != (rows, cols):
+                return None
+        except RuntimeError:
+            return None
+        if param.dim() == 2 and param.shape[1] == 1:  # one column: per-row (or per-tensor)
+            return param.expand(rows, 1).contiguous(), -1
+        return param.expand(rows, cols).contiguous(), 1  # per element, as torch divides
+    full, tail = divmod(cols, group_size)
+    if param.dim() != 2 or param.shape[0] not in (1, rows) or param.shape[1] < max(full, 1):
+        return None
+    columns = list(range(full)) + ([param.shape[1] - 1] if tail else [])
+    return param[:, columns].expand(rows, len(columns)).contiguous(), group_size
+
+
+def broadcast_like_reference(weight, scale, zp, group_size):
+    """The ``(scale, zp, group_size)`` that give the reference's numbers for scale and zero
+    point shapes that are not ``(rows, n_groups)`` but that the reference's arithmetic
+    broadcasts (one row for every row; extra columns; a per-column scale with
+    ``group_size=-1``). Anything else is returned unchanged, for the core to refuse.
+
+    Warns once per process when it changes anything.
+    """
+    if (not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not isinstance(scale, torch.Tensor)
+            or not (zp is None or isinstance(zp, torch.Tensor)) or isinstance(group_size, bool)
+            or not isinstance(group_size, int) or not (group_size == -1 or group_size > 0)):
+        return scale, zp, group_size
+    rows, cols = weight.shape
+    n_groups = 1 if group_size == -1 else -(-cols // group_size)
+    if tuple(scale.shape) == (rows, n_groups) and (zp is None or tuple(zp.shape) == (rows, n_groups)):
+        return scale, zp, group_size
+    new_scale = _reference_columns(scale, rows, cols, group_size)
+    new_zp = None if zp is None else _reference_columns(zp, rows, cols, group_size)
+    if new_scale is None or (zp is not None and new_zp is None):
+        return scale, zp, group_size
+    effective = 1 if new_scale[1] == 1 or (new_zp is not None and new_zp[1] == 1) else group_size
+    if effective == 1:  # one of them per element: both per element
+        new_scale = (scale.expand(rows, cols).contiguous(), 1)
+        new_zp = None if zp is None else (zp.expand(rows, cols).contiguous(), 1)
+    with _warned_lock:
+        first = ("quant_weight_w_scale", "broadcast") not in _warned
+        _warned.add(("quant_weight_w_scale", "broadcast"))
+    if first:
+        shapes = f"scale {tuple(scale.shape)}" + ("" if zp is None else f" and zp {tuple(zp.shape)}")
+        warnings.warn(
+            f"quant_weight_w_scale(): {shapes} for a {tuple(weight.shape)} weight with group_size {group_size} "
+            f"is not (rows, n_groups) = {(rows, n_groups)}; it is broadcast as the reference's torch arithmetic "
+            "broadcasts it, so the result is the reference's (the reference's GPTQ passes such a transposed scale "
+            "to some transformers Conv1D layers). This warning is shown once.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return new_scale[0], None if zp is None else new_zp[0], effective

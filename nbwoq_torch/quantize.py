@@ -274,9 +274,13 @@ def quant_weight_w_scale(weight, scale, *args, **kwargs):
     weight : torch.Tensor, shape (rows, cols)
         Overwritten with the codes (in its own dtype).
     scale : torch.Tensor, shape (rows, n_groups)
-        On the weight's device.
+        On the weight's device. A shape the reference's torch arithmetic broadcasts
+        instead (one row for all rows, extra columns, per column with
+        ``group_size=-1``) is computed as the reference computes it, with a one-time
+        warning: the reference's GPTQ passes such a transposed scale to some
+        ``transformers`` ``Conv1D`` layers. Any other shape raises ``ValueError``.
     zp : torch.Tensor or None, default None
-        Zero points, shape (rows, n_groups).
+        Zero points, shape (rows, n_groups), or broadcast as ``scale`` is.
     group_size : int, default -1
     dtype : str, default "int"
     bits : int or None, default None
@@ -324,6 +328,8 @@ def quant_weight_w_scale(weight, scale, *args, **kwargs):
     """
     call = _reference_calls.resolve_w_scale_call((weight, scale) + args, kwargs)
     weight = call["weight"]
+    call["scale"], call["zp"], call["group_size"] = _reference_calls.broadcast_like_reference(
+        weight, call["scale"], call["zp"], call["group_size"])
     if call["fp8_aware"] is not False and call["fp8_aware"] is not True:
         raise TypeError(f"fp8_aware must be True or False, got {call['fp8_aware']!r}")
     if not call["fp8_aware"]:

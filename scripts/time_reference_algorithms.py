@@ -10,9 +10,10 @@ once as installed and once inside ``nbwoq_torch.patch_reference()``; the best wa
 ``--repeat`` runs each way is printed with the speed-up, and whether the quantized models
 are identical. "in utility" is the part of that time spent inside the utility module's
 seed functions (outermost calls only), which is what nbwoq replaces; the rest (packing,
-calibration forward passes, GPTQ's Hessian work) is the reference's own code either way. "awq-same-path" holds nbwoq's absorb search to TorchScript, the reference's
-path (on transformers 5.x the reference finds no absorb pairs; plain "awq" on nbwoq finds
-them and so does different, more useful work).
+calibration forward passes, GPTQ's Hessian work) is the reference's own code either way.
+"awq-auto" runs nbwoq with ``patch_reference(absorb_backend="auto")``: on transformers 5.x
+it finds the absorb pairs the reference cannot (plain "awq", like the reference, finds
+none), so it does different work and its model is not the reference's.
 """
 
 import argparse
@@ -33,7 +34,7 @@ import _runs  # noqa: E402
 
 import nbwoq_torch  # noqa: E402
 
-ALGORITHMS = ("rtn", "rtn-clip", "rtn-nf4", "rtn-double-quant", "gptq", "teq", "awq-same-path", "awq")
+ALGORITHMS = ("rtn", "rtn-clip", "rtn-nf4", "rtn-double-quant", "gptq", "teq", "awq", "awq-auto")
 
 
 @contextlib.contextmanager
@@ -81,19 +82,15 @@ def _utility_clock(totals):
 
 
 def _timed(model, algorithm, substitute, repeat):
-    name, patches = algorithm, ()
-    if algorithm == "awq-same-path":
-        name = "awq"
-        patches = _runs.torchscript_only() if substitute else ()
+    name, absorb_backend = algorithm, "torchscript"
+    if algorithm == "awq-auto":
+        name, absorb_backend = "awq", "auto"
     best, in_utility, state = float("inf"), float("inf"), None
     for _ in range(repeat):
         totals = [0.0]
         with contextlib.ExitStack() as stack:
             if substitute:
-                stack.enter_context(nbwoq_torch.patch_reference())
-                for module, attribute, value in patches:
-                    stack.callback(setattr, module, attribute, getattr(module, attribute))
-                    setattr(module, attribute, value)
+                stack.enter_context(nbwoq_torch.patch_reference(absorb_backend=absorb_backend))
             stack.enter_context(_utility_clock(totals))
             start = time.perf_counter()
             # substitute=False: the substitution (if any) is already in place, held open here.

@@ -13,7 +13,7 @@ import transformers
 
 import nbwoq_torch
 
-ARCHITECTURES = ("gptj", "opt", "llama")
+ARCHITECTURES = ("gptj", "opt", "llama")  # and "gpt2", built on demand (GPTQ's Conv1D path)
 
 
 def build_model(arch, hidden=32, layers=2, vocab=128, seed=0, intermediate=None):
@@ -27,6 +27,9 @@ def build_model(arch, hidden=32, layers=2, vocab=128, seed=0, intermediate=None)
         config = transformers.OPTConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                         num_attention_heads=heads, ffn_dim=intermediate, word_embed_proj_dim=hidden,
                                         max_position_embeddings=128)
+    elif arch == "gpt2":  # transformers' Conv1D layers
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=128, n_embd=hidden, n_layer=layers,
+                                         n_head=heads, n_inner=intermediate)
     elif arch == "llama":
         config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                                           num_hidden_layers=layers, num_attention_heads=heads,
@@ -116,11 +119,10 @@ ALGORITHMS = ("rtn", "rtn-sym8", "rtn-clip", "rtn-nf4", "rtn-fp4", "rtn-double-q
               "gptq-actorder", "teq")
 
 
-def quantize(model, algorithm, arch, substitute, teq_steps=3, patches=()):
+def quantize(model, algorithm, arch, substitute, teq_steps=3, absorb_backend="torchscript"):
     """Run the reference's ``prepare``/``convert`` for ``algorithm`` on a copy of ``model``.
 
-    ``substitute``: inside ``nbwoq_torch.patch_reference()``. ``patches``: extra
-    ``(module, attribute, value)`` set inside the substitution (restored afterwards).
+    ``substitute``: inside ``nbwoq_torch.patch_reference(absorb_backend=absorb_backend)``.
     """
     from neural_compressor.torch.quantization import convert, prepare
 
@@ -129,11 +131,7 @@ def quantize(model, algorithm, arch, substitute, teq_steps=3, patches=()):
     config = make_config(algorithm, model, arch)
     with contextlib.ExitStack() as stack:
         if substitute:
-            stack.enter_context(nbwoq_torch.patch_reference())
-            for module, attribute, value in patches:
-                old = getattr(module, attribute)
-                setattr(module, attribute, value)
-                stack.callback(setattr, module, attribute, old)
+            stack.enter_context(nbwoq_torch.patch_reference(absorb_backend=absorb_backend))
         if algorithm.startswith("rtn"):
             return convert(prepare(model, config))
         prepared = prepare(model, config, example_inputs=batches[0])
@@ -142,15 +140,6 @@ def quantize(model, algorithm, arch, substitute, teq_steps=3, patches=()):
         else:
             _calibrate(batches)(prepared)
         return convert(prepared)
-
-
-def torchscript_only():
-    """``patches`` that keep nbwoq's absorb search on the reference's path (TorchScript only)."""
-    import functools
-
-    from neural_compressor.torch.algorithms.weight_only import awq
-
-    return ((awq, "get_absorb_layers", functools.partial(nbwoq_torch.get_absorb_layers, backend="torchscript")),)
 
 
 def reference_absorb_layers(model, arch):

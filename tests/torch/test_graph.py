@@ -320,6 +320,21 @@ class TestBackends:
         assert get_absorb_layers(model, x, backend="export") == expected
         assert get_absorb_layers(model, x) == expected
 
+    def test_get_absorb_to_layer_auto_falls_back_to_export(self):
+        model = UntraceableOutput().eval()
+        x = torch.randn(2, 8)
+        tracer = GraphTrace()
+        assert tracer.get_absorb_to_layer(model, x, ["Linear"]) == (None, None)  # TorchScript, the default
+        expected = tracer.get_absorb_to_layer(model, x, ["Linear"], backend="export")
+        assert expected == ({"norm": ["fc1"], "fc1": ["fc2"]}, [])
+        assert tracer.get_absorb_to_layer(model, x, ["Linear"], backend="auto") == expected
+        traceable = Chain(nn.ReLU()).eval()
+        assert tracer.get_absorb_to_layer(traceable, x, ["Linear"], backend="auto") == tracer.get_absorb_to_layer(
+            traceable, x, ["Linear"]
+        )
+        with pytest.raises(ValueError, match="backend"):
+            tracer.get_absorb_to_layer(model, x, ["Linear"], backend="fx")
+
     def test_nothing_traces(self, caplog):
         model = Conv1DStack().eval()
         with caplog.at_level(logging.WARNING, logger="nbwoq_torch._graph"):

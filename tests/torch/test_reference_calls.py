@@ -251,7 +251,7 @@ def test_patch_reference_swaps_and_restores_a_module(monkeypatch):
         assert sys.modules["fakeref.utility"] is substitute and package.utility is substitute
         assert algorithm.quant_tensor is nbwoq_torch.quant_tensor
         assert substitute.quant_tensor is nbwoq_torch.quant_tensor
-        assert substitute.get_absorb_layers is nbwoq_torch.get_absorb_layers
+        assert substitute.GraphTrace is nbwoq_torch.GraphTrace
         assert substitute.cast_fp8 is cast_fp8 and algorithm.unrelated is len
         with pytest.raises(RuntimeError, match="already patched"):
             with nbwoq_torch.patch_reference("fakeref.utility"):
@@ -269,3 +269,108 @@ def test_patch_reference_needs_the_reference():
     with pytest.raises(ModuleNotFoundError):
         with nbwoq_torch.patch_reference("nbwoq_no_such_reference.utility"):
             pass
+
+
+class _UntraceableOutput(torch.nn.Module):
+    """Returns an object TorchScript cannot trace, as transformers 5.x models do (DynamicCache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(8)
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return {"out": self.fc(self.norm(x)), "cache": object()}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("absorb_backend", ["torchscript", "auto", "export"])
+def test_patch_reference_absorb_backend(monkeypatch, absorb_backend):
+    """The reference's path (TorchScript) by default, torch.export only when asked; a caller
+    naming a backend still gets it."""
+    import sys
+    import types
+
+    def get_absorb_layers(model, example_inputs, supported_layers=["Linear"], folding=False):  # noqa: B006
+        return "reference"
+
+    class GraphTrace:
+        pass
+
+    get_absorb_layers.__module__ = GraphTrace.__module__ = "fakeref.utility"
+    utility, algorithm = types.ModuleType("fakeref.utility"), types.ModuleType("fakeref.awq")
+    utility.get_absorb_layers = algorithm.get_absorb_layers = get_absorb_layers
+    utility.GraphTrace = GraphTrace
+    for module in (utility, algorithm):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    model, x = _UntraceableOutput().eval(), torch.randn(2, 8)
+    found = ({"norm": ["fc"]}, [])
+    nothing = ({}, ["fc"])  # TorchScript fails: every layer without an absorber, as the reference says
+    with nbwoq_torch.patch_reference("fakeref.utility", absorb_backend=absorb_backend) as substitute:
+        assert algorithm.get_absorb_layers is substitute.get_absorb_layers
+        expected = nothing if absorb_backend == "torchscript" else found
+        assert substitute.get_absorb_layers(model, x) == expected
+        assert substitute.get_absorb_layers(model, x, ["Linear"], False) == expected
+        assert substitute.get_absorb_layers(model, x, backend="export") == found
+        assert substitute.get_absorb_layers(model, x, backend="torchscript") == nothing
+        traced = substitute.GraphTrace().get_absorb_to_layer(model, x, ["Linear"])
+        assert traced == ((None, None) if absorb_backend == "torchscript" else found)
+        assert issubclass(substitute.GraphTrace, nbwoq_torch.GraphTrace)
+    assert algorithm.get_absorb_layers is get_absorb_layers and sys.modules["fakeref.utility"] is utility
+
+
+def test_patch_reference_rejects_an_unknown_absorb_backend(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "fakeref.utility", types.ModuleType("fakeref.utility"))
+    with pytest.raises(ValueError, match="absorb_backend"):
+        with nbwoq_torch.patch_reference("fakeref.utility", absorb_backend="fx"):
+            pass
+    assert not hasattr(sys.modules["fakeref.utility"], "__nbwoq_patched__")
+
+
+# -- scale shapes the reference broadcasts (its GPTQ's Conv1D path) --------------------------
+
+
+def _broadcast_oracle(weight, scale, zp, group_size):
+    """Integer codes as torch broadcasting computes them group by group: group i divides
+    by column i of ``scale`` (a short last group by its last column), each column
+    broadcast over the rows; with ``group_size=-1``, by ``scale`` broadcast whole."""
+    weight = weight.double()
+    if group_size == -1:
+        return torch.round(weight / scale + (0 if zp is None else zp)).float()
+    out = torch.empty_like(weight)
+    for start in range(0, weight.shape[1], group_size):
+        column = start // group_size if start + group_size <= weight.shape[1] else -1
+        part = weight[:, start:start + group_size] / scale[:, column:column + 1 or None]
+        out[:, start:start + group_size] = torch.round(part + (0 if zp is None else zp[:, column:column + 1 or None]))
+    return out.float()
+
+
+@pytest.mark.parametrize(
+    "group_size, scale_shape, with_zp",
+    [(8, (1, 4), True), (8, (1, 3), False), (10, (4, 5), True), (32, (1, 4), False), (-1, (1, 24), True),
+     (-1, (1, 1), False)],
+)
+def test_quant_weight_w_scale_broadcasts_one_row_and_extra_columns(group_size, scale_shape, with_zp):
+    from nbwoq_torch import _reference_calls as calls
+
+    generator = torch.Generator().manual_seed(7)
+    # Values on a coarse grid: float32 and float64 give the same quotients' rounding.
+    weight = torch.randint(-64, 64, (4, 24), generator=generator).float() / 8
+    scale = torch.tensor([0.25, 0.5, 1.0, 2.0])[torch.randint(0, 4, scale_shape, generator=generator)]
+    zp = torch.randint(0, 15, scale_shape, generator=generator).float() if with_zp else None
+    calls._warned.discard(("quant_weight_w_scale", "broadcast"))
+    with pytest.warns(UserWarning, match=r"broadcast as the reference's torch arithmetic"):
+        ours = quant_weight_w_scale(weight.clone(), scale, None, zp, group_size, dtype="int")
+    assert torch.equal(ours, _broadcast_oracle(weight, scale, zp, group_size))
+
+
+@pytest.mark.parametrize("group_size, scale_shape", [(8, (2, 3)), (8, (4, 2)), (-1, (4, 2)), (8, (12,))])
+def test_quant_weight_w_scale_refuses_shapes_torch_cannot_broadcast(group_size, scale_shape):
+    weight = torch.randn(4, 24)
+    before = weight.clone()
+    with pytest.raises(ValueError, match="scale"):
+        quant_weight_w_scale(weight, torch.rand(*scale_shape) + 0.1, None, None, group_size)
+    assert torch.equal(weight, before)
