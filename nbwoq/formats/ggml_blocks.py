@@ -166,6 +166,45 @@ def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
     return (out, err, norm) if return_error else out
 
 
+def search_rows(values, type_name, raw):
+    """Improve, in place, the blocks ``raw`` that ``encode_rows(values, type_name)`` wrote:
+    nbwoq's search (``_ggml_search``), same bytes layout, never a higher weighted error
+    per block than the reference's.
+
+    Returns ``(weighted_ref, weighted_new)``, per row (float64): the weighted squared
+    error before and after. Types without a search (``_ggml_search.SEARCHED``) are left
+    as they are; both errors are then None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq.formats.ggml_blocks import encode_rows, search_rows
+    >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    >>> raw = encode_rows(x, "Q4_K")
+    >>> before, after = search_rows(x, "Q4_K", raw)
+    >>> bool(np.all(after <= before))
+    True
+    """
+    t = _supported(type_name)
+    _check_matrix(values, "values", np.float32)
+    _check_matrix(raw, "raw", np.uint8)
+    rows, cols = values.shape
+    _check_cols(cols, t)
+    if raw.shape != (rows, cols // t.block_values * t.block_bytes):
+        raise ValueError(f"raw must have shape {(rows, cols // t.block_values * t.block_bytes)}, got {raw.shape}")
+    from nbwoq.formats import _ggml_search
+
+    if t.name not in _ggml_search.SEARCHED:
+        return None, None
+    if not np.isfinite(values).all():
+        raise ValueError("values: NaN or Inf; GGML blocks cannot store it")
+    before = np.empty(rows, dtype=np.float64)
+    after = np.empty(rows, dtype=np.float64)
+    _ggml_search.search_blocks(values, _ggml_search.KIND[t.name], _ggml_search.ROUNDS, _ggml_search.LEGACY_TRIALS,
+                               raw, before, after)
+    return before, after
+
+
 def decode_rows(raw, type_name, cols):
     """The float32 values (rows, cols) of GGML blocks ``raw`` (rows, bytes per row), as
     llama.cpp's ``dequantize_row_<type>`` computes them.

@@ -80,6 +80,18 @@ def _to_float_type(x, target, out):
     return (out.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
 
 
+def _search(x, target, raw, err, weighted):
+    """``--method search``: improve the reference's blocks ``raw`` of rows ``x`` in place;
+    adds their weighted errors to ``weighted`` and returns the rows' squared errors."""
+    before, after = ggml_blocks.search_rows(x, target, raw)
+    if before is None:
+        return err
+    weighted["reference"] = weighted.get("reference", 0.0) + float(before.sum())
+    weighted["search"] = weighted.get("search", 0.0) + float(after.sum())
+    diff = ggml_blocks.decode_rows(raw, target, x.shape[1]).astype(np.float64) - x
+    return np.einsum("ij,ij->i", diff, diff)
+
+
 class GgufWriter(FileWriter):
     """Plans and writes one GGUF file."""
 
@@ -287,6 +299,7 @@ class GgufWriter(FileWriter):
             out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
         err = np.zeros(n, dtype=np.float64)
         norm = np.zeros(n, dtype=np.float64)
+        weighted = {}
         for start, stop in quantizer.row_blocks(n, cols):
             x = storage.widen(values[start:stop], dtype_name, out=scratch.get("work", (stop - start, cols), np.float32))
             if target in _FLOATS:
@@ -295,11 +308,17 @@ class GgufWriter(FileWriter):
                 norm[start:stop] = (x.astype(np.float64) ** 2).sum(axis=1)
                 continue
             raw, e, nn = ggml_blocks.encode_rows(x, target, return_error=True, iq4_nl_search=True)
+            if self.options.method == "search":
+                e = _search(x, target, raw, e, weighted)
             out[start:stop], err[start:stop], norm[start:stop] = raw, e, nn
         perm = self.permutation(info)
         if perm is not None:
             out = out[perm]
-        return [(name, out.reshape(*info.shape[:-1], out.shape[-1]))], float(err.sum()), float(norm.sum())
+        outputs = [(name, out.reshape(*info.shape[:-1], out.shape[-1]))]
+        if weighted:
+            return outputs, float(err.sum()), float(norm.sum()), (weighted["reference"], weighted["search"],
+                                                                   float(norm.sum()), "reference")
+        return outputs, float(err.sum()), float(norm.sum())
 
     def begin(self, info, scratch):
         rows, cols = info.shape
