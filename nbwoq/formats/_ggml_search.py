@@ -230,7 +230,7 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
             fm = (sab * sxa - saa * sxb) / det
         elif saa > 0.0:
             fd = sxa / saa
-            fm = np.float64(m)
+            fm = np.float64(_h2f(hm))
         else:
             break
         cdh = _half_near(fd, 0)
@@ -438,10 +438,11 @@ def _legacy_err(x, w, d, m, asym, lo, hi, L, keep):
 
 
 @register_jitable
-def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0):
+def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0, lo, hi):
     """Weighted least-squares ``(d, m)`` of ``x ~ L d + m`` (``m`` kept when not ``asym``
     or degenerate; NaN ``d`` when every code is 0). With ``d0`` non-zero, the codes are
-    first set to the nearest of ``x ~ L d0 + m0``. ``sw``/``sx``: sums of ``w``, ``w x``."""
+    first set to the nearest of ``x ~ L d0 + m0`` in ``[lo, hi]``. ``sw``/``sx``: sums of
+    ``w``, ``w x``."""
     sl = 0.0
     sll = 0.0
     sxl = 0.0
@@ -449,7 +450,7 @@ def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0):
     for k in range(32):
         v = np.float64(x[k])
         if d0 != 0.0:
-            L[k] = _round_clamp((v - m0) * inv, -128, 127)
+            L[k] = _round_clamp((v - m0) * inv, lo, hi)
         q = np.float64(L[k])
         sl += w[k] * q
         sll += w[k] * q * q
@@ -545,11 +546,9 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
                 m0 = 0.0
             if not (d0 != 0.0):
                 continue
-            fd, fm = _legacy_fit(x, w, T, asym, m0, sw, sx, d0, m0)
+            fd, fm = _legacy_fit(x, w, T, asym, m0, sw, sx, d0, m0, lo, hi)
             if not (fd == fd):
                 continue
-            for k in range(32):  # the trial's codes clamped to the type's range
-                T[k] = min(max(T[k], lo), hi)
             e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 0, T, best, B)
             if rd >= 0:
                 best = e
@@ -562,7 +561,7 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
     for _ in range(rounds):
         if best == 0.0:
             break
-        fd, fm = _legacy_fit(x, w, L, asym, np.float64(_h2f(hm)) if asym else 0.0, sw, sx, 0.0, 0.0)
+        fd, fm = _legacy_fit(x, w, L, asym, np.float64(_h2f(hm)) if asym else 0.0, sw, sx, 0.0, 0.0, lo, hi)
         if not (fd == fd):
             break
         e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 1, T, best, B)
