@@ -41,7 +41,7 @@ params.ftype = gguf.LlamaFileType["MOSTLY_" + name].value
 params.nthread = threads
 t0 = time.perf_counter()
 rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
-print(rc, time.perf_counter() - t0)
+print("RESULT", rc, time.perf_counter() - t0)
 """
 
 
@@ -110,8 +110,11 @@ def texts(work, max_chars):
     return out
 
 
-def nbwoq_quantize(src, dst, ftype, method, threads):
+def nbwoq_quantize(src, dst, ftype, method, threads, reuse=False):
     report = dst + ".json"
+    if reuse and os.path.exists(dst) and os.path.exists(report):
+        with open(report) as f:
+            return json.load(f)
     cmd = [sys.executable, "-m", "nbwoq", "quantize", src, dst, "--type", ftype, "--quiet", "--overwrite",
            "--threads", str(threads), "--report", report]
     if method is not None:
@@ -121,11 +124,18 @@ def nbwoq_quantize(src, dst, ftype, method, threads):
         return json.load(f)
 
 
-def llama_quantize(py, src, dst, ftype, threads):
-    out = _run([py, "-c", _QUANTIZE, src, dst, ftype, str(threads)]).split()
-    if out[-2] != "0":
-        sys.exit(f"llama_model_quantize returned {out[-2]}")
-    return float(out[-1])
+def llama_quantize(py, src, dst, ftype, threads, reuse=False):
+    record = dst + ".seconds"
+    if reuse and os.path.exists(dst) and os.path.exists(record):
+        with open(record) as f:
+            return float(f.read())
+    rc, seconds = re.search(r"^RESULT (\S+) (\S+)$", _run([py, "-c", _QUANTIZE, src, dst, ftype, str(threads)]),
+                            re.M).groups()
+    if rc != "0":
+        sys.exit(f"llama_model_quantize returned {rc}")
+    with open(record, "w") as f:
+        f.write(seconds)
+    return float(seconds)
 
 
 def perplexity(binary, model, text, ctx, chunks, threads):
@@ -172,10 +182,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--json")
+    parser.add_argument("--reuse", action="store_true", help="keep quantized files (and their timings) from an "
+                                                              "earlier run")
+    parser.add_argument("--quantize-only", action="store_true", help="make the files, measure nothing")
     args = parser.parse_args()
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    if args.perplexity:
+    if args.perplexity or args.quantize_only:
         binary, build = args.perplexity, None
     else:
         binary, build = build_perplexity(work)
@@ -192,15 +205,18 @@ def main():
             nbwoq_quantize(src, f32, "F32", None, args.threads)
         files = {"F32": f32}
         files["llama"] = os.path.join(work, f"{model}-llama-{args.type}.gguf")
-        t_llama = llama_quantize(args.llama_python, f32, files["llama"], args.type, args.threads)
+        t_llama = llama_quantize(args.llama_python, f32, files["llama"], args.type, args.threads, args.reuse)
         entry = dict(seconds={"llama": t_llama}, ppl={}, weighted={})
         for method in ("reference", "search"):
             files[method] = os.path.join(work, f"{model}-nbwoq-{method}-{args.type}.gguf")
-            report = nbwoq_quantize(f32, files[method], args.type, method, args.threads)
+            report = nbwoq_quantize(f32, files[method], args.type, method, args.threads, args.reuse)
             entry["seconds"][method] = report["summary"]["seconds"]
             if method == "search":
                 entry["weighted"] = weighted_by_type(report)
         entry["reference_equals_llama"] = "%d/%d tensors" % same_tensors(files["reference"], files["llama"])
+        if args.quantize_only:
+            print(model, entry, flush=True)
+            continue
         for text, path in text_files.items():
             entry["ppl"][text] = {k: perplexity(binary, f, path, args.ctx, args.chunks, args.threads)[0]
                                   for k, f in files.items()}
