@@ -75,9 +75,21 @@ def _h2f(h):
 
 @register_jitable
 def _round_clamp(v, lo, hi):
-    """The integer nearest float64 ``v`` (half up), clamped to ``[lo, hi]`` (branch-free,
-    so that the code loops vectorize; NaN gives ``hi``)."""
-    return np.int64(np.floor(min(max(v, np.float64(lo)), np.float64(hi)) + 0.5))
+    """The integer nearest float64 ``v`` (half up), clamped to ``[lo, hi]``; selects, not
+    branches, so that the code loops vectorize (``v`` is never NaN here)."""
+    v = np.float64(lo) if v < lo else v
+    v = np.float64(hi) if v > hi else v
+    return np.int64(np.floor(v + 0.5))
+
+
+@register_jitable
+def _total(t, n):
+    """The running sum of ``t[:n]``, in order. The loops that fill ``t`` hold no sum, so
+    they vectorize; the sum keeps the order the twin's ``_total`` has."""
+    e = 0.0
+    for i in range(n):
+        e += t[i]
+    return e
 
 
 @register_jitable
@@ -129,19 +141,20 @@ def block_weights(x, kind, sigma2, w):
 
 # -- Q4_K / Q5_K -------------------------------------------------------------------------
 @register_jitable
-def _qk_sub(x, w, j, d1, m1, nmax, L, keep):
+def _qk_sub(x, w, j, d1, m1, nmax, L, keep, tmp):
     """Weighted error of sub-block ``j`` stored as ``d1 * q - m1`` (float32). ``keep``:
     with the codes in ``L``; else nearest codes, written to ``L``."""
-    e = 0.0
+    m64 = np.float64(m1)
+    d64 = np.float64(d1)
+    flat = d1 == np.float32(0)
     for i in range(32):
         k = 32 * j + i
         if not keep:
-            L[k] = 0 if d1 == np.float32(0) else _round_clamp((np.float64(x[k]) + np.float64(m1)) / np.float64(d1),
-                                                               0, nmax)
+            L[k] = 0 if flat else _round_clamp((np.float64(x[k]) + m64) / d64, 0, nmax)
         y = d1 * np.float32(L[k]) - m1
         diff = np.float64(x[k]) - np.float64(y)
-        e += w[k] * diff * diff
-    return e
+        tmp[i] = w[k] * diff * diff
+    return _total(tmp, 32)
 
 
 @register_jitable
@@ -194,7 +207,7 @@ def _qk_store(o, five, hd, hm, L, ls, lm):
 
 
 @register_jitable
-def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
+def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm, tmp):
     """Improve one Q4_K (``five`` False) or Q5_K block ``o`` of values ``x`` in place;
     returns (reference error, final error)."""
     nmax = 31 if five else 15
@@ -203,27 +216,27 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
     m = _h2f(hm)
     e_ref = 0.0
     for j in range(8):
-        e_ref += _qk_sub(x, w, j, d * np.float32(ls[j]), m * np.float32(lm[j]), nmax, L, True)
+        e_ref += _qk_sub(x, w, j, d * np.float32(ls[j]), m * np.float32(lm[j]), nmax, L, True, tmp)
     best = e_ref
     changed = False
     for _ in range(rounds):
         if best == 0.0:
             break
         # (d, dmin) by weighted least squares with the codes and integers fixed: x ~ d a - m b
-        saa = 0.0
-        sab = 0.0
-        sbb = 0.0
-        sxa = 0.0
-        sxb = 0.0
         for k in range(256):
             a = np.float64(ls[k // 32] * L[k])
             b = np.float64(lm[k // 32])
             v = np.float64(x[k])
-            saa += w[k] * a * a
-            sab += w[k] * a * b
-            sbb += w[k] * b * b
-            sxa += w[k] * v * a
-            sxb += w[k] * v * b
+            tmp[k] = w[k] * a * a
+            tmp[256 + k] = w[k] * a * b
+            tmp[512 + k] = w[k] * b * b
+            tmp[768 + k] = w[k] * v * a
+            tmp[1024 + k] = w[k] * v * b
+        saa = _total(tmp, 256)
+        sab = _total(tmp[256:], 256)
+        sbb = _total(tmp[512:], 256)
+        sxa = _total(tmp[768:], 256)
+        sxb = _total(tmp[1024:], 256)
         det = saa * sbb - sab * sab
         if det > 1e-12 * saa * sbb and det > 0.0:
             fd = (sxa * sbb - sab * sxb) / det
@@ -244,20 +257,19 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
         # each sub-block: the best integer scale and min near its own fit on its codes
         total = 0.0
         for j in range(8):
-            sw = 0.0
-            sl = 0.0
-            sll = 0.0
-            sx = 0.0
-            sxl = 0.0
             for i in range(32):
                 k = 32 * j + i
                 q = np.float64(L[k])
                 v = np.float64(x[k])
-                sw += w[k]
-                sl += w[k] * q
-                sll += w[k] * q * q
-                sx += w[k] * v
-                sxl += w[k] * v * q
+                tmp[32 + i] = w[k] * q
+                tmp[64 + i] = w[k] * q * q
+                tmp[96 + i] = w[k] * v
+                tmp[128 + i] = w[k] * v * q
+            sw = _total(w[32 * j:], 32)
+            sl = _total(tmp[32:], 32)
+            sll = _total(tmp[64:], 32)
+            sx = _total(tmp[96:], 32)
+            sxl = _total(tmp[128:], 32)
             det2 = sw * sll - sl * sl
             ts = np.float64(ls[j]) * np.float64(cd)
             to = np.float64(lm[j]) * np.float64(cm)
@@ -275,7 +287,7 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
                     c_m = m0 if cj == 0 else m1 if cj == 1 else lm[j]
                     if (cj >= 1 and c_m == m0) or (cj == 2 and c_m == m1):
                         continue
-                    e = _qk_sub(x, w, j, cd * np.float32(c_s), cm * np.float32(c_m), nmax, T, False)
+                    e = _qk_sub(x, w, j, cd * np.float32(c_s), cm * np.float32(c_m), nmax, T, False, tmp)
                     if e < e_j:
                         e_j = e
                         bls[j] = c_s
@@ -301,22 +313,23 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm):
 
 # -- Q6_K --------------------------------------------------------------------------------
 @register_jitable
-def _q6_sub(x, w, j, d1, L, keep):
+def _q6_sub(x, w, j, d1, L, keep, tmp):
     """Weighted error of 16-value sub-block ``j`` stored as ``d1 * q`` (float32); codes as
     in ``_qk_sub``."""
-    e = 0.0
+    d64 = np.float64(d1)
+    flat = d1 == np.float32(0)
     for i in range(16):
         k = 16 * j + i
         if not keep:
-            L[k] = 0 if d1 == np.float32(0) else _round_clamp(np.float64(x[k]) / np.float64(d1), -32, 31)
+            L[k] = 0 if flat else _round_clamp(np.float64(x[k]) / d64, -32, 31)
         y = d1 * np.float32(L[k])
         diff = np.float64(x[k]) - np.float64(y)
-        e += w[k] * diff * diff
-    return e
+        tmp[i] = w[k] * diff * diff
+    return _total(tmp, 16)
 
 
 @register_jitable
-def _search_q6(x, w, o, rounds, L, T, sc, bsc):
+def _search_q6(x, w, o, rounds, L, T, sc, bsc, tmp):
     """Improve one Q6_K block ``o`` in place; returns (reference error, final error)."""
     for h in range(2):
         for i in range(32):
@@ -333,18 +346,18 @@ def _search_q6(x, w, o, rounds, L, T, sc, bsc):
     d = _h2f(hd)
     e_ref = 0.0
     for j in range(16):
-        e_ref += _q6_sub(x, w, j, d * np.float32(sc[j]), L, True)
+        e_ref += _q6_sub(x, w, j, d * np.float32(sc[j]), L, True, tmp)
     best = e_ref
     changed = False
     for _ in range(rounds):
         if best == 0.0:
             break
-        saa = 0.0
-        sxa = 0.0
         for k in range(256):
             a = np.float64(sc[k // 16] * L[k])
-            saa += w[k] * a * a
-            sxa += w[k] * np.float64(x[k]) * a
+            tmp[k] = w[k] * a * a
+            tmp[256 + k] = w[k] * np.float64(x[k]) * a
+        saa = _total(tmp, 256)
+        sxa = _total(tmp[256:], 256)
         if not (saa > 0.0):
             break
         fd = sxa / saa
@@ -358,13 +371,13 @@ def _search_q6(x, w, o, rounds, L, T, sc, bsc):
                 continue
             total = 0.0
             for j in range(16):
-                sqq = 0.0
-                sxq = 0.0
                 for i in range(16):
                     k = 16 * j + i
                     q = np.float64(L[k])
-                    sqq += w[k] * q * q
-                    sxq += w[k] * np.float64(x[k]) * q
+                    tmp[32 + i] = w[k] * q * q
+                    tmp[64 + i] = w[k] * np.float64(x[k]) * q
+                sqq = _total(tmp[32:], 16)
+                sxq = _total(tmp[64:], 16)
                 ts = sxq / sqq if sqq > 0.0 else np.float64(sc[j]) * np.float64(cd)
                 c0, c1 = _pair(ts / np.float64(cd), sc[j], -128, 127)
                 e_j = np.inf
@@ -372,7 +385,7 @@ def _search_q6(x, w, o, rounds, L, T, sc, bsc):
                     c = c0 if ci == 0 else c1 if ci == 1 else sc[j]
                     if (ci >= 1 and c == c0) or (ci == 2 and c == c1):
                         continue
-                    e = _q6_sub(x, w, j, cd * np.float32(c), T, False)
+                    e = _q6_sub(x, w, j, cd * np.float32(c), T, False, tmp)
                     if e < e_j:
                         e_j = e
                         bsc[j] = c
@@ -423,38 +436,39 @@ def _legacy_layout(kind):
 
 
 @register_jitable
-def _legacy_err(x, w, d, m, asym, lo, hi, L, keep):
+def _legacy_err(x, w, d, m, asym, lo, hi, L, keep, tmp):
     """Weighted error of the block stored as ``q * d (+ m)`` (float32); ``keep``: with the
     codes in ``L``, else the nearest codes, written to ``L``."""
-    e = 0.0
     inv = 0.0 if d == np.float32(0) else 1.0 / np.float64(d)
+    m64 = np.float64(m)
     for k in range(32):
         if not keep:
-            L[k] = _round_clamp((np.float64(x[k]) - np.float64(m)) * inv, lo, hi)
+            L[k] = _round_clamp((np.float64(x[k]) - m64) * inv, lo, hi)
         y = np.float32(L[k]) * d + m if asym else np.float32(L[k]) * d
         diff = np.float64(x[k]) - np.float64(y)
-        e += w[k] * diff * diff
-    return e
+        tmp[k] = w[k] * diff * diff
+    return _total(tmp, 32)
 
 
 @register_jitable
-def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0, lo, hi):
+def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0, lo, hi, tmp):
     """Weighted least-squares ``(d, m)`` of ``x ~ L d + m`` (``m`` kept when not ``asym``
     or degenerate; NaN ``d`` when every code is 0). With ``d0`` non-zero, the codes are
     first set to the nearest of ``x ~ L d0 + m0`` in ``[lo, hi]``. ``sw``/``sx``: sums of
     ``w``, ``w x``."""
-    sl = 0.0
-    sll = 0.0
-    sxl = 0.0
     inv = 0.0 if d0 == 0.0 else 1.0 / d0
+    recode = d0 != 0.0
     for k in range(32):
         v = np.float64(x[k])
-        if d0 != 0.0:
+        if recode:
             L[k] = _round_clamp((v - m0) * inv, lo, hi)
         q = np.float64(L[k])
-        sl += w[k] * q
-        sll += w[k] * q * q
-        sxl += w[k] * v * q
+        tmp[k] = w[k] * q
+        tmp[32 + k] = w[k] * q * q
+        tmp[64 + k] = w[k] * v * q
+    sl = _total(tmp, 32)
+    sll = _total(tmp[32:], 32)
+    sxl = _total(tmp[64:], 32)
     if asym:
         det = sw * sll - sl * sl
         if det > 0.0:
@@ -468,7 +482,7 @@ def _legacy_fit(x, w, L, asym, m, sw, sx, d0, m0, lo, hi):
 
 
 @register_jitable
-def _legacy_try(x, w, fd, fm, asym, lo, hi, near, T, best, Lbest):
+def _legacy_try(x, w, fd, fm, asym, lo, hi, near, T, best, Lbest, tmp):
     """Try the fp16 values within ``near`` steps of ``(fd, fm)``; the best below ``best``
     goes to ``Lbest``. Returns (error, d bits, m bits), bits -1 when none was better."""
     rd = -1
@@ -484,7 +498,7 @@ def _legacy_try(x, w, fd, fm, asym, lo, hi, near, T, best, Lbest):
             cmh = _half_near(fm, km) if asym else np.int64(0)
             if cmh < 0:
                 continue
-            e = _legacy_err(x, w, cd, _h2f(cmh), asym, lo, hi, T, False)
+            e = _legacy_err(x, w, cd, _h2f(cmh), asym, lo, hi, T, False, tmp)
             if e < best:
                 best = e
                 rd = cdh
@@ -495,7 +509,7 @@ def _legacy_try(x, w, fd, fm, asym, lo, hi, near, T, best, Lbest):
 
 
 @register_jitable
-def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
+def _search_legacy(x, w, o, kind, rounds, trials, L, T, B, tmp):
     """Improve one legacy block ``o`` in place; returns (reference error, final error)."""
     lo, hi, asym, qh_at, qs_at = _legacy_layout(kind)
     hd = np.int64(o[0]) | (np.int64(o[1]) << 8)
@@ -517,18 +531,18 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
                 L[k] += lo
     d = _h2f(hd)
     m = _h2f(hm) if asym else np.float32(0)
-    e_ref = _legacy_err(x, w, d, m, asym, lo, hi, L, True)
+    e_ref = _legacy_err(x, w, d, m, asym, lo, hi, L, True, tmp)
     best = e_ref
     changed = False
-    sw = 0.0
-    sx = 0.0
+    for k in range(32):
+        tmp[k] = w[k] * np.float64(x[k])
+    sw = _total(w, 32)
+    sx = _total(tmp, 32)
     vmin = np.float64(x[0])
     vmax = np.float64(x[0])
     mx = np.float64(x[0])
     for k in range(32):
         v = np.float64(x[k])
-        sw += w[k]
-        sx += w[k] * v
         vmin = min(vmin, v)
         vmax = max(vmax, v)
         if abs(v) > abs(mx):
@@ -546,10 +560,10 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
                 m0 = 0.0
             if not (d0 != 0.0):
                 continue
-            fd, fm = _legacy_fit(x, w, T, asym, m0, sw, sx, d0, m0, lo, hi)
+            fd, fm = _legacy_fit(x, w, T, asym, m0, sw, sx, d0, m0, lo, hi, tmp)
             if not (fd == fd):
                 continue
-            e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 0, T, best, B)
+            e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 0, T, best, B, tmp)
             if rd >= 0:
                 best = e
                 hd = rd
@@ -561,10 +575,10 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B):
     for _ in range(rounds):
         if best == 0.0:
             break
-        fd, fm = _legacy_fit(x, w, L, asym, np.float64(_h2f(hm)) if asym else 0.0, sw, sx, 0.0, 0.0, lo, hi)
+        fd, fm = _legacy_fit(x, w, L, asym, np.float64(_h2f(hm)) if asym else 0.0, sw, sx, 0.0, 0.0, lo, hi, tmp)
         if not (fd == fd):
             break
-        e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 1, T, best, B)
+        e, rd, rm = _legacy_try(x, w, fd, fm, asym, lo, hi, 1, T, best, B, tmp)
         if rd < 0:
             break
         best = e
@@ -618,6 +632,7 @@ def search_blocks(src, kind, rounds, trials, raw, err_ref, err_new):
         lm = np.zeros(16, np.int64)
         bls = np.zeros(8, np.int64)
         blm = np.zeros(8, np.int64)
+        tmp = np.zeros(1280, np.float64)
         e0 = 0.0
         e1 = 0.0
         for blk in range(cols // bv):
@@ -625,11 +640,11 @@ def search_blocks(src, kind, rounds, trials, raw, err_ref, err_new):
             ob = raw[r, blk * bb:(blk + 1) * bb]
             block_weights(xb, kind, sigma2, w)
             if kind == Q4_K or kind == Q5_K:
-                a, b = _search_qk(xb, w, ob, kind == Q5_K, rounds, L, T, ls, lm, bls, blm)
+                a, b = _search_qk(xb, w, ob, kind == Q5_K, rounds, L, T, ls, lm, bls, blm, tmp)
             elif kind == Q6_K:
-                a, b = _search_q6(xb, w, ob, rounds, L, T, ls, lm)
+                a, b = _search_q6(xb, w, ob, rounds, L, T, ls, lm, tmp)
             else:
-                a, b = _search_legacy(xb, w, ob, kind, rounds, trials, L, T, B)
+                a, b = _search_legacy(xb, w, ob, kind, rounds, trials, L, T, B, tmp)
             e0 += a
             e1 += b
         err_ref[r] = e0
