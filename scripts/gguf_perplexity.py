@@ -138,13 +138,22 @@ def llama_quantize(py, src, dst, ftype, threads, reuse=False):
     return float(seconds)
 
 
-def perplexity(binary, model, text, ctx, chunks, threads):
+def perplexity(binary, model, text, ctx, chunks, threads, cache):
+    """llama-perplexity's final estimate for ``model`` on ``text``, remembered in ``cache``
+    (a dict saved by the caller) by file size and modification time."""
+    st = os.stat(model)
+    key = f"{os.path.basename(model)}|{st.st_size}|{st.st_mtime_ns}|{os.path.basename(text)}|{ctx}|{chunks}"
+    if key in cache:
+        return cache[key]
+    # --no-repack: no AMX/repacked weight layouts (AMX tiles raise SIGILL in some VMs that
+    # advertise them); the same kernels run for every file compared.
     out = _run([binary, "-m", model, "-f", text, "-c", str(ctx), "--chunks", str(chunks), "-t", str(threads),
-                "-b", str(ctx)])
+                "-b", str(ctx), "--no-repack"])
     match = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", out)
     if match is None:
         sys.exit(f"no perplexity in llama-perplexity's output:\n{out[-2000:]}")
-    return float(match.group(1)), float(match.group(2))
+    cache[key] = float(match.group(1))
+    return cache[key]
 
 
 def same_tensors(a, b):
@@ -195,6 +204,11 @@ def main():
     print(f"llama-perplexity: {binary}" + (f" (built in {build['build_s']} s, configure {build['configure_s']} s, "
                                            f"-j{build['jobs']})" if build else ""))
     text_files = texts(work, 200_000)
+    cache_path = os.path.join(work, "perplexity-cache.json")
+    cache = {}
+    if os.path.exists(cache_path):
+        with open(cache_path) as f:
+            cache = json.load(f)
     result = dict(type=args.type, ctx=args.ctx, chunks=args.chunks, build=build, models={})
     failures = 0
     for model, src in models(work).items():
@@ -218,8 +232,11 @@ def main():
             print(model, entry, flush=True)
             continue
         for text, path in text_files.items():
-            entry["ppl"][text] = {k: perplexity(binary, f, path, args.ctx, args.chunks, args.threads)[0]
-                                  for k, f in files.items()}
+            entry["ppl"][text] = {}
+            for k, f in files.items():
+                entry["ppl"][text][k] = perplexity(binary, f, path, args.ctx, args.chunks, args.threads, cache)
+                with open(cache_path, "w") as fc:
+                    json.dump(cache, fc, indent=0)
             p = entry["ppl"][text]
             failures += p["search"] > p["llama"]
             print(f"{model:13s} {text:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in p.items()), flush=True)

@@ -102,6 +102,16 @@ def _k4_unpack(s, j):
 
 
 @register_jitable
+def _plain(x, at, n, d1, m1, L, tmp):
+    """Squared error of ``x[at:at + n]`` stored as ``d1 * L - m1`` (float32)."""
+    for i in range(n):
+        y = d1 * np.float32(L[at + i]) - m1
+        diff = np.float64(x[at + i]) - np.float64(y)
+        tmp[i] = diff * diff
+    return _total(tmp, n)
+
+
+@register_jitable
 def _pair(v, cur, lo, hi):
     """The integers either side of ``v`` clamped to ``[lo, hi]`` (``cur`` twice when ``v``
     is not a usable number): the sub-block integer candidates besides the current one."""
@@ -308,7 +318,12 @@ def _search_qk(x, w, o, five, rounds, L, T, ls, lm, bls, blm, tmp):
             L[k] = T[256 + k]
     if changed:
         _qk_store(o, five, hd, hm, L, ls, lm)
-    return e_ref, best
+    d = _h2f(hd)
+    m = _h2f(hm)
+    plain = 0.0
+    for j in range(8):
+        plain += _plain(x, 32 * j, 32, d * np.float32(ls[j]), m * np.float32(lm[j]), L, tmp)
+    return e_ref, best, plain
 
 
 # -- Q6_K --------------------------------------------------------------------------------
@@ -416,7 +431,11 @@ def _search_q6(x, w, o, rounds, L, T, sc, bsc, tmp):
         for j in range(16):
             o[192 + j] = np.uint8(sc[j] & 255)
         _put_half_bits(o, 208, hd)
-    return e_ref, best
+    d = _h2f(hd)
+    plain = 0.0
+    for j in range(16):
+        plain += _plain(x, 16 * j, 16, d * np.float32(sc[j]), np.float32(0), L, tmp)
+    return e_ref, best, plain
 
 
 # -- legacy blocks of 32 -----------------------------------------------------------------
@@ -605,16 +624,22 @@ def _search_legacy(x, w, o, kind, rounds, trials, L, T, B, tmp):
             if qh_at >= 0:
                 for k in range(4):
                     o[qh_at + k] = np.uint8((qh >> (8 * k)) & 255)
-    return e_ref, best
+    d = _h2f(hd)
+    m = _h2f(hm) if asym else np.float32(0)
+    for k in range(32):
+        y = np.float32(L[k]) * d + m if asym else np.float32(L[k]) * d
+        diff = np.float64(x[k]) - np.float64(y)
+        tmp[k] = diff * diff
+    return e_ref, best, _total(tmp, 32)
 
 
 # -- the kernel --------------------------------------------------------------------------
 @njit_kernel
-def search_blocks(src, kind, rounds, trials, raw, err_ref, err_new):
+def search_blocks(src, kind, rounds, trials, raw, err_ref, err_new, err_sq):
     """Improve, in place, the blocks ``raw`` (rows, bytes) uint8 that the reference encoder
     wrote for ``src`` (rows, cols) float32 (every value finite), block type ``kind`` (one
     of ``SEARCHED``). ``err_ref[r]``/``err_new[r]`` (float64) get row r's weighted squared
-    error before and after."""
+    error before and after, ``err_sq[r]`` its plain squared error after."""
     rows, cols = src.shape
     bv = _BV[kind]
     bb = _BB[kind]
@@ -635,17 +660,20 @@ def search_blocks(src, kind, rounds, trials, raw, err_ref, err_new):
         tmp = np.zeros(1280, np.float64)
         e0 = 0.0
         e1 = 0.0
+        e2 = 0.0
         for blk in range(cols // bv):
             xb = x[blk * bv:(blk + 1) * bv]
             ob = raw[r, blk * bb:(blk + 1) * bb]
             block_weights(xb, kind, sigma2, w)
             if kind == Q4_K or kind == Q5_K:
-                a, b = _search_qk(xb, w, ob, kind == Q5_K, rounds, L, T, ls, lm, bls, blm, tmp)
+                a, b, c = _search_qk(xb, w, ob, kind == Q5_K, rounds, L, T, ls, lm, bls, blm, tmp)
             elif kind == Q6_K:
-                a, b = _search_q6(xb, w, ob, rounds, L, T, ls, lm, tmp)
+                a, b, c = _search_q6(xb, w, ob, rounds, L, T, ls, lm, tmp)
             else:
-                a, b = _search_legacy(xb, w, ob, kind, rounds, trials, L, T, B, tmp)
+                a, b, c = _search_legacy(xb, w, ob, kind, rounds, trials, L, T, B, tmp)
             e0 += a
             e1 += b
+            e2 += c
         err_ref[r] = e0
         err_new[r] = e1
+        err_sq[r] = e2

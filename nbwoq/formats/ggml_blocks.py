@@ -171,9 +171,10 @@ def search_rows(values, type_name, raw):
     nbwoq's search (``_ggml_search``), same bytes layout, never a higher weighted error
     per block than the reference's.
 
-    Returns ``(weighted_ref, weighted_new)``, per row (float64): the weighted squared
-    error before and after. Types without a search (``_ggml_search.SEARCHED``) are left
-    as they are; both errors are then None.
+    Returns ``(weighted_ref, weighted_new, squared)``, per row (float64): the weighted
+    squared error before and after, and the plain squared error after (of the values as
+    llama.cpp decodes them). Types without a search (``_ggml_search.SEARCHED``) are left
+    as they are; the three are then None.
 
     Examples
     --------
@@ -181,7 +182,7 @@ def search_rows(values, type_name, raw):
     >>> from nbwoq.formats.ggml_blocks import encode_rows, search_rows
     >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     >>> raw = encode_rows(x, "Q4_K")
-    >>> before, after = search_rows(x, "Q4_K", raw)
+    >>> before, after, squared = search_rows(x, "Q4_K", raw)
     >>> bool(np.all(after <= before))
     True
     """
@@ -195,14 +196,15 @@ def search_rows(values, type_name, raw):
     from nbwoq.formats import _ggml_search
 
     if t.name not in _ggml_search.SEARCHED:
-        return None, None
+        return None, None, None
     if not np.isfinite(values).all():
         raise ValueError("values: NaN or Inf; GGML blocks cannot store it")
     before = np.empty(rows, dtype=np.float64)
     after = np.empty(rows, dtype=np.float64)
+    squared = np.empty(rows, dtype=np.float64)
     _ggml_search.search_blocks(values, _ggml_search.KIND[t.name], _ggml_search.ROUNDS, _ggml_search.LEGACY_TRIALS,
-                               raw, before, after)
-    return before, after
+                               raw, before, after, squared)
+    return before, after, squared
 
 
 def decode_rows(raw, type_name, cols):

@@ -83,13 +83,12 @@ def _to_float_type(x, target, out):
 def _search(x, target, raw, err, weighted):
     """``--method search``: improve the reference's blocks ``raw`` of rows ``x`` in place;
     adds their weighted errors to ``weighted`` and returns the rows' squared errors."""
-    before, after = ggml_blocks.search_rows(x, target, raw)
+    before, after, squared = ggml_blocks.search_rows(x, target, raw)
     if before is None:
         return err
     weighted["reference"] = weighted.get("reference", 0.0) + float(before.sum())
     weighted["search"] = weighted.get("search", 0.0) + float(after.sum())
-    diff = ggml_blocks.decode_rows(raw, target, x.shape[1]).astype(np.float64) - x
-    return np.einsum("ij,ij->i", diff, diff)
+    return squared
 
 
 class GgufWriter(FileWriter):
