@@ -168,16 +168,20 @@ def same_tensors(a, b):
 
 
 def weighted_by_type(report):
-    """{block type: search / reference weighted error, summed over its tensors}."""
+    """{block type: search / reference weighted error}: the sums over its tensors of the
+    report's relative weighted errors (each tensor's two share its weighted norm), and
+    the worst tensor's ratio."""
     sums = {}
     for row in report["tensors"]:
-        w = row.get("weighted_err")
-        if w:
-            s = sums.setdefault(row["format"], [0.0, 0.0, 0])
-            s[0] += w["reference"]
-            s[1] += w["search"]
+        if row.get("weighted_error") is not None:
+            s = sums.setdefault(row["format"], [0.0, 0.0, 0, 0.0])
+            s[0] += row["reference_weighted_error"]
+            s[1] += row["weighted_error"]
             s[2] += 1
-    return {k: dict(ratio=v[1] / v[0] if v[0] else 1.0, tensors=v[2]) for k, v in sorted(sums.items())}
+            if row["reference_weighted_error"] > 0:
+                s[3] = max(s[3], row["weighted_error"] / row["reference_weighted_error"])
+    return {k: dict(ratio=v[1] / v[0] if v[0] else 1.0, worst_tensor=v[3], tensors=v[2])
+            for k, v in sorted(sums.items())}
 
 
 def main():

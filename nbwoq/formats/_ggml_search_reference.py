@@ -3,9 +3,10 @@ with NumPy, which the tests hold byte for byte against the kernel.
 
 Every block starts from the reference encoder's bytes and a change is kept only when
 the block's weighted squared error goes down (see ``_ggml_search`` for the method).
-Sums are float64 and sequential (``_total``: a running sum, as the kernel's loops add),
-values are decoded in float32 as llama.cpp decodes them, and each float expression
-keeps the kernel's order of operations, so the two agree bit for bit.
+Sums are float64 and sequential (``_total``: a running sum, as the kernel's
+``ordered_sum`` adds), values are decoded in float32 as llama.cpp decodes them, and
+each float expression keeps the kernel's order of operations, so the two agree bit for
+bit.
 """
 
 import numpy as np

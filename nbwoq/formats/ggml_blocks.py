@@ -166,15 +166,28 @@ def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
     return (out, err, norm) if return_error else out
 
 
+def searched(type_name):
+    """True when ``search_rows`` improves blocks of ``type_name``."""
+    from nbwoq.formats import _ggml_search
+
+    return type_name in _ggml_search.SEARCHED
+
+
+#: What ``search_rows`` measured, per row (float64 arrays): the weighted squared error of
+#: the reference's blocks and of the searched ones, the plain squared error of the searched
+#: ones (of the values as llama.cpp decodes them), and the weighted squared norm.
+SearchErrors = namedtuple("SearchErrors", "reference search squared weighted_norm")
+
+
 def search_rows(values, type_name, raw):
     """Improve, in place, the blocks ``raw`` that ``encode_rows(values, type_name)`` wrote:
     nbwoq's search (``_ggml_search``), same bytes layout, never a higher weighted error
     per block than the reference's.
 
-    Returns ``(weighted_ref, weighted_new, squared)``, per row (float64): the weighted
-    squared error before and after, and the plain squared error after (of the values as
-    llama.cpp decodes them). Types without a search (``_ggml_search.SEARCHED``) are left
-    as they are; the three are then None.
+    Returns a ``SearchErrors``; None for the types without a search (not in
+    ``_ggml_search.SEARCHED``), whose blocks are left as they are. The weights are the
+    reference encoder's own: ``rms(sub-block) + |x|`` for Q4_K/Q5_K, ``x**2`` for Q6_K,
+    ``sqrt(mean square of the row + x**2)`` for the legacy blocks of 32.
 
     Examples
     --------
@@ -182,8 +195,8 @@ def search_rows(values, type_name, raw):
     >>> from nbwoq.formats.ggml_blocks import encode_rows, search_rows
     >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     >>> raw = encode_rows(x, "Q4_K")
-    >>> before, after, squared = search_rows(x, "Q4_K", raw)
-    >>> bool(np.all(after <= before))
+    >>> e = search_rows(x, "Q4_K", raw)
+    >>> bool(np.all(e.search <= e.reference))
     True
     """
     t = _supported(type_name)
@@ -196,15 +209,13 @@ def search_rows(values, type_name, raw):
     from nbwoq.formats import _ggml_search
 
     if t.name not in _ggml_search.SEARCHED:
-        return None, None, None
+        return None
     if not np.isfinite(values).all():
         raise ValueError("values: NaN or Inf; GGML blocks cannot store it")
-    before = np.empty(rows, dtype=np.float64)
-    after = np.empty(rows, dtype=np.float64)
-    squared = np.empty(rows, dtype=np.float64)
+    e = SearchErrors(*(np.empty(rows, dtype=np.float64) for _ in range(4)))
     _ggml_search.search_blocks(values, _ggml_search.KIND[t.name], _ggml_search.ROUNDS, _ggml_search.LEGACY_TRIALS,
-                               raw, before, after, squared)
-    return before, after, squared
+                               raw, *e)
+    return e
 
 
 def decode_rows(raw, type_name, cols):

@@ -47,10 +47,14 @@ def test_search_writes_a_valid_file_with_lower_weighted_error(model, tmp_path, f
     assert changed > 0
     with open(report) as f:
         rows = json.load(f)["tensors"]
-    searched = [r for r in rows if "weighted_err" in r]
-    assert searched and all(r["weighted_err"]["search"] <= r["weighted_err"]["reference"] for r in searched)
-    assert sum(r["weighted_err"]["search"] for r in searched) < sum(r["weighted_err"]["reference"] for r in searched)
-    assert json.load(open(report))["summary"]["settings"]["method"] == "search"
+    searched = [r for r in rows if r["weighted_error"] is not None]
+    assert searched and all(r["weighted_error"] <= r["reference_weighted_error"] for r in searched)
+    assert sum(r["weighted_error"] for r in searched) < sum(r["reference_weighted_error"] for r in searched)
+    assert all(r["rtn_weighted_error"] is None for r in rows)
+    with open(report) as f:
+        summary = json.load(f)["summary"]
+    assert summary["settings"]["method"] == "search"
+    assert summary["mean_weighted_error"] < summary["mean_reference_weighted_error"]
 
 
 def test_search_starts_from_the_reference_bytes(model, tmp_path):

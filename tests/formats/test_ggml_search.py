@@ -61,7 +61,7 @@ def test_kernel_equals_twin(name, pattern, scale, rows, blocks, seed):
     x = sample(seed, rows, blocks * (8 if BLOCK_TYPES[name].block_values == 32 else 1), name, scale, pattern)
     raw = encode_rows(x, name)
     ours = raw.copy()
-    before, after, squared = search_rows(x, name, ours)
+    before, after, squared, wnorm = search_rows(x, name, ours)
     twin, t_before, t_after = _ggml_search_reference.search_rows(x, name, raw, _ggml_search.ROUNDS,
                                                                  _ggml_search.LEGACY_TRIALS)
     np.testing.assert_array_equal(ours, twin)
@@ -69,6 +69,7 @@ def test_kernel_equals_twin(name, pattern, scale, rows, blocks, seed):
     np.testing.assert_array_equal(after, t_after)
     y = decode_rows(ours, name, x.shape[1]).astype(np.float64)
     np.testing.assert_allclose(squared, np.sum((y - x) ** 2, axis=1), rtol=1e-12, atol=0)
+    assert np.all(wnorm >= 0) and np.all((wnorm > 0) | (x == 0).all(axis=1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,7 +79,7 @@ def test_never_worse_than_the_reference_per_block(name, pattern, scale, seed):
     x = sample(seed, 3, 16 if BLOCK_TYPES[name].block_values == 32 else 2, name, scale, pattern)
     raw = encode_rows(x, name)
     searched = raw.copy()
-    before, after, _ = search_rows(x, name, searched)
+    before, after, _, _ = search_rows(x, name, searched)
     with np.errstate(all="ignore"):
         e_ref = block_weighted_errors(x, name, raw)
         e_new = block_weighted_errors(x, name, searched)
@@ -103,7 +104,7 @@ def test_lowers_the_error_of_typical_weights(name):
     x = np.concatenate([sample(1, 16, 8, name, 0.02, "normal"), sample(2, 16, 8, name, 0.02, "heavy-tail")])
     raw = encode_rows(x, name)
     searched = raw.copy()
-    before, after, _ = search_rows(x, name, searched)
+    before, after, _, _ = search_rows(x, name, searched)
     assert after.sum() < 0.99 * before.sum()
     plain = [np.sum((decode_rows(r, name, x.shape[1]).astype(np.float64) - x) ** 2) for r in (raw, searched)]
     assert plain[1] < plain[0]
@@ -123,7 +124,7 @@ def test_types_without_a_search_keep_the_reference_bytes():
     x = sample(4, 2, 1, "IQ4_XS", 1.0, "normal")
     raw = encode_rows(x, "IQ4_XS")
     kept = raw.copy()
-    assert search_rows(x, "IQ4_XS", kept) == (None, None, None)
+    assert search_rows(x, "IQ4_XS", kept) is None
     np.testing.assert_array_equal(kept, raw)
 
 
