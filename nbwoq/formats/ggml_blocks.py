@@ -172,6 +172,58 @@ def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
     return (out, err, norm) if return_error else out
 
 
+def searched(type_name):
+    """True when ``search_rows`` improves blocks of ``type_name``."""
+    from nbwoq.formats import _ggml_search
+
+    return type_name in _ggml_search.SEARCHED
+
+
+#: What ``search_rows`` measured, per row (float64 arrays): the weighted squared error of
+#: the reference's blocks and of the searched ones, the plain squared error of the searched
+#: ones (of the values as llama.cpp decodes them), and the weighted squared norm.
+SearchErrors = namedtuple("SearchErrors", "reference search squared weighted_norm")
+
+
+def search_rows(values, type_name, raw):
+    """Improve, in place, the blocks ``raw`` that ``encode_rows(values, type_name)`` wrote:
+    nbwoq's search (``_ggml_search``), same bytes layout, never a higher weighted error
+    per block than the reference's.
+
+    Returns a ``SearchErrors``; None for the types without a search (not in
+    ``_ggml_search.SEARCHED``), whose blocks are left as they are. The weights are the
+    reference encoder's own: ``rms(sub-block) + |x|`` for Q4_K/Q5_K, ``x**2`` for Q6_K,
+    ``sqrt(mean square of the row + x**2)`` for the legacy blocks of 32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq.formats.ggml_blocks import encode_rows, search_rows
+    >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    >>> raw = encode_rows(x, "Q4_K")
+    >>> e = search_rows(x, "Q4_K", raw)
+    >>> bool(np.all(e.search <= e.reference))
+    True
+    """
+    t = _supported(type_name)
+    _check_matrix(values, "values", np.float32)
+    _check_matrix(raw, "raw", np.uint8)
+    rows, cols = values.shape
+    _check_cols(cols, t)
+    if raw.shape != (rows, cols // t.block_values * t.block_bytes):
+        raise ValueError(f"raw must have shape {(rows, cols // t.block_values * t.block_bytes)}, got {raw.shape}")
+    from nbwoq.formats import _ggml_search
+
+    if t.name not in _ggml_search.SEARCHED:
+        return None
+    if not np.isfinite(values).all():
+        raise ValueError("values: NaN or Inf; GGML blocks cannot store it")
+    e = SearchErrors(*(np.empty(rows, dtype=np.float64) for _ in range(4)))
+    _ggml_search.search_blocks(values, _ggml_search.KIND[t.name], _ggml_search.ROUNDS, _ggml_search.LEGACY_TRIALS,
+                               raw, *e)
+    return e
+
+
 def decode_rows(raw, type_name, cols):
     """The float32 values (rows, cols) of GGML blocks ``raw`` (rows, bytes per row), as
     llama.cpp's ``dequantize_row_<type>`` computes them.

@@ -80,6 +80,15 @@ def _to_float_type(x, target, out):
     return (out.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
 
 
+def _search(x, target, raw, weighted):
+    """``--method search``: improve the reference's blocks ``raw`` of rows ``x`` in place;
+    adds their weighted errors and norm to ``weighted`` and returns the rows' squared errors."""
+    e = ggml_blocks.search_rows(x, target, raw)
+    for i, part in enumerate((e.reference, e.search, e.weighted_norm)):
+        weighted[i] += float(part.sum())
+    return e.squared
+
+
 class GgufWriter(FileWriter):
     """Plans and writes one GGUF file."""
 
@@ -320,6 +329,7 @@ class GgufWriter(FileWriter):
             out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
         err = np.zeros(n, dtype=np.float64)
         norm = np.zeros(n, dtype=np.float64)
+        weighted = [0.0, 0.0, 0.0] if self.options.method == "search" and ggml_blocks.searched(target) else None
         for start, stop in quantizer.row_blocks(n, cols):
             x = storage.widen(values[start:stop], dtype_name, out=scratch.get("work", (stop - start, cols), np.float32))
             if target in _FLOATS:
@@ -328,11 +338,16 @@ class GgufWriter(FileWriter):
                 norm[start:stop] = (x.astype(np.float64) ** 2).sum(axis=1)
                 continue
             raw, e, nn = ggml_blocks.encode_rows(x, target, return_error=True, iq4_nl_search=True)
+            if weighted is not None:
+                e = _search(x, target, raw, weighted)
             out[start:stop], err[start:stop], norm[start:stop] = raw, e, nn
         perm = self.permutation(info)
         if perm is not None:
             out = out[perm]
-        return [(name, out.reshape(*info.shape[:-1], out.shape[-1]))], float(err.sum()), float(norm.sum())
+        outputs = [(name, out.reshape(*info.shape[:-1], out.shape[-1]))]
+        if weighted is not None:  # the report's weighted errors: the reference's and the search's
+            return outputs, float(err.sum()), float(norm.sum()), (*weighted, "reference")
+        return outputs, float(err.sum()), float(norm.sum())
 
     def begin(self, info, scratch):
         rows, cols = info.shape

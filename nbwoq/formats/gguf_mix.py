@@ -89,7 +89,10 @@ def plan_types(tensors, type_name, arch, n_layer, n_expert=1, n_gqa=1, pure=Fals
                  n_attn_v=sum(1 for n in names if _category(n) == "attn_v"))
     counters = dict(attn_v=0, ffn_down=0)
     result = {}
-    for name, shape in tensors:
+    # llama.cpp counts attn_v and ffn_down layers in its own tensor order (llama_model_loader's
+    # weight_name_comparer: layer number, then name), not the file's: a file whose tensors run
+    # blk.0, blk.1, blk.10, ... gets the same mix as one in layer order.
+    for name, shape in sorted(tensors, key=_llama_order):
         if not quantizable(name, shape):
             result[name] = None
             continue
@@ -99,7 +102,12 @@ def plan_types(tensors, type_name, arch, n_layer, n_expert=1, n_gqa=1, pure=Fals
         if new not in _FLOAT:
             new = _fallback(new, shape[-1])
         result[name] = new
-    return result
+    return {name: result[name] for name, _ in tensors}
+
+
+def _llama_order(tensor):
+    match = _LAYER.match(tensor[0])
+    return (int(match.group(1)) if match else -1, tensor[0].encode())
 
 
 def _mix(name, shape, ftype, new, model, counters):

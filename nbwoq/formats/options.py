@@ -22,9 +22,11 @@ CLIP_MODES = ("none", "tensor", "group")
 #: How codes are decided. Integer settings: "rtn" (round to nearest, the reference
 #: library's) or "refit" (``nbwoq.refit_int``: importance-weighted least-squares refit of
 #: each group's scale and zero point). GGML block types (--type): "reference", llama.cpp's
-#: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte.
+#: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte;
+#: "search", nbwoq's search from the reference's blocks to a lower weighted error in the
+#: same bytes layout (``ggml_blocks.search_rows``). The first of each tuple is the default.
 INTEGER_METHODS = ("rtn", "refit")
-GGML_METHODS = ("reference",)
+GGML_METHODS = ("reference", "search")
 METHODS = INTEGER_METHODS + GGML_METHODS
 
 # Default selection: 2-D ``.weight`` tensors inside the repeated blocks (``layers.3.``,

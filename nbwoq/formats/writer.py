@@ -22,7 +22,9 @@ class Encoded(NamedTuple):
     clip (``None``, a ratio, or per-group min/mean/max), and the squared error and
     squared norm sums of what is stored (``0.0`` for a copied tensor); ``weighted``:
     ``(rtn_err, method_err, norm)`` importance-weighted sums where the method is not
-    round to nearest (``quantizer.weighted_errors``), else None."""
+    round to nearest (``quantizer.weighted_errors``); ``(reference_err, search_err, norm,
+    "reference")`` for GGUF's ``--method search`` (its weights: ``_ggml_search``); else
+    None."""
 
     outputs: list
     quantized: bool
@@ -98,7 +100,8 @@ class Writer:
         return False
 
     def quantize_encode(self, info, array, dtype_name, scratch):
-        """Quantize and encode in one pass; returns ``(outputs, err_sum, norm_sum)``."""
+        """Quantize and encode in one pass; returns ``(outputs, err_sum, norm_sum)``, or
+        with a fourth item, ``Encoded.weighted``."""
         raise NotImplementedError(f"{type(self).__name__} has no one-pass path")
 
     def begin(self, info, scratch):
@@ -179,8 +182,8 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
     if not selected:
         return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
     if writer.one_pass():
-        outputs, err, norm = writer.quantize_encode(info, array, dtype_name, scratch)
-        return Encoded(outputs, True, None, err, norm)
+        outputs, err, norm, *weighted = writer.quantize_encode(info, array, dtype_name, scratch)
+        return Encoded(outputs, True, None, err, norm, weighted[0] if weighted else None)
     options = writer.options
     quantile, clip = quantizer.clip_ratios(array, dtype_name, options, info.name)
     enc = writer.begin(info, scratch)

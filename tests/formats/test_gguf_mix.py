@@ -84,3 +84,18 @@ def test_every_file_type_id_matches_gguf_py():
     for name, (ftype, _) in FILE_TYPES.items():
         key = "ALL_F32" if name == "F32" else f"MOSTLY_{name}"
         assert gguf.LlamaFileType[key].value == ftype, name
+
+
+def test_layers_are_counted_in_llama_cpp_order_not_file_order():
+    """llama.cpp counts attn_v/ffn_down by layer number (its loader's name order), so a file
+    whose tensors are stored blk.0, blk.1, blk.10, blk.11, ... gets the same mix (SmolLM2's
+    GGUF is stored that way)."""
+    ordered = _llama(n_layer=30)
+    by_name = sorted(ordered, key=lambda t: t[0])
+    assert [n for n, _ in by_name] != [n for n, _ in ordered]
+    a = plan_types(ordered, "Q4_K_M", "llama", 30)
+    b = plan_types(by_name, "Q4_K_M", "llama", 30)
+    assert a == b and list(b) == [n for n, _ in by_name]
+    more = [i for i in range(30) if a[f"blk.{i}.ffn_down.weight"] == "Q6_K"]
+    assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]  # llama-quantize's choice on SmolLM2
+    assert [i for i in range(30) if a[f"blk.{i}.attn_v.weight"] == "Q6_K"] == more
