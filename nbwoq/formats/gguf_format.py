@@ -287,10 +287,14 @@ class GgufWriter(FileWriter):
 
     def takes_blocks(self, info, selected):
         """A GGUF source's block-quantized tensor goes to a block type re-encoded row by row
-        from its blocks (``ggml_blocks.requant_batch``): no float32 copy of the tensor."""
-        return (selected and self.types is not None and self.source.kind == "gguf" and info.size > 0
-                and len(info.shape) > 0 and info.dtype in ggml_blocks.SUPPORTED
-                and self.types[self.out_name(info)] not in _FLOATS)
+        from its blocks (``ggml_blocks.requant_batch``): no float32 copy of the tensor.
+        ``--method search`` starts from the reference's blocks of the whole tensor's values
+        (``quantize_encode``)."""
+        if not (selected and self.types is not None and self.source.kind == "gguf" and info.size > 0
+                and len(info.shape) > 0 and info.dtype in ggml_blocks.SUPPORTED):
+            return False
+        target = self.types[self.out_name(info)]
+        return target not in _FLOATS and not (self.options.method == "search" and ggml_blocks.searched(target))
 
     def copies_raw(self, info):
         return self.source.kind == "gguf"
