@@ -20,6 +20,7 @@ Runs in the project's Python (nbwoq); llama.cpp's quantizer runs in ``--llama-py
 
 import argparse
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -140,9 +141,9 @@ def llama_quantize(py, src, dst, ftype, threads, reuse=False):
 
 def perplexity(binary, model, text, ctx, chunks, threads, cache):
     """llama-perplexity's final estimate for ``model`` on ``text``, remembered in ``cache``
-    (a dict saved by the caller) by file size and modification time."""
-    st = os.stat(model)
-    key = f"{os.path.basename(model)}|{st.st_size}|{st.st_mtime_ns}|{os.path.basename(text)}|{ctx}|{chunks}"
+    (a dict saved by the caller) by the file's SHA-256: a file written again with the same
+    bytes is not measured again."""
+    key = f"{file_sha256(model)}|{os.path.basename(text)}|{ctx}|{chunks}"
     if key in cache:
         return cache[key]
     # --no-repack: no AMX/repacked weight layouts (AMX tiles raise SIGILL in some VMs that
@@ -154,6 +155,14 @@ def perplexity(binary, model, text, ctx, chunks, threads, cache):
         sys.exit(f"no perplexity in llama-perplexity's output:\n{out[-2000:]}")
     cache[key] = float(match.group(1))
     return cache[key]
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def same_tensors(a, b):

@@ -4,7 +4,7 @@ llama.cpp's quantizer is reached through the ``llama_cpp`` package (the library 
 ``llama-quantize`` wraps: ``llama_model_quantize`` with llama-quantize's parameters),
 built from its source release by ``scripts/integration.sh``. Three checks:
 
-1. byte identity: for every type, ``nbwoq quantize SRC --type T --pure`` equals
+1. byte identity: for every type, ``nbwoq quantize SRC --type T --pure --method reference`` equals
    ``llama-quantize --pure SRC T`` tensor for tensor;
 2. mixes: the per-tensor types of Q4_K_S, Q4_K_M, Q5_K_S and Q5_K_M equal llama's;
 3. speed: wall time and peak RSS of both on the same BF16 GGUF, same thread count.
@@ -53,11 +53,11 @@ def llama_quantize(src, dst, name, pure, threads=2):
     return float(out[-2]), int(out[-1])
 
 
-def nbwoq_quantize(py, src, dst, name, pure, threads=2):
+def nbwoq_quantize(py, src, dst, name, pure, threads=2, method="reference"):
     report = dst + ".json"
     t0 = time.perf_counter()
     _run([py, "-m", "nbwoq", "quantize", src, dst, "--type", name, "--threads", str(threads), "--quiet",
-          "--overwrite", "--report", report] + (["--pure"] if pure else []))
+          "--overwrite", "--report", report, "--method", method] + (["--pure"] if pure else []))
     wall = time.perf_counter() - t0
     with open(report) as f:
         summary = json.load(f)["summary"]
@@ -94,6 +94,11 @@ def _speed(py, work):
         print(f"{name:8s} nbwoq {t_ours:6.1f} s ({wall:.1f} s with start-up), peak {rss_ours / 2**20:5.0f} MiB | "
               f"llama.cpp {t_llama:6.1f} s, peak {rss_llama / 2**20:5.0f} MiB | "
               f"nbwoq/llama time {t_ours / t_llama:.2f}x")
+        if name == "Q4_K_M":  # the search method, started from the reference's blocks
+            dst = os.path.join(work, f"1b-nbwoq-{name}-search.gguf")
+            t_search, rss_search, _ = nbwoq_quantize(py, big_src, dst, name, False, method="search")
+            print(f"{name:8s} nbwoq --method search {t_search:6.1f} s, peak {rss_search / 2**20:5.0f} MiB | "
+                  f"search/llama time {t_search / t_llama:.2f}x")
 
 
 def main():

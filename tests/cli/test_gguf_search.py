@@ -34,7 +34,7 @@ def _tensors(path):
 def test_search_writes_a_valid_file_with_lower_weighted_error(model, tmp_path, ftype):
     ref, ours = str(tmp_path / "ref.gguf"), str(tmp_path / "search.gguf")
     report = str(tmp_path / "report.json")
-    assert main(["quantize", model, ref, "--type", ftype, "--quiet"]) == 0
+    assert main(["quantize", model, ref, "--type", ftype, "--method", "reference", "--quiet"]) == 0
     assert main(["quantize", model, ours, "--type", ftype, "--method", "search", "--quiet", "--report", report]) == 0
     a, b = _tensors(ref), _tensors(ours)
     assert list(a) == list(b)
@@ -75,3 +75,12 @@ def test_search_starts_from_the_reference_bytes(model, tmp_path):
 def test_search_is_refused_outside_type(model, tmp_path, capsys):
     assert main(["quantize", model, str(tmp_path / "x"), "--method", "search"]) == 1
     assert "--method must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ftype, method", [("Q4_K_M", "search"), ("Q5_K_S", "search"), ("Q6_K", "search"),
+                                           ("Q4_0", "reference"), ("Q8_0", "reference"), ("IQ4_NL", "reference")])
+def test_default_method_is_search_for_the_k_quant_types(ftype, method):
+    from nbwoq.formats.options import QuantOptions
+
+    assert QuantOptions(gguf_type=ftype).method == method
+    assert QuantOptions(gguf_type=ftype, method="reference").method == "reference"

@@ -58,7 +58,7 @@ def test_file_types_follow_the_mix_and_decode_with_gguf_py(model, tmp_path, ftyp
 
 def test_reference_bytes_are_llama_cpp_encoder_on_the_source_values(model, tmp_path):
     out = str(tmp_path / "m.gguf")
-    assert main(["quantize", model, out, "--type", "Q4_K_M", "--quiet"]) == 0
+    assert main(["quantize", model, out, "--type", "Q4_K_M", "--method", "reference", "--quiet"]) == 0
     tensors, _ = _tensors(out)
     for hf, name in (("model.layers.2.mlp.down_proj.weight", "blk.2.ffn_down.weight"),
                      ("model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight")):
