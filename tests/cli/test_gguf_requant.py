@@ -57,9 +57,10 @@ def _two_step(src_tensor, target):
 def test_block_source_is_requantized_from_its_blocks(tmp_path, monkeypatch, ftype):
     src = _source(tmp_path / "src.gguf", np.random.default_rng(0))
     out = str(tmp_path / "out.gguf")
-    # no tensor is decoded whole: the quantized ones go through requant_rows, the others are copied
+    # with the reference encoder no tensor is decoded whole: the quantized ones go through
+    # requant_rows, the others are copied (the K-quant default, search, starts from the whole tensor)
     monkeypatch.setattr(Source, "_gguf_decode", lambda *a, **k: pytest.fail("a tensor was decoded whole"))
-    assert main(["quantize", src, out, "--type", ftype, "--quiet"]) == 0
+    assert main(["quantize", src, out, "--type", ftype, "--method", "reference", "--quiet"]) == 0
     monkeypatch.undo()
     source = {t.name: t for t in gguf.GGUFReader(src).tensors}
     requantized = 0
@@ -78,7 +79,7 @@ def test_requantized_report_errors_equal_the_two_step_form(tmp_path):
 
     src = _source(tmp_path / "src.gguf", np.random.default_rng(1))
     out, report = str(tmp_path / "out.gguf"), str(tmp_path / "r.json")
-    assert main(["quantize", src, out, "--type", "Q4_K_M", "--quiet", "--report", report]) == 0
+    assert main(["quantize", src, out, "--type", "Q4_K_M", "--method", "reference", "--quiet", "--report", report]) == 0
     rows = {r["name"]: r for r in json.load(open(report))["tensors"]}
     source = {t.name: t for t in gguf.GGUFReader(src).tensors}
     checked = 0
@@ -140,7 +141,7 @@ def test_method_search_from_a_block_source_searches(tmp_path, ftype):
 
     src = _source(tmp_path / "src.gguf", np.random.default_rng(5))
     ref, ours, report = (str(tmp_path / n) for n in ("ref.gguf", "search.gguf", "r.json"))
-    assert main(["quantize", src, ref, "--type", ftype, "--quiet"]) == 0
+    assert main(["quantize", src, ref, "--type", ftype, "--method", "reference", "--quiet"]) == 0
     assert main(["quantize", src, ours, "--type", ftype, "--method", "search", "--quiet", "--report", report]) == 0
     a = {t.name: t for t in gguf.GGUFReader(ref).tensors}
     rows = {r["name"]: r for r in json.load(open(report))["tensors"]}
