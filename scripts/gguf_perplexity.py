@@ -11,9 +11,12 @@ wraps, no importance matrix) and by nbwoq with each method. Texts: CPython's
 the first ``--chunks`` x ``-c`` tokens of each.
 
 ``llama-perplexity`` is built from the llama-cpp-python sdist on the package index (its
-vendored llama.cpp; ``--build``), and cached with its build time beside it.
+vendored llama.cpp), and cached in WORK with its build time beside it; perplexities are
+cached by the SHA-256 of the file measured. The check fails when nbwoq's default method
+(the reference) does not write llama-quantize's bytes; the search's perplexity against
+llama-quantize's is reported.
 
-    python scripts/gguf_perplexity.py WORK --llama-python VENV/bin/python [--build] [--json OUT]
+    python scripts/gguf_perplexity.py WORK --llama-python VENV/bin/python [--json OUT] [--reuse]
 
 Runs in the project's Python (nbwoq); llama.cpp's quantizer runs in ``--llama-python``.
 """
@@ -181,6 +184,10 @@ def weighted_by_type(report):
     report's relative weighted errors (each tensor's two share its weighted norm), and
     the worst tensor's ratio."""
     sums = {}
+    worse = [row["name"] for row in report["tensors"] if row.get("weighted_error") is not None
+             and row["weighted_error"] > row["reference_weighted_error"]]
+    if worse:
+        sys.exit(f"the search's weighted error is above the reference's on {worse}")
     for row in report["tensors"]:
         if row.get("weighted_error") is not None:
             s = sums.setdefault(row["format"], [0.0, 0.0, 0, 0.0])
@@ -224,6 +231,7 @@ def main():
             cache = json.load(f)
     result = dict(type=args.type, ctx=args.ctx, chunks=args.chunks, build=build, models={})
     failures = 0
+    worse = 0  # cases where --method search's perplexity is above llama-quantize's (reported)
     for model, src in models(work).items():
         if args.models and model not in args.models:
             continue
@@ -240,7 +248,9 @@ def main():
             entry["seconds"][method] = report["summary"]["seconds"]
             if method == "search":
                 entry["weighted"] = weighted_by_type(report)
-        entry["reference_equals_llama"] = "%d/%d tensors" % same_tensors(files["reference"], files["llama"])
+        same, total = same_tensors(files["reference"], files["llama"])
+        entry["reference_equals_llama"] = f"{same}/{total} tensors"
+        failures += same != total  # the default method: llama-quantize's bytes, so its perplexity
         if args.quantize_only:
             print(model, entry, flush=True)
             continue
@@ -251,7 +261,7 @@ def main():
                 with open(cache_path, "w") as fc:
                     json.dump(cache, fc, indent=0)
             p = entry["ppl"][text]
-            failures += p["search"] > p["llama"]
+            worse += p["search"] > p["llama"]
             print(f"{model:13s} {text:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in p.items()), flush=True)
         print(f"{model:13s} encode s: " + "  ".join(f"{k} {v:.1f}" for k, v in entry["seconds"].items())
               + f"; reference == llama: {entry['reference_equals_llama']}; weighted search/reference: "
@@ -260,7 +270,9 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    print("gguf_perplexity: " + ("search <= llama everywhere" if not failures else f"{failures} case(s) worse"))
+    print(f"gguf_perplexity: --method search above llama-quantize's perplexity in {worse} case(s); "
+          + ("the default (reference) is llama-quantize's bytes" if not failures
+             else f"the reference differs from llama-quantize's bytes on {failures} model(s): FAILED"))
     return 1 if failures else 0
 
 

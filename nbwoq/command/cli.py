@@ -61,10 +61,10 @@ def _parser():
     q.add_argument("--method", choices=("rtn", "refit", "reference", "search"), default=None,
                    help="how codes are decided. Integer settings: rtn (round to nearest, the default) or refit "
                         "(least-squares refit of each group's scale and zero point, weighted by magnitude; about "
-                        "6x the time, lower error). With --type: search (the default for the K-quant types) starts "
-                        "from llama.cpp's blocks and keeps any change that lowers a block's weighted error (same "
-                        "layout, lower perplexity; the report gives both errors per tensor), or reference, "
-                        "llama.cpp's own data-free encoder byte for byte (the default for the other types)")
+                        "6x the time, lower error). With --type: reference, llama.cpp's own data-free encoder byte "
+                        "for byte (the default), or search: starts from llama.cpp's blocks and keeps any change "
+                        "that lowers a block's weighted error (same layout; the report gives both errors per "
+                        "tensor; about 1.4-2x the time)")
     q.add_argument("--pure", action="store_true",
                    help="with --type: every quantized tensor gets the type's default block type (llama-quantize "
                         "--pure; default off: the mix rules)")

@@ -24,14 +24,11 @@ CLIP_MODES = ("none", "tensor", "group")
 #: each group's scale and zero point). GGML block types (--type): "reference", llama.cpp's
 #: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte;
 #: "search", nbwoq's search from the reference's blocks to a lower weighted error in the
-#: same bytes layout (``ggml_blocks.search_rows``). The default is the first of each tuple,
-#: except for the K-quant file types (``SEARCH_BY_DEFAULT``).
+#: same bytes layout (``ggml_blocks.search_rows``), opt-in: its Q4_K_M perplexity was not
+#: below llama-quantize's on every model and text measured (``scripts/gguf_perplexity.py``).
+#: The first of each tuple is the default.
 INTEGER_METHODS = ("rtn", "refit")
 GGML_METHODS = ("reference", "search")
-#: Default block types whose file types default to "search": its Q4_K_M files have a lower
-#: perplexity than llama-quantize's on SmolLM2-135M and Gemma-3-270M, two texts each
-#: (``scripts/gguf_perplexity.py``); the other file types keep the reference by default.
-SEARCH_BY_DEFAULT = ("Q4_K", "Q5_K", "Q6_K")
 METHODS = INTEGER_METHODS + GGML_METHODS
 
 # Default selection: 2-D ``.weight`` tensors inside the repeated blocks (``layers.3.``,
@@ -85,8 +82,6 @@ class QuantOptions:
         allowed = GGML_METHODS if self.gguf_type is not None else INTEGER_METHODS
         if method is None:
             method = allowed[0]
-            if self.gguf_type is not None and file_type(self.gguf_type)[1] in SEARCH_BY_DEFAULT:
-                method = "search"
         if method not in allowed:
             what = f"--type {self.gguf_type}" if self.gguf_type is not None else "integer settings"
             raise InputError(f"--method must be one of {allowed} with {what}, got {method!r}")

@@ -77,10 +77,9 @@ def test_search_is_refused_outside_type(model, tmp_path, capsys):
     assert "--method must be one of" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("ftype, method", [("Q4_K_M", "search"), ("Q5_K_S", "search"), ("Q6_K", "search"),
-                                           ("Q4_0", "reference"), ("Q8_0", "reference"), ("IQ4_NL", "reference")])
-def test_default_method_is_search_for_the_k_quant_types(ftype, method):
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "Q5_0", "IQ4_NL"])
+def test_reference_is_the_default_and_search_one_flag_away(ftype):
     from nbwoq.formats.options import QuantOptions
 
-    assert QuantOptions(gguf_type=ftype).method == method
-    assert QuantOptions(gguf_type=ftype, method="reference").method == "reference"
+    assert QuantOptions(gguf_type=ftype).method == "reference"
+    assert QuantOptions(gguf_type=ftype, method="search").method == "search"
