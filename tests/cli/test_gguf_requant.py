@@ -58,7 +58,7 @@ def test_block_source_is_requantized_from_its_blocks(tmp_path, monkeypatch, ftyp
     src = _source(tmp_path / "src.gguf", np.random.default_rng(0))
     out = str(tmp_path / "out.gguf")
     # with the reference encoder no tensor is decoded whole: the quantized ones go through
-    # requant_rows, the others are copied (the K-quant default, search, starts from the whole tensor)
+    # requant_rows, the others are copied (--method search starts from the whole tensor)
     monkeypatch.setattr(Source, "_gguf_decode", lambda *a, **k: pytest.fail("a tensor was decoded whole"))
     assert main(["quantize", src, out, "--type", ftype, "--method", "reference", "--quiet"]) == 0
     monkeypatch.undo()
