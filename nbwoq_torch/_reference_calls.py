@@ -215,6 +215,8 @@ def broadcast_like_reference(weight, scale, zp, group_size):
             or not isinstance(group_size, int) or not (group_size == -1 or group_size > 0)):
         return scale, zp, group_size
     rows, cols = weight.shape
+    if rows == 0 or cols == 0:  # nothing to broadcast over: the core judges the shapes
+        return scale, zp, group_size
     n_groups = 1 if group_size == -1 else -(-cols // group_size)
     if tuple(scale.shape) == (rows, n_groups) and (zp is None or tuple(zp.shape) == (rows, n_groups)):
         return scale, zp, group_size
