@@ -443,9 +443,20 @@ def main():
     parser.add_argument("--weighting", default="magnitude", choices=["magnitude", "square", "none"])
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--timing", action="store_true", help="only time RTN and refit_int on 4096x4096")
+    parser.add_argument("--measure", nargs="*", default=["perplexity", "minilm"], choices=["perplexity", "minilm"],
+                        help="SmolLM2 perplexity and/or MiniLM embedding cosine (scripts/minilm_cosine.py)")
     args = parser.parse_args()
     if args.timing:
         return timing()
+    if "perplexity" in args.measure:
+        perplexity_table(args)
+    if "minilm" in args.measure:
+        from minilm_cosine import cosine_table
+
+        cosine_table(args.methods, args.settings, args.weighting, args.iters)
+
+
+def perplexity_table(args):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
     import transformers
