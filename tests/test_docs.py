@@ -181,6 +181,8 @@ NOT_RUN = {
     "flock /tmp/nbwoq-bench.lock python docs/perf/measure.py": "a benchmark (minutes); never in the test suite",
     "cd asv_bench": "the folder of the asv command",
     "asv run": "the benchmark suite (many minutes); never in the test suite",
+    "PYTHONPATH=$PWD python scripts/datafree_methods.py": "a measurement (SmolLM2 perplexities: long); never in the "
+                                                          "test suite",
     "nbwoq eval": "needs torch and a real model with a tokenizer (SmolLM2); tests/torch/test_eval.py runs it",
     "nbwoq quantize path/to/model": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
     "nbwoq quantize model-f16.gguf": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
