@@ -128,7 +128,7 @@ def cosine_table(methods, settings, weighting="magnitude", iters=4, n_sentences=
         st = SETTINGS[setting]
         for method in methods:
             if method.startswith(NOT_APPLICABLE):
-                print(f"{'minilm ' + setting + ' ' + method:<36} n/a (folds into Llama's RMSNorm)", flush=True)
+                print(f"{'minilm ' + setting + ' ' + method:<36} n/a (needs Llama's RMSNorm)", flush=True)
                 continue
             t0 = time.perf_counter()
             model.load_state_dict(source)
