@@ -296,8 +296,8 @@ def _legacy_err(x, w, d, m, asym, lo, hi, L=None):
     return _err(x, w, y), L
 
 
-def _legacy_fit(v, w, L, asym, m, sw, sx, sxx):
-    """Weighted least squares ``x ~ L d + m``: (d, m, the fit's weighted error)."""
+def _legacy_fit(v, w, L, asym, m, sw, sx):
+    """Weighted least squares ``x ~ L d + m``: (d, m)."""
     q = L.astype(np.float64)
     sl, sll, sxl = _total(w * q), _total(w * q * q), _total(w * v * q)
     d = np.nan
@@ -310,7 +310,7 @@ def _legacy_fit(v, w, L, asym, m, sw, sx, sxx):
         m = 0.0
     if d != d and sll > 0.0:
         d = (sxl - m * sl) / sll
-    return d, m, sxx - 2.0 * d * sxl - 2.0 * m * sx + d * d * sll + 2.0 * d * m * sl + m * m * sw
+    return d, m
 
 
 def _legacy_try(x, w, fd, fm, asym, lo, hi, near, best):
@@ -340,10 +340,9 @@ def search_legacy(x, w, o, type_name, rounds, trials):
     e_ref = best
     changed = False
     v = x.astype(np.float64)
-    sw, sx, sxx = _total(w), _total(w * v), _total(w * v * v)
+    sw, sx = _total(w), _total(w * v)
     vmin, vmax = float(v.min()), float(v.max())
     mx = float(v[np.argmax(np.abs(v))])  # the first of the largest magnitude
-    fit = (np.inf, np.nan, 0.0)  # the trial whose fit has the least error
     if vmax > vmin and best > 0.0:
         for t in range(trials if asym else 2 * trials):
             step = 0.5 * float(t if asym else t // 2) - 0.5
@@ -354,18 +353,17 @@ def search_legacy(x, w, o, type_name, rounds, trials):
             if not d0 != 0.0:
                 continue
             codes = _nearest((v - m0) * (1.0 / d0), lo, hi)
-            fd, fm, fe = _legacy_fit(v, w, codes, asym, m0, sw, sx, sxx)
-            if fd == fd and fe < fit[0]:
-                fit = (fe, fd, fm)
-    if fit[1] == fit[1]:
-        found = _legacy_try(x, w, fit[1], fit[2], asym, lo, hi, 1, best)
-        if found is not None:
-            best, hd, hm, L = found
-            changed = True
+            fd, fm = _legacy_fit(v, w, codes, asym, m0, sw, sx)
+            if fd != fd:
+                continue
+            found = _legacy_try(x, w, fd, fm, asym, lo, hi, 0, best)
+            if found is not None:
+                best, hd, hm, L = found
+                changed = True
     for _ in range(rounds):
         if best == 0.0:
             break
-        fd, fm, _ = _legacy_fit(v, w, L, asym, float(_half_value(hm)) if asym else 0.0, sw, sx, sxx)
+        fd, fm = _legacy_fit(v, w, L, asym, float(_half_value(hm)) if asym else 0.0, sw, sx)
         if fd != fd:
             break
         found = _legacy_try(x, w, fd, fm, asym, lo, hi, 1, best)
