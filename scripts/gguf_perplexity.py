@@ -7,8 +7,9 @@ with its ``assemble()``). Each is first written as an F32 GGUF (``nbwoq quantize
 F32``), so that every tool re-encodes every tensor from the same floats; then
 quantized to the file type by ``llama_model_quantize`` (the library ``llama-quantize``
 wraps, no importance matrix) and by nbwoq with each method. Texts: CPython's
-``pydoc_data/topics.py`` and ``argparse.py`` from this interpreter's standard library,
-the first ``--chunks`` x ``-c`` tokens of each.
+``pydoc_data/topics.py``, ``argparse.py`` and (held out while the search was chosen)
+``difflib.py`` from this interpreter's standard library, the first ``--chunks`` x ``-c``
+tokens of each.
 
 ``llama-perplexity`` is built from the llama-cpp-python sdist on the package index (its
 vendored llama.cpp), and cached in WORK with its build time beside it; perplexities are
@@ -35,7 +36,8 @@ import tarfile
 import time
 
 SDIST = "llama-cpp-python==0.3.36"
-TEXTS = {"topics": "pydoc_data/topics.py", "argparse": "argparse.py"}
+# difflib.py was held out: the search was chosen on the first two, then checked on it
+TEXTS = {"topics": "pydoc_data/topics.py", "argparse": "argparse.py", "difflib": "difflib.py"}
 _QUANTIZE = r"""
 import ctypes, sys, time, llama_cpp, gguf
 src, dst, name, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

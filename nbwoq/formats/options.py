@@ -24,8 +24,9 @@ CLIP_MODES = ("none", "tensor", "group")
 #: each group's scale and zero point). GGML block types (--type): "reference", llama.cpp's
 #: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte;
 #: "search", nbwoq's search from the reference's blocks to a lower weighted error in the
-#: same bytes layout (``ggml_blocks.search_rows``), opt-in: its Q4_K_M perplexity was not
-#: below llama-quantize's on every model and text measured (``scripts/gguf_perplexity.py``).
+#: same bytes layout (``ggml_blocks.search_rows``), opt-in for its cost: its Q4_K_M
+#: perplexity is below llama-quantize's on every model and text measured
+#: (``scripts/gguf_perplexity.py``), but it encodes several times slower than the reference.
 #: The first of each tuple is the default.
 INTEGER_METHODS = ("rtn", "refit")
 GGML_METHODS = ("reference", "search")
