@@ -7,7 +7,8 @@ tensor-name map), the query/key row permutation of the rotary layout where the f
 needs it, values changed on the way (none for Llama), the key/values of the file, tensors
 llama.cpp adds (Llama 3 rope scaling's ``rope_freqs.weight``) and the tokenizer: a
 SentencePiece ``tokenizer.model`` as llama.cpp's ``llama`` tokenizer (``hf_vocab``), a
-byte-level BPE ``tokenizer.json`` as ``gpt2``. Any other ``model_type`` is one
+byte-level BPE ``tokenizer.json`` as ``gpt2`` with the pre-tokenizer name its declared
+split has in llama.cpp (``bpe_pre``). Any other ``model_type`` is one
 ``InputError`` naming llama.cpp's converter.
 """
 
@@ -15,7 +16,7 @@ import os
 
 import numpy as np
 
-from nbwoq.formats import hf_vocab, storage
+from nbwoq.formats import bpe_pre, hf_vocab, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.hf_config import (config_float, config_int, config_optional_float, config_optional_int,
                                     llama_shape, rope_parameters, rope_theta)
@@ -37,7 +38,6 @@ class LlamaConversion:
     arch = "llama"
     model_arch = "LLAMA"  # gguf.MODEL_ARCH member
     permute_qk = True
-    tokenizer_pre = "default"  # llama.cpp's pre-tokenizer name for a gpt2 tokenizer
     special_keys = ("bos_token_id", "eos_token_id")
     special_ids_always = False  # Llama: special ids only beside a tokenizer
     special_first_of_list = False
@@ -166,9 +166,11 @@ class LlamaConversion:
         return "llama"
 
     def json_tokenizer(self, gguf_writer):
-        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer. Every entry
-        is checked: a malformed tokenizer is one ``InputError``; a SentencePiece-style one
-        (Unigram, or BPE with byte fallback) without its ``tokenizer.model`` is one too."""
+        """A byte-level BPE ``tokenizer.json`` becomes GGUF's ``gpt2`` tokenizer, its
+        pre-tokenizer named as llama.cpp knows it (``bpe_pre``). Every entry is checked: a
+        malformed tokenizer, or a pre-tokenizer llama.cpp has no name for, is one
+        ``InputError``; a SentencePiece-style one (Unigram, or BPE with byte fallback) without
+        its ``tokenizer.model`` is one too."""
         path = os.path.join(self.source.folder, "tokenizer.json")
         if not os.path.isfile(path):
             return None
@@ -196,6 +198,7 @@ class LlamaConversion:
                         for m in merges)):
             raise InputError(f"{path}: not a BPE tokenizer this converter understands (malformed vocab, "
                              "added_tokens or merges)")
+        pre = bpe_pre.pre_tokenizer_name(tok, path)
         token_type = self.gguf.TokenType
         tokens = [""] * n
         types = [token_type.UNUSED] * n
@@ -210,7 +213,7 @@ class LlamaConversion:
             if not t:
                 tokens[i] = f"[PAD{i}]"
         gguf_writer.add_tokenizer_model("gpt2")
-        gguf_writer.add_tokenizer_pre(self.tokenizer_pre)
+        gguf_writer.add_tokenizer_pre(pre)
         gguf_writer.add_token_list(tokens)
         gguf_writer.add_token_types(types)
         gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
@@ -276,12 +279,10 @@ class MistralConversion(LlamaConversion):
 
 class Qwen2Conversion(LlamaConversion):
     """Qwen2: ``qwen2``; NeoX rotary layout (no permutation); q/k/v biases (1-D, float32);
-    tied embeddings leave no ``lm_head.weight`` and so no ``output.weight``; the gpt2
-    tokenizer's pre-tokenizer is ``qwen2``."""
+    tied embeddings leave no ``lm_head.weight`` and so no ``output.weight``."""
 
     arch, model_arch = "qwen2", "QWEN2"
     permute_qk = False
-    tokenizer_pre = "qwen2"
     special_keys = ("bos_token_id", "eos_token_id", "pad_token_id")
     special_ids_always = True
     special_first_of_list = True
@@ -319,7 +320,6 @@ class Gemma2Conversion(Qwen2Conversion):
     both logit soft-caps and the sliding window are keys."""
 
     arch, model_arch = "gemma2", "GEMMA2"
-    tokenizer_pre = "default"
     skip_byte_fallback = False
 
     def tokenizer(self, gguf_writer):
@@ -416,7 +416,6 @@ class Phi3Conversion(Qwen2Conversion):
     needs factor tensors that are not in the folder: one ``InputError``."""
 
     arch, model_arch = "phi3", "PHI3"
-    tokenizer_pre = "default"
     skip_byte_fallback = False
 
     def tokenizer(self, gguf_writer):

@@ -124,6 +124,7 @@ def test_tokenizer_json_becomes_gguf_tokenizer(tmp_path):
     assert main(["quantize", str(src), str(out), "--format", "gguf", "--quiet"]) == 0
     fields = gguf.GGUFReader(str(out)).fields
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"  # GPT-2's own split (ByteLevel's regex)
     loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     text = "the lazy fox"
     assert loaded(text, add_special_tokens=False).input_ids == tok.encode(text).ids

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from nbwoq.command.cli import main
+from nbwoq.formats import bpe_pre
 
 from sentencepiece_files import train
 
@@ -318,10 +319,14 @@ def test_phi4_style_gpt2_tokenizer_wins_over_tokenizer_model(tmp_path):
     _, config, _ = _phi3(folder)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
     _write(folder, "tokenizer_config.json", dict(tokenizer_class="GPT2Tokenizer"))
+    split = dict(type="Split", pattern=dict(Regex=bpe_pre.CL100K), behavior="Isolated", invert=False)
+    byte_level = dict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=False)
     _write(folder, "tokenizer.json", dict(added_tokens=[], model=dict(type="BPE", vocab={"a": 0, "b": 1, "ab": 2},
-                                                                        merges=["a b"])))
+                                                                        merges=["a b"]),
+                                          pre_tokenizer=dict(type="Sequence", pretokenizers=[split, byte_level])))
     out = str(tmp_path / "m.gguf")
     assert main(["quantize", folder, out, "--type", "F32", "--quiet"]) == 0
     fields = gguf.GGUFReader(out).fields
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "dbrx"  # tiktoken's cl100k split, as Phi-4 ships it
     assert fields["tokenizer.ggml.tokens"].contents()[:3] == ["a", "b", "ab"]
