@@ -38,7 +38,7 @@ O200K = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}
          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-# Steps of a pre-tokenizer as ``_steps`` describes them.
+# Steps of a pre-tokenizer as ``_step`` writes them.
 _BYTES = ("ByteLevel", False)  # bytes to GPT-2's printable characters, after an explicit split
 _GPT2 = ("ByteLevel", True)  # the same after GPT-2's own split regex (``use_regex``)
 _DIGITS = ("Digits", True)  # every digit on its own
@@ -50,8 +50,9 @@ def _split(regex):
 
 #: ``(llama.cpp's name, pre-tokenizer steps, BPE model's ignore_merges or None for either)``.
 #: Names sharing one llama.cpp split are told apart by what else the name sets: llama-bpe
-#: makes llama.cpp look whole words up before merging (``ignore_merges``, Llama 3's
-#: tokenizer.json says so too), dbrx does not. Other names llama.cpp gives the same split
+#: makes llama.cpp look whole words up before merging (``ignore_merges``, which Llama 3's
+#: tokenizer.json alone declares) and add a BOS unless the file says otherwise, dbrx
+#: neither. Other names llama.cpp gives the same split
 #: (starcoder and refact for smollm's, stablelm2 for qwen2's, mpt and olmo for gpt-2's)
 #: differ from these only in flags that do not change token ids, so one name stands for
 #: each split.
@@ -208,7 +209,7 @@ def pre_tokenizer_name(tok, path="tokenizer.json"):
         if steps == want and merges in (None, ignore_merges):
             return name
     names = ", ".join(name for name, _, _ in PRE_TOKENIZERS)
-    raise InputError(f"{printable(path)}: pre-tokenizer {describe(steps)} matches none of llama.cpp's "
-                     f"that nbwoq knows ({names}); with another llama.cpp would split text differently from "
-                     "the model's tokenizer, so nothing is written: convert the folder with llama.cpp's "
-                     "convert_hf_to_gguf.py")
+    raise InputError(f"{printable(path)}: pre-tokenizer {describe(steps)} matches none of the llama.cpp "
+                     f"pre-tokenizers nbwoq knows ({names}); under any other name llama.cpp would split text "
+                     "differently from the model's tokenizer, so nothing is written: convert the folder with "
+                     "llama.cpp's convert_hf_to_gguf.py")

@@ -108,7 +108,7 @@ def test_unknown_pre_tokenizers_are_refused_by_name(pre, needle):
     with pytest.raises(InputError) as info:
         bpe_pre.pre_tokenizer_name(_tokenizer_json("null", pre), "/m/tokenizer.json")
     msg = str(info.value)
-    assert needle in msg and "matches none of llama.cpp's" in msg and "llama-bpe" in msg, msg
+    assert needle in msg and "matches none of the llama.cpp pre-tokenizers" in msg and "llama-bpe" in msg, msg
     assert msg.startswith("'/m/tokenizer.json': ") and "\n" not in msg
 
 
