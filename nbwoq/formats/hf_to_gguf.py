@@ -27,6 +27,12 @@ def _is_index(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 31)
 
 
+def _space_free(part):
+    """A merge half of the list form (transformers >= 4.45) with each space written as
+    U+0120 (space + 256), as gguf-py writes it: the GGUF form splits on the one space."""
+    return part.replace(" ", chr(ord(" ") + 256))
+
+
 def _rotary_permutation(rows, n_head):
     """Row order llama.cpp expects for a query/key projection (rotary halves interleaved)."""
     return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
@@ -38,9 +44,7 @@ class LlamaConversion:
     arch = "llama"
     model_arch = "LLAMA"  # gguf.MODEL_ARCH member
     permute_qk = True
-    special_keys = ("bos_token_id", "eos_token_id")
     special_ids_always = False  # Llama: special ids only beside a tokenizer
-    special_first_of_list = False
     skip_byte_fallback = False
     rope_llama3 = True  # llama.cpp writes rope_freqs.weight for Llama 3 rope scaling (Llama's converter only)
 
@@ -104,11 +108,9 @@ class LlamaConversion:
         gguf_writer.add_rope_freq_base(shape["rope_theta"])
         gguf_writer.add_layer_norm_rms_eps(shape["rms_eps"])
         self.family_metadata(gguf_writer)
-        written = self.tokenizer(gguf_writer)
-        if written == "llama":
+        # llama.cpp writes gguf-py's special vocabulary for both tokenizers (ids, add flags, chat template)
+        if self.tokenizer(gguf_writer) or self.special_ids_always:
             hf_vocab.write_special_vocab(gguf_writer, self.source.folder, self.config, shape["vocab"])
-        elif written or self.special_ids_always:
-            self.special_ids(gguf_writer)
 
     def family_metadata(self, gguf_writer):
         """The family's keys after the shared ones (Llama: rotary dimensions, vocabulary
@@ -125,19 +127,6 @@ class LlamaConversion:
             return []
         name = self.gguf.TENSOR_NAMES[self.gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         return [(name, llama3_rope_factors(params, self.shape["head_dim"], self.shape["rope_theta"]))]
-
-    def special_ids(self, gguf_writer):
-        """Special token ids from ``config.json`` (``special_keys``), each when it is a valid
-        id (a list: its first entry, where ``special_first_of_list``)."""
-        n = self.shape["vocab"]
-        setters = {"bos_token_id": gguf_writer.add_bos_token_id, "eos_token_id": gguf_writer.add_eos_token_id,
-                   "pad_token_id": gguf_writer.add_pad_token_id}
-        for key in self.special_keys:
-            value = self.config.get(key)
-            if self.special_first_of_list and isinstance(value, list) and value:
-                value = value[0]
-            if _is_index(value) and value < n:
-                setters[key](value)
 
     def tokenizer(self, gguf_writer):
         """The folder's tokenizer, as llama.cpp's converter picks it for Llama: a
@@ -216,7 +205,7 @@ class LlamaConversion:
         gguf_writer.add_tokenizer_pre(pre)
         gguf_writer.add_token_list(tokens)
         gguf_writer.add_token_types(types)
-        gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        gguf_writer.add_token_merges([m if isinstance(m, str) else " ".join(map(_space_free, m)) for m in merges])
         return "gpt2"
 
 
@@ -283,9 +272,7 @@ class Qwen2Conversion(LlamaConversion):
 
     arch, model_arch = "qwen2", "QWEN2"
     permute_qk = False
-    special_keys = ("bos_token_id", "eos_token_id", "pad_token_id")
-    special_ids_always = True
-    special_first_of_list = True
+    special_ids_always = True  # config.json's ids even without a tokenizer
     skip_byte_fallback = True
     rope_llama3 = False
 
