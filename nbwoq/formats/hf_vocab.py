@@ -159,7 +159,8 @@ def _template(proc, cfg, types, add, path):
     """gguf-py's reading of a ``TemplateProcessing``: bos added when the single-sequence
     template starts with the bos (or cls) token, eos when it ends with a special token
     (which becomes the eos, the old eos the eot, then eom), sep from the pair template.
-    ``cfg`` is updated as gguf-py updates it; None means no ``tokenizer_config.json``."""
+    ``cfg`` (``tokenizer_config.json``; empty when there is none) is updated as gguf-py
+    updates it."""
     single = _list(proc.get("single", []), path, "TemplateProcessing single")
     pair = _list(proc.get("pair", []), path, "TemplateProcessing pair")
     tc = cfg if cfg else {}
