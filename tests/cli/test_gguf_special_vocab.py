@@ -192,6 +192,21 @@ def test_llama_cpp_adds_bos_by_the_flag_and_reads_the_template(converted):
         assert got[path]["template"] == FAMILIES[family]["tok_cfg"]["chat_template"], family
 
 
+def test_merges_with_spaces_are_written_as_gguf_py_writes_them(tmp_path):
+    """transformers >= 4.45 writes merges as pairs so that a half may hold a space; gguf-py
+    writes that space as U+0120 (space + 256), the GGUF form splitting on the one space."""
+    src = _folder(str(tmp_path), "qwen2")
+    with open(os.path.join(src, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    tok["model"]["merges"] = MERGES + [["a b", "c"]]
+    _write(src, "tokenizer.json", tok)
+    out = str(tmp_path / "m.gguf")
+    assert main(["quantize", src, out, "--type", "F32", "--quiet"]) == 0
+    (keys,), _ = oracle([(src, None, True)])
+    merges = gguf.GGUFReader(out).fields["tokenizer.ggml.merges"].contents()
+    assert merges == keys["tokenizer.ggml.merges"][0] and merges[-1] == "a\u0120b c"
+
+
 @pytest.mark.parametrize("post, needle", [
     ([1], "post_processor must be an object"),
     (dict(type="TemplateProcessing", single=[dict(SpecialToken=dict(id=3)), dict(Sequence=dict(id="A"))]),
