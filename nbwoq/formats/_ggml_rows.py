@@ -1,5 +1,6 @@
 """The parallel Numba kernels over rows of GGML blocks: ``encode_blocks`` (float32 rows),
-``requant_blocks`` (a batch of tensors of block types, each row decoded and encoded as
+``encode_stored_blocks`` (rows of stored float32, float16 or bfloat16 values, each widened
+on the way), ``requant_blocks`` (a batch of tensors of block types, each row decoded and encoded as
 another type in one pass), its twin ``requant_legacy_blocks`` for 32-value types only,
 and ``decode_blocks``. The block types are runtime arguments (``_ggml_encode.KIND``), so
 one compiled kernel serves every type and shape.
@@ -18,6 +19,7 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
+from nbwoq._codecs import decode
 from nbwoq._config import REDUCTION, njit, njit_kernel
 from nbwoq.formats._ggml_decode import decode_block, decode_legacy
 from nbwoq.formats._ggml_encode import (IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, _BB, _BV,
@@ -30,6 +32,9 @@ _PARTS = 64
 #: Rows ``requant_*`` hand out together (rows of different threads share cache lines only at the ends).
 _CHUNK = 16
 _EXPONENT = np.int32(0x7F800000)
+#: Stored float types ``encode_stored_blocks`` widens (its ``stored`` argument).
+STORED = {"F32": 0, "F16": 1, "BF16": 2}
+_F32, _F16, _BF16 = STORED["F32"], STORED["F16"], STORED["BF16"]
 
 
 @register_jitable
@@ -164,6 +169,45 @@ def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
         scratch = _scratch(cols)
         for r in range(p * rows // parts, (p + 1) * rows // parts):
             err[r], norm[r], bad[r] = _encode_measure(src[r], out[r], kind, iq4_ntry, scratch)
+
+
+@register_jitable
+def _widen_row(raw, stored, x):
+    """``x`` (cols,) float32 <- the row's bytes ``raw`` of ``stored`` floats, widened exactly
+    (``_codecs.decode``: half as uint16, bfloat16 as int16; one vectorized loop per type)."""
+    if stored == _F32:
+        v32 = raw.view(np.float32)
+        for c in range(x.shape[0]):
+            x[c] = v32[c]
+    elif stored == _F16:
+        v16 = raw.view(np.uint16)
+        for c in range(x.shape[0]):
+            x[c] = decode(v16[c])
+    else:
+        b16 = raw.view(np.int16)
+        for c in range(x.shape[0]):
+            x[c] = decode(b16[c])
+
+
+@njit_kernel
+def encode_stored_blocks(src, stored, kind, iq4_ntry, out, err, norm, bad):
+    """``encode_blocks`` of stored float rows: ``src`` (rows, bytes) uint8 holds each row's
+    values as ``stored`` floats (``STORED``: float32, IEEE half or bfloat16, little-endian).
+
+    Each row is widened into a row buffer and goes through ``encode_blocks``' steps while
+    it is in cache (check, encode, decode, measure): the bytes, ``err``, ``norm`` and
+    ``bad`` equal ``encode_blocks`` on the widened float32 rows, without that copy of the
+    tensor or a separate scan for NaN and Inf.
+    """
+    rows = src.shape[0]
+    cols = src.shape[1] // (4 if stored == _F32 else 2)
+    parts = min(rows, _PARTS)
+    for p in prange(parts):
+        x = np.empty(cols, np.float32)
+        scratch = _scratch(cols)
+        for r in range(p * rows // parts, (p + 1) * rows // parts):
+            _widen_row(src[r], stored, x)
+            err[r], norm[r], bad[r] = _encode_measure(x, out[r], kind, iq4_ntry, scratch)
 
 
 @register_jitable

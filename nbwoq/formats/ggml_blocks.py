@@ -172,6 +172,88 @@ def encode_rows(values, type_name, *, return_error=False, iq4_nl_search=False):
     return (out, err, norm) if return_error else out
 
 
+#: Stored float types ``encode_stored_rows`` widens: name -> the NumPy dtypes it takes for them.
+STORED_FLOATS = {"F32": ("float32",), "F16": ("float16", "uint16", "int16"), "BF16": ("uint16", "int16", "bfloat16")}
+
+
+def encode_stored_rows(values, dtype_name, type_name, *, iq4_nl_search=False, out=None):
+    """``encode_rows(values widened to float32, type_name, return_error=True)`` from the
+    values as a file stores them, a row at a time: no float32 copy of the tensor and no
+    separate scan for NaN and Inf (each row is widened, checked, encoded and measured
+    while it is in cache). The results equal the two-step form exactly.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (rows, cols), C-contiguous, native byte order: ``dtype_name`` ``"F32"`` as
+        float32, ``"F16"`` as float16 (or its bit patterns, uint16 or int16), ``"BF16"``
+        as bfloat16's bit patterns (uint16 or int16, or ml_dtypes' bfloat16).
+    dtype_name : str
+        ``"F32"``, ``"F16"`` or ``"BF16"``.
+    type_name : str
+        One of ``SUPPORTED``.
+    iq4_nl_search : bool
+        As ``encode_rows``.
+    out : numpy.ndarray, optional
+        uint8 (rows, bytes per row of ``type_name``), C-contiguous, to write into.
+
+    Returns
+    -------
+    raw, err, norm
+        As ``encode_rows(..., return_error=True)``; ``raw`` is ``out`` when given.
+
+    Raises
+    ------
+    ValueError
+        On a wrong array, dtype name, type or row width; ``nbwoq.NonFiniteError`` (a
+        ``ValueError`` whose ``row`` is the first such row) when a row holds NaN or Inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nbwoq.formats.ggml_blocks import encode_rows, encode_stored_rows
+    >>> x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    >>> raw, err, norm = encode_stored_rows(x.astype(np.float16), "F16", "Q4_0")
+    >>> bool(np.array_equal(raw, encode_rows(x.astype(np.float16).astype(np.float32), "Q4_0")))
+    True
+    """
+    t = _supported(type_name)
+    if not isinstance(dtype_name, str) or dtype_name not in STORED_FLOATS:
+        raise ValueError(f"dtype_name must be one of {', '.join(STORED_FLOATS)}; got {dtype_name!r}")
+    if not isinstance(values, np.ndarray):
+        raise ValueError(f"values must be a NumPy array, got {type(values).__name__}")
+    if values.dtype.name not in STORED_FLOATS[dtype_name] or values.dtype.byteorder == ">":
+        raise ValueError(f"values of {dtype_name} must be {' or '.join(STORED_FLOATS[dtype_name])} in native byte "
+                         f"order, got {values.dtype.str}")
+    if values.ndim != 2:
+        raise ValueError(f"values must be 2-D (rows, columns), got shape {values.shape}")
+    if not values.flags.c_contiguous:
+        raise ValueError("values must be C-contiguous (np.ascontiguousarray)")
+    rows, cols = values.shape
+    _check_cols(cols, t)
+    shape = (rows, cols // t.block_values * t.block_bytes)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    else:
+        _check_matrix(out, "out", np.uint8)
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    from nbwoq.formats import _ggml_encode, _ggml_rows
+
+    err = np.empty(rows, dtype=np.float64)
+    norm = np.empty(rows, dtype=np.float64)
+    bad = np.zeros(rows, dtype=np.bool_)
+    if rows:
+        _ggml_rows.encode_stored_blocks(values.view(np.uint8), _ggml_rows.STORED[dtype_name], _ggml_encode.KIND[t.name],
+                                        7 if iq4_nl_search else -1, out, err, norm, bad)
+    if bad.any():
+        from nbwoq._validate import NonFiniteError
+
+        r = int(np.argmax(bad))
+        raise NonFiniteError(f"values: row {r} holds NaN or Inf; GGML blocks cannot store it", r)
+    return out, err, norm
+
+
 def searched(type_name):
     """True when ``search_rows`` improves blocks of ``type_name``."""
     from nbwoq.formats import _ggml_search

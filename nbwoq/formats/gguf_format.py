@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from nbwoq._validate import NonFiniteError
 from nbwoq._version import __version__
 from nbwoq.formats import ggml_blocks, gguf_check, gguf_header, hf_to_gguf, packing, quantizer, storage
 from nbwoq.formats.errors import InputError, printable
@@ -319,32 +320,23 @@ class GgufWriter(FileWriter):
 
     def quantize_encode(self, info, array, dtype_name, scratch):
         """Under ``--type``: the tensor's GGML type, encoded by llama.cpp's data-free rule
-        (``ggml_blocks``) in blocks of rows from the source; or a float type. (A GGUF
+        (``ggml_blocks``) from the stored values in one pass; or a float type. (A GGUF
         source's block tensors go through ``requantize`` instead.)"""
         name = self.out_name(info)
         target = self.types[name]
         cols = info.shape[-1]
         values = array.reshape(-1, cols)
-        quantizer.clip_ratios(values, dtype_name, self.options, info.name)  # NaN/Inf: one error naming the row
         n = values.shape[0]
-        if target in _FLOATS:
-            out = np.empty((n, cols), dtype=np.float32 if target == "F32" else np.uint16 if target == "BF16" else np.float16)
+        weighted = None
+        if target in _FLOATS or (self.options.method == "search" and ggml_blocks.searched(target)):
+            out, err, norm, weighted = self._encode_in_blocks(info, values, dtype_name, target, scratch)
         else:
+            # Widened, checked, encoded and measured a row at a time: no float32 copy.
             out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
-        err = np.zeros(n, dtype=np.float64)
-        norm = np.zeros(n, dtype=np.float64)
-        weighted = [0.0, 0.0, 0.0] if self.options.method == "search" and ggml_blocks.searched(target) else None
-        for start, stop in quantizer.row_blocks(n, cols):
-            x = storage.widen(values[start:stop], dtype_name, out=scratch.get("work", (stop - start, cols), np.float32))
-            if target in _FLOATS:
-                stored = _to_float_type(x, target, out[start:stop])
-                err[start:stop] = ((stored - x.astype(np.float64)) ** 2).sum(axis=1)
-                norm[start:stop] = (x.astype(np.float64) ** 2).sum(axis=1)
-                continue
-            raw, e, nn = ggml_blocks.encode_rows(x, target, return_error=True, iq4_nl_search=True)
-            if weighted is not None:
-                e = _search(x, target, raw, weighted)
-            out[start:stop], err[start:stop], norm[start:stop] = raw, e, nn
+            try:
+                _, err, norm = ggml_blocks.encode_stored_rows(values, dtype_name, target, iq4_nl_search=True, out=out)
+            except NonFiniteError as exc:
+                raise quantizer.non_finite_error(info.name, exc.row) from None
         perm = self.permutation(info)
         if perm is not None:
             out = out[perm]
@@ -352,6 +344,29 @@ class GgufWriter(FileWriter):
         if weighted is not None:  # the report's weighted errors: the reference's and the search's
             return outputs, float(err.sum()), float(norm.sum()), (*weighted, "reference")
         return outputs, float(err.sum()), float(norm.sum())
+
+    def _encode_in_blocks(self, info, values, dtype_name, target, scratch):
+        """A float ``target``, or ``--method search``, in blocks of rows of a float32
+        working copy: ``(out, err, norm, weighted)`` (``weighted`` None but for a search)."""
+        quantizer.clip_ratios(values, dtype_name, self.options, info.name)  # NaN/Inf: one error naming the row
+        n, cols = values.shape
+        if target in _FLOATS:
+            out = np.empty((n, cols), dtype=np.float32 if target == "F32" else np.uint16 if target == "BF16" else np.float16)
+        else:
+            out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
+        err = np.zeros(n, dtype=np.float64)
+        norm = np.zeros(n, dtype=np.float64)
+        weighted = None if target in _FLOATS else [0.0, 0.0, 0.0]
+        for start, stop in quantizer.row_blocks(n, cols):
+            x = storage.widen(values[start:stop], dtype_name, out=scratch.get("work", (stop - start, cols), np.float32))
+            if target in _FLOATS:
+                stored = _to_float_type(x, target, out[start:stop])
+                err[start:stop] = ((stored - x.astype(np.float64)) ** 2).sum(axis=1)
+                norm[start:stop] = (x.astype(np.float64) ** 2).sum(axis=1)
+                continue
+            raw, _, nn = ggml_blocks.encode_rows(x, target, return_error=True, iq4_nl_search=True)
+            out[start:stop], err[start:stop], norm[start:stop] = raw, _search(x, target, raw, weighted), nn
+        return out, err, norm, weighted
 
     def begin(self, info, scratch):
         rows, cols = info.shape
