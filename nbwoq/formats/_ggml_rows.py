@@ -154,6 +154,21 @@ def _encode_measure(x, o, kind, iq4_ntry, scratch):
     return e, n, False
 
 
+@register_jitable
+def _legacy_measure(x, o, kind, y, lo, idv):
+    """``_encode_measure`` of a 32-value ``kind`` through the row-at-once helpers alone;
+    ``y``, ``lo`` and ``idv`` are scratch of at least a row's values and blocks."""
+    nb = x.shape[0] // 32
+    if not _finite(x):
+        o[:] = 0
+        return np.nan, np.nan, True
+    _encode_legacy(x, kind, o, lo, idv)
+    yr = y[:x.shape[0]]
+    decode_legacy(o.reshape(nb, o.shape[0] // nb), kind, yr.reshape(nb, 32))
+    e, n = _error(x, yr)
+    return e, n, False
+
+
 @njit_kernel
 def encode_blocks(src, kind, iq4_ntry, out, err, norm, bad):
     """Encode every row of ``src`` (rows, cols) float32 into ``out`` (rows, bytes) uint8.
@@ -202,12 +217,16 @@ def encode_stored_blocks(src, stored, kind, iq4_ntry, out, err, norm, bad):
     rows = src.shape[0]
     cols = src.shape[1] // (4 if stored == _F32 else 2)
     parts = min(rows, _PARTS)
+    legacy = _legacy_encoder(kind)
     for p in prange(parts):
         x = np.empty(cols, np.float32)
         scratch = _scratch(cols)
         for r in range(p * rows // parts, (p + 1) * rows // parts):
             _widen_row(src[r], stored, x)
-            err[r], norm[r], bad[r] = _encode_measure(x, out[r], kind, iq4_ntry, scratch)
+            if legacy:  # the row-at-once helpers called directly: a tenth faster than through _encode_measure
+                err[r], norm[r], bad[r] = _legacy_measure(x, out[r], kind, scratch[0], scratch[1], scratch[2])
+            else:
+                err[r], norm[r], bad[r] = _encode_measure(x, out[r], kind, iq4_ntry, scratch)
 
 
 @register_jitable
@@ -279,17 +298,8 @@ def requant_legacy_blocks(data, first_row, start, src_kind, cols, kind, out_star
             for r in range(r0, min(r0 + _CHUNK, rows)):
                 t, n, at, size, at_out, size_out = _locate(r, t, first_row, start, src_kind, cols, kind, out_start)
                 xr = x[:n]
-                o = out[at_out:at_out + size_out]
                 decode_legacy(data[at:at + size].reshape(n // 32, size // (n // 32)), src_kind[t], xr.reshape(n // 32, 32))
-                if not _finite(xr):
-                    o[:] = 0
-                    err[r], norm[r], bad[r] = np.nan, np.nan, True
-                    continue
-                _encode_legacy(xr, kind[t], o, lo, idv)
-                yr = y[:n]
-                decode_legacy(o.reshape(n // 32, size_out // (n // 32)), kind[t], yr.reshape(n // 32, 32))
-                e, s2 = _error(xr, yr)
-                err[r], norm[r], bad[r] = e, s2, False
+                err[r], norm[r], bad[r] = _legacy_measure(xr, out[at_out:at_out + size_out], kind[t], y, lo, idv)
 
 
 @njit_kernel

@@ -244,7 +244,9 @@ def encode_stored_rows(values, dtype_name, type_name, *, iq4_nl_search=False, ou
     norm = np.empty(rows, dtype=np.float64)
     bad = np.zeros(rows, dtype=np.bool_)
     if rows:
-        _ggml_rows.encode_stored_blocks(values.view(np.uint8), _ggml_rows.STORED[dtype_name], _ggml_encode.KIND[t.name],
+        src = values.view(np.uint8)
+        src.flags.writeable = False  # one compiled kernel for all: a file's map is read-only
+        _ggml_rows.encode_stored_blocks(src, _ggml_rows.STORED[dtype_name], _ggml_encode.KIND[t.name],
                                         7 if iq4_nl_search else -1, out, err, norm, bad)
     if bad.any():
         from nbwoq._validate import NonFiniteError
