@@ -7,9 +7,10 @@ llama.cpp's data-free ``quantize_row_*_ref`` routines byte for byte (no importan
 matrix), in float32 and in llama.cpp's order of operations, built without FMA
 contraction (the portable build); decoding is llama.cpp's ``dequantize_row_*``.
 
-``encode_rows``, ``decode_rows`` and ``requant_rows`` (blocks of one type re-encoded as
-another, a row at a time) validate their arguments and call the parallel Numba
-kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins the tests
+``encode_rows``, ``decode_rows``, ``requant_rows`` (blocks of one type re-encoded as
+another, a row at a time) and ``encode_stored_rows`` (stored float16, bfloat16 or float32
+rows widened and encoded a row at a time) validate their arguments and call the parallel
+Numba kernels (``_ggml_rows``); ``_ggml_reference`` holds the slow, obvious twins the tests
 compare them with. Nothing here imports ``gguf``: the test suite checks the
 table against ``gguf.GGML_QUANT_SIZES``.
 """

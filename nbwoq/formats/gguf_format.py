@@ -351,7 +351,7 @@ class GgufWriter(FileWriter):
         quantizer.clip_ratios(values, dtype_name, self.options, info.name)  # NaN/Inf: one error naming the row
         n, cols = values.shape
         if target in _FLOATS:
-            out = np.empty((n, cols), dtype=np.float32 if target == "F32" else np.uint16 if target == "BF16" else np.float16)
+            out = np.empty((n, cols), dtype=_FLOATS[target])
         else:
             out = scratch.get("blocks", (n, ggml_blocks.row_bytes(target, cols)), np.uint8)
         err = np.zeros(n, dtype=np.float64)
