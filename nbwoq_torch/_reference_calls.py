@@ -225,9 +225,9 @@ def broadcast_like_reference(weight, scale, zp, group_size):
     if new_scale is None or (zp is not None and new_zp is None):
         return scale, zp, group_size
     effective = 1 if new_scale[1] == 1 or (new_zp is not None and new_zp[1] == 1) else group_size
-    if effective == 1:  # one of them per element: both per element
-        new_scale = (scale.expand(rows, cols).contiguous(), 1)
-        new_zp = None if zp is None else (zp.expand(rows, cols).contiguous(), 1)
+    if effective == 1:  # one of them per element: both per element (from the columns the reference reads)
+        new_scale = (new_scale[0].expand(rows, cols).contiguous(), 1)
+        new_zp = None if zp is None else (new_zp[0].expand(rows, cols).contiguous(), 1)
     with _warned_lock:
         first = ("quant_weight_w_scale", "broadcast") not in _warned
         _warned.add(("quant_weight_w_scale", "broadcast"))

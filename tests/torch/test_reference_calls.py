@@ -351,7 +351,7 @@ def _broadcast_oracle(weight, scale, zp, group_size):
 @pytest.mark.parametrize(
     "group_size, scale_shape, with_zp",
     [(8, (1, 4), True), (8, (1, 3), False), (10, (4, 5), True), (32, (1, 4), False), (-1, (1, 24), True),
-     (-1, (1, 1), False)],
+     (-1, (1, 1), False), (1, (4, 25), True), (1, (1, 26), False)],
 )
 def test_quant_weight_w_scale_broadcasts_one_row_and_extra_columns(group_size, scale_shape, with_zp):
     from nbwoq_torch import _reference_calls as calls
