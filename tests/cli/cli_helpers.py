@@ -22,3 +22,20 @@ def read_tensor(folder_or_file, name):
                     return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
                 return np.array(a, dtype=np.float32)
     raise KeyError(name)
+
+
+def llama_cpp_python():
+    """A Python that imports ``llama_cpp`` (``NBWOQ_LLAMA_CPP_PYTHON``, or the integration
+    script's virtual environments); skips the test when there is none."""
+    import os
+    import subprocess
+
+    import pytest
+
+    candidates = [os.environ.get("NBWOQ_LLAMA_CPP_PYTHON"), "/tmp/nbwoq-integration/llvenv/bin/python",
+                  "/tmp/nbwoq-integration/venv/bin/python"]
+    for python in filter(None, candidates):
+        if os.access(python, os.X_OK) and subprocess.run([python, "-c", "import llama_cpp"],
+                                                         capture_output=True).returncode == 0:
+            return python
+    pytest.skip("no Python with llama_cpp (set NBWOQ_LLAMA_CPP_PYTHON; scripts/integration.sh builds one)")

@@ -22,7 +22,7 @@ from nbwoq.command.cli import main
 from nbwoq.command.demo_model import write_checkpoint
 from nbwoq.formats import bpe_pre
 
-from cli_helpers import TINY
+from cli_helpers import TINY, llama_cpp_python
 
 tokenizers = pytest.importorskip("tokenizers")
 gguf = pytest.importorskip("gguf")
@@ -118,18 +118,8 @@ print(json.dumps(out))
 """
 
 
-def _llama_cpp_python():
-    candidates = [os.environ.get("NBWOQ_LLAMA_CPP_PYTHON"), "/tmp/nbwoq-integration/llvenv/bin/python",
-                  "/tmp/nbwoq-integration/venv/bin/python"]
-    for python in filter(None, candidates):
-        if os.access(python, os.X_OK) and subprocess.run([python, "-c", "import llama_cpp"],
-                                                         capture_output=True).returncode == 0:
-            return python
-    pytest.skip("no Python with llama_cpp (set NBWOQ_LLAMA_CPP_PYTHON; scripts/integration.sh builds one)")
-
-
 def _llama_cpp_ids(paths, texts):
-    done = subprocess.run([_llama_cpp_python(), "-c", _LLAMA_CPP, json.dumps({p: texts for p in paths})],
+    done = subprocess.run([llama_cpp_python(), "-c", _LLAMA_CPP, json.dumps({p: texts for p in paths})],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

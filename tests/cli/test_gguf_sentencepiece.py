@@ -26,6 +26,7 @@ import pytest
 from nbwoq.command.cli import main
 from nbwoq.formats import bpe_pre
 
+from cli_helpers import llama_cpp_python
 from sentencepiece_files import train
 
 torch = pytest.importorskip("torch")
@@ -222,18 +223,8 @@ print(json.dumps(dict(ids=ids, logits=[list(map(float, row)) for row in llm.scor
 """
 
 
-def _llama_cpp_python():
-    candidates = [os.environ.get("NBWOQ_LLAMA_CPP_PYTHON"), "/tmp/nbwoq-integration/llvenv/bin/python",
-                  "/tmp/nbwoq-integration/venv/bin/python"]
-    for python in filter(None, candidates):
-        if os.access(python, os.X_OK) and subprocess.run([python, "-c", "import llama_cpp"],
-                                                         capture_output=True).returncode == 0:
-            return python
-    pytest.skip("no Python with llama_cpp (set NBWOQ_LLAMA_CPP_PYTHON; scripts/integration.sh builds one)")
-
-
 def test_llama_cpp_tokenizes_and_runs_it(converted):
-    python = _llama_cpp_python()
+    python = llama_cpp_python()
     sp, family = converted["sp"], converted["family"]
     evaluate = [converted["config"].bos_token_id] + sp.encode(STRINGS[1] + " " + STRINGS[4])
     request = dict(texts=STRINGS + LEADING, eval=evaluate)

@@ -176,9 +176,9 @@ print(json.dumps(out))
 
 
 def test_llama_cpp_adds_bos_by_the_flag_and_reads_the_template(converted):
-    from test_gguf_bpe_pre import _llama_cpp_python
+    from cli_helpers import llama_cpp_python
 
-    python = _llama_cpp_python()
+    python = llama_cpp_python()
     paths = {family: converted[family][2] for family in FAMILIES}
     done = subprocess.run([python, "-c", _LLAMA_CPP, json.dumps(list(paths.values()))], capture_output=True,
                           text=True, timeout=300)
