@@ -100,6 +100,26 @@ def perplexity(model, ids, window=512):
 
     return ppl(model, ids, window)
 
+
+def ppl_kl(model, ids, ref, window=512):
+    """Perplexity (as ``nbwoq_torch.evaluate.perplexity`` computes it) and the mean
+    per-token KL(source || model) in nats against ``ref``, the source's cached
+    log-probabilities per window (``ref`` empty: filled, KL 0)."""
+    import torch
+    from nbwoq_torch.evaluate import _logits, windows
+
+    nll, kls = 0.0, []
+    with torch.inference_mode():
+        for n, (start, stop) in enumerate(windows(int(ids.numel()), window)):
+            chunk = ids[start:stop]
+            logp = torch.log_softmax(_logits(model, chunk), dim=-1)
+            nll -= float(logp.gather(1, chunk[1:, None]).double().sum())
+            if len(ref) <= n:
+                ref.append(logp.clone())
+            kls.append((ref[n].exp() * (ref[n] - logp)).double().sum(-1))
+    kl = torch.cat(kls)
+    return math.exp(nll / kl.numel()), float(kl.mean())
+
 SETTINGS = {
     "q4_0": dict(bits=4, group_size=32, scheme="sym", full_range=True, scale16=True),
     "g128": dict(bits=4, group_size=128, scheme="asym", full_range=False, scale16=False),
@@ -133,6 +153,12 @@ def importance(x, weighting):
         return rms + np.abs(x)
     if weighting == "square":
         return x * x + np.float32(1e-12)
+    if weighting.startswith("mag"):  # "magP": (rms + |x|) ** P
+        return importance(x, "magnitude") ** np.float32(float(weighting[3:]))
+    if weighting.startswith("abs"):  # "absP": |x| ** P + rms ** P / 100
+        rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)).astype(np.float32)
+        p = np.float32(float(weighting[3:]))
+        return np.abs(x) ** p + rms ** p / 100
     return np.ones_like(x)
 
 
@@ -245,7 +271,33 @@ def method_params(x, st, method, weighting, iters, quantile=None):
         return best[0], best[1]
     if method == "hqq":
         return hqq_params(x, st)
+    if method.startswith("exact"):
+        return exact_params(x, st, weighting, method)
     raise ValueError(method)
+
+
+def exact_params(x, st, weighting, method):
+    """``exact[@radius]``: the least weighted error per group (``datafree_exact``); sym:
+    over every scale in [1/4, 2] x round-to-nearest's (float16-rounded where stored so);
+    asym: every scale in [1/2, 3/2] x, for zero points within ``radius`` (default 2) of
+    round-to-nearest's."""
+    import datafree_exact
+
+    rows, k, size = x.shape
+    xg = np.ascontiguousarray(x.reshape(rows * k, size))
+    wg = np.ascontiguousarray(np.broadcast_to(importance(x, weighting), x.shape).reshape(rows * k, size),
+                              dtype=np.float64)
+    s = np.empty(rows * k)
+    if st["scheme"] == "sym":
+        qmin, qmax = int_range(st)
+        datafree_exact.exact_sym(xg, wg, qmin, qmax if st["full_range"] else -qmin - 1, 0.25, 2.0,
+                                 st["scale16"], s)
+        z = np.zeros_like(s)
+    else:
+        z = np.empty(rows * k)
+        radius = int(method.split("@")[1]) if "@" in method else 2
+        datafree_exact.exact_asym(xg, wg, 2 ** st["bits"] - 1, radius, 0.5, 1.5, s, z)
+    return s.reshape(rows, k).astype(np.float32), z.reshape(rows, k).astype(np.float32)
 
 
 def hqq_params(x, st, p=0.7, beta=10.0, kappa=1.01, iters=20):
@@ -422,6 +474,74 @@ def apply_sinq(state, cfg, st, method, weighting, iters, alpha=0.5, kind="sinq")
 
 # --------------------------------------------------------------------------- driver
 
+def synthetic_ids(model, tok, name, n=256):
+    """Token ids to measure activations on: (batch, length)."""
+    import torch
+
+    if name == "rand":
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, model.config.vocab_size, (n, 1), generator=g)
+    if name.startswith("randseq"):  # "randseqN": one sequence of N random token ids
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, model.config.vocab_size, (1, int(name[7:] or n)), generator=g)
+    if name.startswith("gen"):  # "genN": N tokens sampled from BOS (default 256)
+        n = int(name[3:] or n)
+        torch.manual_seed(0)
+        bos = torch.tensor([[tok.bos_token_id if tok.bos_token_id is not None else 0]])
+        with torch.inference_mode():
+            out = model.generate(bos, max_new_tokens=n, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                 pad_token_id=0)
+        return out
+    ids = text_ids(tok, name, 2048)[1024:]  # not the evaluated tokens
+    return ids[None, :512]
+
+
+def act_moments(model, names, ids):
+    """Mean squared input per column of each linear in ``names`` over ``ids``."""
+    import torch
+
+    sums = {}
+    hooks = []
+    mods = dict(model.named_modules())
+    for k in names:
+        def hook(mod, args, k=k):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            sums[k] = sums.get(k, 0) + (x * x).sum(0).numpy()
+        hooks.append(mods[k[:-len(".weight")]].register_forward_pre_hook(hook))
+    with torch.inference_mode():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    return {k: v / ids.numel() + 1e-12 for k, v in sums.items()}
+
+
+def input_moments(state, cfg, all_layers=False):
+    """Data-free guess of each linear's input second moment per column, by name: the
+    RMSNorm output is gamma_j * n_j with n roughly unit, so gamma_j ** 2 for q/k/v and
+    gate/up; with ``all_layers`` also o_proj (input: averages of v, so the squared norm
+    of v_proj's row j times gamma) and down_proj (silu(gate_j . x) * (up_j . x): the
+    product of both rows' squared norms times gamma)."""
+    out = {}
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // n_head
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        get = lambda k: state[p + k].numpy().astype(np.float64)  # noqa: E731
+        g1 = get("input_layernorm.weight")
+        g2 = get("post_attention_layernorm.weight")
+        for n in "qkv":
+            out[p + f"self_attn.{n}_proj.weight"] = g1 ** 2
+        for n in ("gate", "up"):
+            out[p + f"mlp.{n}_proj.weight"] = g2 ** 2
+        if all_layers:
+            v = ((get("self_attn.v_proj.weight") * g1) ** 2).sum(1).reshape(n_kv, 1, hd)
+            out[p + "self_attn.o_proj.weight"] = np.broadcast_to(v, (n_kv, n_head // n_kv, hd)).reshape(-1)
+            gate = ((get("mlp.gate_proj.weight") * g2) ** 2).sum(1)
+            up = ((get("mlp.up_proj.weight") * g2) ** 2).sum(1)
+            out[p + "mlp.down_proj.weight"] = gate * up
+    return out
+
+
 def text_ids(tokenizer, name, n=1024):
     import importlib
 
@@ -465,7 +585,8 @@ def main():
     parser.add_argument("--methods", nargs="*", default=["rtn", "clip", "refit", "clip+refit", "grid+refit", "hqq"])
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--texts", nargs="*", default=["topics"], choices=list(TEXTS))
-    parser.add_argument("--weighting", default="magnitude", choices=["magnitude", "square", "none"])
+    parser.add_argument("--weighting", default="magnitude",
+                        help="magnitude (rms + |x|), square, none, magP ((rms + |x|) ** P), absP")
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--timing", action="store_true", help="only time RTN and refit_int on 4096x4096")
     parser.add_argument("--measure", nargs="*", default=["perplexity", "minilm"], choices=["perplexity", "minilm"],
@@ -496,49 +617,82 @@ def perplexity_table(args):
     source = {k: v.clone() for k, v in model.state_dict().items()}
     names = [k for k in source if k.split(".")[-2] in LINEARS and k.endswith(".weight")]
     assert len(names) == 210, len(names)
-    base = {t: perplexity(model, ids) for t, ids in texts.items()}
+    refs = {t: [] for t in texts}
+    base = {t: ppl_kl(model, ids, refs[t])[0] for t, ids in texts.items()}
     print(f"{'source':<28}" + "".join(f" {t}={v:.3f}" for t, v in base.items()), flush=True)
     rtn = {}
+    act_cache = {}
     for setting in args.settings:
         st = SETTINGS[setting]
         for method in args.methods:
             t0 = time.perf_counter()
             model.load_state_dict(source)
+            label = method
+            # "method~weighting": this method's own element weighting
+            method, weighting = (method.split("~") + [args.weighting])[:2]
             if method.startswith(("sinq", "norm")):
                 # "sinq[@alpha]:inner" / "norm[@alpha]:inner"
                 head, inner = (method.split(":", 1) + ["rtn"])[:2]
                 kind, alpha = (head.split("@") + ["0.5" if head.startswith("sinq") else "1"])[:2]
-                upd = apply_sinq(source, model.config, st, inner, args.weighting, args.iters, float(alpha), kind)
-            elif method.startswith("colw"):
-                # "colw[@power]:inner": element weights times |RMSNorm weight|**power of the
-                # input column (q/k/v, gate/up; o/down keep their weights)
+                upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, float(alpha), kind)
+            elif method.startswith("gptq"):
+                # "gptq-SRC[@damp]": GPTQ with X^T X from SRC (as for "act"), source inputs
+                import datafree_gptq
+
+                src_name, damp = (method[5:].split("@") + ["0.01"])[:2]
+                if ("H", src_name) not in act_cache:
+                    model.load_state_dict(source)
+                    act_cache["H", src_name] = datafree_gptq.input_hessians(
+                        model, names, synthetic_ids(model, tok, src_name))
+                upd = {k: torch.from_numpy(datafree_gptq.gptq(source[k].numpy(), act_cache["H", src_name][k], st,
+                                                              float(damp)))
+                       for k in names}
+            elif method.startswith("act"):
+                # "act-SRC[@power]:inner": column weights from measured input second
+                # moments; SRC "rand" (256 random token ids, each its own 1-token
+                # sequence), "gen" (256 tokens the source model samples from BOS: still no
+                # data) or a text name (real data: an upper bound, not data-free)
                 head, inner = method.split(":", 1)
-                power = float(head.split("@")[1]) if "@" in head else 2.0
+                src_name, power = (head[4:].split("@") + ["1"])[:2]
+                if src_name not in act_cache:
+                    model.load_state_dict(source)
+                    act_cache[src_name] = act_moments(model, names, synthetic_ids(model, tok, src_name))
                 upd = {}
                 for k in names:
-                    parts_ = k.split(".")
-                    kind = parts_[-2]
-                    norm = {"q_proj": "input", "k_proj": "input", "v_proj": "input", "gate_proj": "post_attention",
-                            "up_proj": "post_attention"}.get(kind)
-                    col = None
-                    if norm:
-                        g = source[".".join(parts_[:3]) + f".{norm}_layernorm.weight"].numpy()
-                        col = np.abs(g) ** power
-                        col = col / col.mean()
-                    upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, args.weighting, args.iters, col))
+                    col = act_cache[src_name][k] ** (float(power) / 2)
+                    col = (col / col.mean()).astype(np.float32)
+                    upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
+            elif method.startswith(("colw", "colx")):
+                # "colw[@power]:inner": element weights times m_j ** (power / 2), m_j a
+                # data-free estimate of input column j's second moment: the RMSNorm weight
+                # squared for q/k/v and gate/up; "colx" also for o_proj (the v_proj row's
+                # norm-scaled squared norm) and down_proj (gate and up rows' product)
+                head, inner = method.split(":", 1)
+                power = float(head.split("@")[1]) if "@" in head else 2.0
+                moments = input_moments(source, model.config, all_layers=head.startswith("colx"))
+                upd = {}
+                for k in names:
+                    col = moments.get(k)
+                    if col is not None:
+                        col = col ** (power / 2)
+                        col = (col / col.mean()).astype(np.float32)
+                    upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
             else:
-                upd = {k: torch.from_numpy(fake_quant(source[k].numpy(), st, method, args.weighting, args.iters))
+                upd = {k: torch.from_numpy(fake_quant(source[k].numpy(), st, method, weighting, args.iters))
                        for k in names}
             model.load_state_dict(upd, strict=False)
             secs = time.perf_counter() - t0
-            line = f"{setting + ' ' + method:<28}"
+            line = f"{setting + ' ' + label:<28}"
             for t, ids in texts.items():
-                ppl = perplexity(model, ids)
-                if method == "rtn":
+                ppl, kl = ppl_kl(model, ids, refs[t])
+                if label == "rtn":
                     rtn[setting, t] = ppl
+                    rtn[setting, t, "kl"] = kl
                 gap = rtn.get((setting, t))
                 closed = f" ({100 * (gap - ppl) / (gap - base[t]):.0f}%)" if gap and gap != base[t] else ""
-                line += f" {t}={ppl:.3f}{closed}"
+                kgap = rtn.get((setting, t, "kl"))
+                kclosed = f" ({100 * (kgap - kl) / kgap:.0f}%)" if kgap else ""
+                line += f" {t}={ppl:.3f}{closed} kl={kl:.4f}{kclosed}"
             print(line + f"  [{secs:.0f}s]", flush=True)
     model.load_state_dict(source)
 
