@@ -23,6 +23,16 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``hqq``         HQQ's half-quadratic zero-point refinement (lp, p=0.7), zero rounded
 ``sinq``        SINQ-style column scale (Sinkhorn-like row/column normalization) folded
                 into the op feeding each layer (RMSNorm weight, up_proj rows, v_proj rows)
+``exact``       the least weighted error per group over every scale in a window around
+                RTN's (asym: and zero points within 2 of RTN's), ``datafree_exact``
+``colw/colx``   ``colw@P:inner``: column weights |gamma|^P from the RMSNorm feeding q/k/v
+                and gate/up; ``colx`` also guesses o_proj's and down_proj's from rows
+``act``         ``act-SRC@P:inner``: column weights (input mean square)^(P/2) measured on
+                the source model over ``randseqN``, ``genN`` or a text name (not data-free)
+``gptq``        ``gptq-SRC@damp``: GPTQ with X^T X over SRC (``datafree_activations``)
+
+A method may carry its own element weighting: ``exact~none``, ``exact~mag0.5``. Every
+line also prints the mean KL(source || model) per token and its reduction against RTN.
 
     PYTHONPATH=$PWD python scripts/datafree_methods.py [--methods rtn refit ...]
         [--settings q4_0 g128] [--texts topics argparse] [--weighting magnitude]
@@ -79,6 +89,62 @@ The NumPy prototypes ``refit``, ``clip+refit`` give the core's figures to five d
 (no zero point to refine). Mean cosine: clip and every refit above RTN at both settings,
 hqq within 0.00001 of it (below at g128). At g128 the worst sentence's cosine is lower
 than RTN's (0.9345) for clip and every refit (0.924 to 0.928).
+
+Second round (2026-12-06, same harness, 2 shared CPU cores). Each cell: perplexity (gap
+closed %) / KL(source || model) reduction against RTN's KL, mean per token, the less
+noisy figure (RTN's KL: q4_0 0.2495 / 0.2939 / 0.2824, g128 0.3713 / 0.3884 / 0.3745 on
+topics / argparse / email). ``exact``: the least weighted error per group over every
+scale (``datafree_exact``; q4_0 float16 scale rounded after). ``~w``: the element
+weighting (default magnitude). ``act-SRC@2``: element weights times the input column's
+mean square measured on the *source* model over SRC: ``randseq256`` (one sequence of 256
+uniformly random token ids: no text), ``gen`` (256 tokens the model samples itself from
+BOS: no text) or ``email`` (real text, tokens 1024-1535 of email/message.py: NOT
+data-free, an upper bound for diagonal weightings). ``gptq-SRC@damp``: GPTQ with
+X^T X from SRC.
+
+===============================  ====================  ====================  ====================
+q4_0                             topics                argparse              email
+===============================  ====================  ====================  ====================
+exact~none                       13.977 (-12%) / 1%    15.132 (-18%) / 2%
+exact (magnitude)                13.342 (22%) / 8%     14.567 (7%) / 7%
+exact~mag0.5                     13.568 (10%) / 11%    14.721 (0%) / 10%
+exact~mag2                       13.524 (12%) / 6%     14.804 (-4%) / 1%
+exact~abs1                       13.459 (16%) / 4%     14.854 (-6%) / 3%
+exact~square                     14.094 (-19%) / -5%   14.978 (-11%) / 0%
+colw@2:exact~none (gamma^2)      14.081 (-18%) / -3%   15.792 (-46%) / -6%
+colx@1:exact~none                13.950 (-11%) / 4%    15.047 (-14%) / 9%
+colx@2:exact~none                13.926 (-10%) / 4%    16.321 (-68%) / 1%
+colx@2:exact                     13.662 (5%) / 10%     14.895 (-7%) / 11%
+act-randseq256@2:exact~none      13.349 (22%) / 46%    14.051 (29%) / 46%    13.861 (41%) / 46%
+act-gen@2:exact~none             13.318 (23%) / 49%    14.285 (19%) / 49%    14.119 (29%) / 46%
+act-email@1:exact (real data)    13.238 (28%) / 23%    14.165 (24%) / 29%
+act-email@2:exact~none (real)    13.050 (38%) / 54%    13.772 (40%) / 54%
+gptq-gen@0.01 (257 tokens)       17.596 (-209%) / -80% 18.328 (-154%) / -71%
+===============================  ====================  ====================  ====================
+
+===============================  ====================  ====================  ====================
+g128                             topics                argparse              email
+===============================  ====================  ====================  ====================
+exact (magnitude)                15.006 (23%) / 10%    16.418 (-4%) / -3%
+act-randseq256@2:exact~none      14.552 (35%) / 32%    14.874 (36%) / 28%    15.453 (40%) / 30%
+act-gen@2:exact~none             14.354 (40%) / 39%    14.461 (46%) / 29%    15.702 (35%) / 30%
+act-email@1:exact (real data)    14.311 (41%) / 24%    15.361 (23%) / 15%
+act-email@2:exact~none (real)    13.886 (51%) / 42%    14.622 (42%) / 36%
+gptq-randseq512@0.1              19.180 (-80%) / -28%  20.870 (-118%) / -49% 20.840 (-74%) / -33%
+===============================  ====================  ====================  ====================
+
+Findings. (1) Weights alone do not say which columns matter: the least per-group error
+(exact), any element weighting, and column weights guessed from the RMSNorm weight or
+the feeding rows (colw, colx) move KL by at most ~10% and perplexity both ways. (2) What
+does move it is the input's per-column second moment, and the model supplies it without
+any text: one forward pass over 256 random token ids halves KL at q4_0 and takes ~30%
+off at g128, on all three texts; perplexity gap closed 22-41% (q4_0), 35-46% (g128).
+Still under 50% on every text, and real-text moments (the upper bound for a diagonal
+weighting) reach only 38-51%. (3) Full GPTQ on so few synthetic tokens is far worse than
+RTN (X^T X of 256-512 tokens, dominated by the first position, is a poor Hessian). (4)
+Cost: the moment pass is a forward pass of the source model (torch here; the command is
+torch-free), well above 3x RTN on this harness (RTN 2-4 s, act ~45-75 s with the Python
+driver and exact search).
 """
 
 import argparse
@@ -92,6 +158,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from smollm2_perplexity import smollm2_gguf  # noqa: E402
 
+import datafree_activations as acts  # noqa: E402
 import nbwoq  # noqa: E402
 
 
@@ -474,74 +541,6 @@ def apply_sinq(state, cfg, st, method, weighting, iters, alpha=0.5, kind="sinq")
 
 # --------------------------------------------------------------------------- driver
 
-def synthetic_ids(model, tok, name, n=256):
-    """Token ids to measure activations on: (batch, length)."""
-    import torch
-
-    if name == "rand":
-        g = torch.Generator().manual_seed(0)
-        return torch.randint(0, model.config.vocab_size, (n, 1), generator=g)
-    if name.startswith("randseq"):  # "randseqN": one sequence of N random token ids
-        g = torch.Generator().manual_seed(0)
-        return torch.randint(0, model.config.vocab_size, (1, int(name[7:] or n)), generator=g)
-    if name.startswith("gen"):  # "genN": N tokens sampled from BOS (default 256)
-        n = int(name[3:] or n)
-        torch.manual_seed(0)
-        bos = torch.tensor([[tok.bos_token_id if tok.bos_token_id is not None else 0]])
-        with torch.inference_mode():
-            out = model.generate(bos, max_new_tokens=n, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                                 pad_token_id=0)
-        return out
-    ids = text_ids(tok, name, 2048)[1024:]  # not the evaluated tokens
-    return ids[None, :512]
-
-
-def act_moments(model, names, ids):
-    """Mean squared input per column of each linear in ``names`` over ``ids``."""
-    import torch
-
-    sums = {}
-    hooks = []
-    mods = dict(model.named_modules())
-    for k in names:
-        def hook(mod, args, k=k):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            sums[k] = sums.get(k, 0) + (x * x).sum(0).numpy()
-        hooks.append(mods[k[:-len(".weight")]].register_forward_pre_hook(hook))
-    with torch.inference_mode():
-        model(input_ids=ids)
-    for h in hooks:
-        h.remove()
-    return {k: v / ids.numel() + 1e-12 for k, v in sums.items()}
-
-
-def input_moments(state, cfg, all_layers=False):
-    """Data-free guess of each linear's input second moment per column, by name: the
-    RMSNorm output is gamma_j * n_j with n roughly unit, so gamma_j ** 2 for q/k/v and
-    gate/up; with ``all_layers`` also o_proj (input: averages of v, so the squared norm
-    of v_proj's row j times gamma) and down_proj (silu(gate_j . x) * (up_j . x): the
-    product of both rows' squared norms times gamma)."""
-    out = {}
-    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    hd = cfg.hidden_size // n_head
-    for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
-        get = lambda k: state[p + k].numpy().astype(np.float64)  # noqa: E731
-        g1 = get("input_layernorm.weight")
-        g2 = get("post_attention_layernorm.weight")
-        for n in "qkv":
-            out[p + f"self_attn.{n}_proj.weight"] = g1 ** 2
-        for n in ("gate", "up"):
-            out[p + f"mlp.{n}_proj.weight"] = g2 ** 2
-        if all_layers:
-            v = ((get("self_attn.v_proj.weight") * g1) ** 2).sum(1).reshape(n_kv, 1, hd)
-            out[p + "self_attn.o_proj.weight"] = np.broadcast_to(v, (n_kv, n_head // n_kv, hd)).reshape(-1)
-            gate = ((get("mlp.gate_proj.weight") * g2) ** 2).sum(1)
-            up = ((get("mlp.up_proj.weight") * g2) ** 2).sum(1)
-            out[p + "mlp.down_proj.weight"] = gate * up
-    return out
-
-
 def text_ids(tokenizer, name, n=1024):
     import importlib
 
@@ -637,14 +636,12 @@ def perplexity_table(args):
                 upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, float(alpha), kind)
             elif method.startswith("gptq"):
                 # "gptq-SRC[@damp]": GPTQ with X^T X from SRC (as for "act"), source inputs
-                import datafree_gptq
-
                 src_name, damp = (method[5:].split("@") + ["0.01"])[:2]
                 if ("H", src_name) not in act_cache:
                     model.load_state_dict(source)
-                    act_cache["H", src_name] = datafree_gptq.input_hessians(
-                        model, names, synthetic_ids(model, tok, src_name))
-                upd = {k: torch.from_numpy(datafree_gptq.gptq(source[k].numpy(), act_cache["H", src_name][k], st,
+                    act_cache["H", src_name] = acts.input_hessians(
+                        model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
+                upd = {k: torch.from_numpy(acts.gptq(source[k].numpy(), act_cache["H", src_name][k], st,
                                                               float(damp)))
                        for k in names}
             elif method.startswith("act"):
@@ -656,7 +653,7 @@ def perplexity_table(args):
                 src_name, power = (head[4:].split("@") + ["1"])[:2]
                 if src_name not in act_cache:
                     model.load_state_dict(source)
-                    act_cache[src_name] = act_moments(model, names, synthetic_ids(model, tok, src_name))
+                    act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
                 upd = {}
                 for k in names:
                     col = act_cache[src_name][k] ** (float(power) / 2)
@@ -669,7 +666,7 @@ def perplexity_table(args):
                 # norm-scaled squared norm) and down_proj (gate and up rows' product)
                 head, inner = method.split(":", 1)
                 power = float(head.split("@")[1]) if "@" in head else 2.0
-                moments = input_moments(source, model.config, all_layers=head.startswith("colx"))
+                moments = acts.input_moments(source, model.config, all_layers=head.startswith("colx"))
                 upd = {}
                 for k in names:
                     col = moments.get(k)
