@@ -96,7 +96,12 @@ def _flag(obj, key, default, path, where):
     return value
 
 
-def _step(pre, path):
+#: Sequences nested deeper than this are refused (real files nest one level), so that no
+#: file can exhaust the interpreter's stack here.
+_MAX_NESTING = 16
+
+
+def _step(pre, path, depth=0):
     """One pre-tokenizer object as a hashable step; the whole step list of a ``Sequence``."""
     if not isinstance(pre, dict) or not isinstance(pre.get("type"), str):
         raise _bad(path, "a pre-tokenizer must be an object with a string 'type'", pre)
@@ -105,7 +110,9 @@ def _step(pre, path):
         inner = pre.get("pretokenizers")
         if not isinstance(inner, list):
             raise _bad(path, "a Sequence pre-tokenizer's 'pretokenizers' must be a list", inner)
-        return tuple(s for p in inner for s in _step(p, path))
+        if depth >= _MAX_NESTING:
+            raise InputError(f"{printable(path)}: pre-tokenizer Sequences nested more than {_MAX_NESTING} deep")
+        return tuple(s for p in inner for s in _step(p, path, depth + 1))
     if kind == "Split":
         pattern = pre.get("pattern")
         if not (isinstance(pattern, dict) and len(pattern) == 1

@@ -167,6 +167,18 @@ def test_malformed_ignore_merges_is_one_clear_error(value):
         bpe_pre.pre_tokenizer_name(tok)
 
 
+def test_deeply_nested_sequences_are_one_clear_error_even_deep_in_the_stack():
+    # Nesting json.loads accepts, read deep inside the stack: no RecursionError may escape.
+    text = '{"type": "Sequence", "pretokenizers": [' * 300 + '{"type": "ByteLevel"}' + ']}' * 300
+    pre = json.loads(text)
+
+    def deep(n):
+        return deep(n - 1) if n else bpe_pre.pre_tokenizer_name({"model": {"type": "BPE"}, "pre_tokenizer": pre})
+
+    with pytest.raises(InputError, match="nested more than"):
+        deep(600)
+
+
 def test_control_characters_of_a_file_stay_escaped_in_messages():
     with pytest.raises(InputError) as info:
         bpe_pre.pre_tokenizer_name(_tokenizer_json("null", '{"type": "Evil\\u001b[2J\\n"}'))
