@@ -39,6 +39,7 @@ from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.source import read_json
 
 _PAD_SCORE, _ADDED_SCORE = -10000.0, -1000.0
+_MAX_TEMPLATES = 64
 _ID_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # gguf-py's order
 _ADD_FLAGS = ("bos", "eos", "sep")
 _DECIMAL = re.compile(r"[0-9]{1,10}\Z")
@@ -249,6 +250,8 @@ def _chat_template(folder, tok_cfg, path):
         template = _read_text(os.path.join(folder, "chat_template.jinja"))
         extra_dir = os.path.join(folder, "additional_chat_templates")
         extra = sorted(n for n in os.listdir(extra_dir) if n.endswith(".jinja")) if os.path.isdir(extra_dir) else []
+        if len(extra) > _MAX_TEMPLATES:  # each becomes a metadata key: a bound on what a folder can add
+            raise InputError(f"{printable(extra_dir)}: {len(extra)} chat templates, more than {_MAX_TEMPLATES}")
         if extra:
             template = [{"name": "default", "template": template}] + [
                 {"name": n[:-len(".jinja")], "template": _read_text(os.path.join(extra_dir, n))} for n in extra]

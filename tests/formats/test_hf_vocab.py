@@ -193,3 +193,14 @@ def test_malformed_side_files_are_one_input_error(tmp_path, tok_json, tok_cfg, n
     with pytest.raises(InputError) as err:
         hf_vocab.special_vocab(str(tmp_path), {}, N_VOCAB)
     assert needle in str(err.value), err.value
+
+
+def test_too_many_additional_chat_templates_are_one_input_error(tmp_path):
+    _write(str(tmp_path), "tokenizer.json", dict(added_tokens=[], model=dict(type="BPE", vocab={})))
+    _write(str(tmp_path), "tokenizer_config.json", dict(bos_token="<s>"))
+    _write(str(tmp_path), "chat_template.jinja", "{{ messages }}")
+    os.makedirs(tmp_path / "additional_chat_templates")
+    for i in range(hf_vocab._MAX_TEMPLATES + 1):
+        _write(str(tmp_path), f"additional_chat_templates/t{i}.jinja", "{{ x }}")
+    with pytest.raises(InputError, match="chat templates, more than"):
+        hf_vocab.special_vocab(str(tmp_path), {}, N_VOCAB)
