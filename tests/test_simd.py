@@ -2,7 +2,7 @@
 NaN, signed zeros and out-of-range conversions included (the K-quant searches rely on it)."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -85,13 +85,18 @@ _lanes = st.lists(st.one_of(st.floats(width=32), _special), min_size=8, max_size
 
 @settings(max_examples=200, deadline=None)
 @given(_lanes, _lanes)
+@example(np.array([0, 0, 0, 0, -np.nan, 0, 0, 0], _f), np.array([0, 0, 0, 0, np.nan, 0, 0, 0], _f))  # found by CI
 def test_arithmetic_is_scalar_float32(a, b):
     out = np.zeros(64, _f)
     _arith(a, b, out)
     with np.errstate(all="ignore"):
         want = [a + b, a - b, a * b, a / b, -a, np.abs(a), np.sqrt(np.abs(a)), (a + b) * b]
     for k, w in enumerate(want):
-        np.testing.assert_array_equal(out[8 * k:8 * k + 8].view(np.uint32), np.asarray(w, _f).view(np.uint32))
+        got, w = out[8 * k:8 * k + 8], np.asarray(w, _f)
+        if k not in (4, 5, 6):  # two operands: IEEE leaves open which NaN (sign, payload) comes out
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(w))
+            got, w = np.where(np.isnan(w), _f(0), got), np.where(np.isnan(w), _f(0), w)
+        np.testing.assert_array_equal(got.view(np.uint32), w.view(np.uint32))
 
 
 @settings(max_examples=200, deadline=None)
