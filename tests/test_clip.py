@@ -175,6 +175,8 @@ def assert_weighted_picks(picks, errors, ratios):
     ratios32 = np.asarray(ratios, dtype=np.float32)
     low = errors.min(axis=0)
     for (r, g), pick in np.ndenumerate(np.asarray(picks, dtype=np.float64)):
+        if np.isnan(errors[:, r, g]).all():
+            continue  # the oracle's scales underflow for every ratio (a lone 1e-45, drawn in CI): nothing to judge
         k = int(np.argmin(np.abs(ratios32 - np.float32(pick))))
         assert errors[k, r, g] <= low[r, g] * (1 + WEIGHTED_RTOL) + 1e-300, (r, g, pick)
 
