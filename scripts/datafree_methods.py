@@ -30,6 +30,8 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``act``         ``act-SRC@P:inner``: column weights (input mean square)^(P/2) measured on
                 the source model over ``randseqN``, ``genN`` or a text name (not data-free)
 ``gptq``        ``gptq-SRC@damp``: GPTQ with X^T X over SRC (``datafree_activations``)
+``gguf-py``     q4_0 only: gguf-py's own ``quants.quantize``/``dequantize`` (llama.cpp's
+                reference Q4_0, an implementation we did not write)
 
 A method may carry its own element weighting: ``exact~none``, ``exact~mag0.5``. Every
 line also prints the mean KL(source || model) per token and its reduction against RTN.
@@ -323,6 +325,18 @@ def fake_quant(w, st, method, weighting="magnitude", iters=4, col=None):
     return out
 
 
+def gguf_py_fake_quant(w, setting):
+    """``w`` through gguf-py's own Q4_0 quantizer and back: llama.cpp's reference RTN as
+    an implementation we did not write (issue 15 asks for it as the baseline's row)."""
+    if setting != "q4_0":
+        raise SystemExit("gguf-py: only the q4_0 setting has a gguf-py quantizer")
+    import gguf
+
+    kind = gguf.GGMLQuantizationType.Q4_0
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    return np.asarray(gguf.quants.dequantize(gguf.quants.quantize(w, kind), kind), dtype=np.float32)
+
+
 def _group_werr(w, values, st, weighting):
     """Per-group weighted squared error (rows, n_groups), float64."""
     out = []
@@ -574,6 +588,8 @@ def perplexity_table(args):
                         col = col ** (power / 2)
                         col = (col / col.mean()).astype(np.float32)
                     upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
+            elif method == "gguf-py":
+                upd = {k: torch.from_numpy(gguf_py_fake_quant(source[k].numpy(), setting)) for k in names}
             else:
                 upd = {k: torch.from_numpy(fake_quant(source[k].numpy(), st, method, weighting, args.iters))
                        for k in names}
