@@ -20,6 +20,7 @@ from nbwoq._threads import get_num_threads, set_num_threads
 from nbwoq._validate import NonFiniteError
 from nbwoq.absorb import AbsorbGroup, AbsorbPlan, fold_column_scale
 from nbwoq.clip import search_clip
+from nbwoq.hqq import refine_zero
 from nbwoq.refit import refit_int
 from nbwoq.quantize import (
     qdq_weight_actor,
@@ -57,6 +58,7 @@ __all__ = [
     "quant_tensor",
     "quant_weight_w_scale",
     "quantize_4bit",
+    "refine_zero",
     "refit_int",
     "save",
     "search_clip",

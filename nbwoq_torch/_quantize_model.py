@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nbwoq import _validate
+from nbwoq import hqq as _hqq
 from nbwoq import refit as _refit
 from nbwoq._importance import relative, weighted_error
 from nbwoq_torch import _interop
@@ -20,9 +21,10 @@ from nbwoq_torch.clip import search_clip
 from nbwoq_torch.quantize import quant_tensor
 
 #: How codes are decided: round to nearest (``nbwoq.quant_tensor``), the weighted
-#: least-squares refit of each group's scale and zero point (``nbwoq.refit_int``), or a
-#: per-group clip ratio (``nbwoq.search_clip(per_group=True)``) before rounding.
-METHODS = ("rtn", "refit", "clip")
+#: least-squares refit of each group's scale and zero point (``nbwoq.refit_int``), a
+#: per-group clip ratio (``nbwoq.search_clip(per_group=True)``) before rounding, or
+#: HQQ's zero-point refinement (``nbwoq.refine_zero``, asym only).
+METHODS = ("rtn", "refit", "clip", "hqq")
 #: The reference's ``LM_HEAD_NAMES``: layers left in float unless ``quant_lm_head``.
 LM_HEAD_PATTERNS = (r".*lm_head", r".*output_layer", r".*embed_out")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -46,11 +48,14 @@ def quantize_model(model, bits=4, group_size=128, scheme="asym", method="rtn", *
     group_size : int, default 128
         -1 or a positive integer, along the input features (as ``quant_tensor``).
     scheme : {"asym", "sym"}, default "asym"
-    method : {"rtn", "refit", "clip"}, default "rtn"
+    method : {"rtn", "refit", "clip", "hqq"}, default "rtn"
         ``"rtn"``: ``nbwoq.quant_tensor``, the reference's round to nearest, bit for
         bit. ``"refit"``: ``nbwoq.refit_int`` (importance-weighted least-squares scales
         and zero points). ``"clip"``: each group's clip ratio from
-        ``nbwoq.search_clip(per_group=True)``, then ``quant_tensor``.
+        ``nbwoq.search_clip(per_group=True)``, then ``quant_tensor``. ``"hqq"``:
+        ``nbwoq.refine_zero`` with HQQ's defaults (asym only: HQQ's lp zero-point
+        iterations on round-to-nearest's scale, the zero rounded and kept where it
+        lowers the group's lp error; ``weighting`` and ``iterations`` are not used).
     full_range : bool, default False
         Symmetric only: codes ``-2**(bits-1) .. 2**(bits-1) - 1``.
     quant_lm_head : bool, default False
@@ -134,6 +139,9 @@ def _apply(method, module, settings, weighting, iterations):
     if method == "refit":
         _interop.call(_refit.refit_int, weight, **settings, weighting=weighting, iterations=iterations,
                       return_int=False)
+    elif method == "hqq":
+        _interop.call(_hqq.refine_zero, weight, settings["bits"], settings["group_size"], settings["scheme"],
+                      return_int=False)
     else:
         quantile = search_clip(module, settings["bits"], settings["group_size"], settings["scheme"],
                                enable_full_range=settings["full_range"], per_group=True, weighting=weighting)
@@ -146,6 +154,10 @@ def _probe(method, settings, weighting, iterations):
     w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     if method == "refit":
         _refit.refit_int(w, **settings, weighting=weighting, iterations=iterations, return_int=False)
+        return
+    if method == "hqq":
+        _validate.flag(settings["full_range"], "full_range")
+        _hqq.refine_zero(w, settings["bits"], settings["group_size"], settings["scheme"], return_int=False)
         return
     from nbwoq.clip import search_clip as core_search_clip
     from nbwoq.quantize import quant_tensor as core_quant_tensor

@@ -21,6 +21,7 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``grid+refit``  several starting scales (shrink factors), each refit; the best kept
 ``clip+refit``  refit started from the clip search's parameters
 ``hqq``         HQQ's half-quadratic zero-point refinement (lp, p=0.7), zero rounded
+                (``core-hqq``/``core-clip+hqq``: ``nbwoq.refine_zero``, asym only)
 ``sinq``        SINQ-style column scale (Sinkhorn-like row/column normalization) folded
                 into the op feeding each layer (RMSNorm weight, up_proj rows, v_proj rows)
 ``exact``       the least weighted error per group over every scale in a window around
@@ -349,7 +350,7 @@ def _group_werr(w, values, st, weighting):
 
 
 def core_params(w, st, method, weighting, iters, quantile):
-    """The core implementation (``nbwoq.refit_int``)."""
+    """The core implementation (``nbwoq.refit_int``; ``nbwoq.refine_zero`` for ``hqq``)."""
     if method == "grid+refit":
         # several starting clip ratios, each refit; per group the lowest weighted error
         best = None
@@ -371,6 +372,10 @@ def core_params(w, st, method, weighting, iters, quantile):
                 better = err < best[2]
                 best = [np.where(better, s, best[0]), np.where(better, z, best[1]), np.where(better, err, best[2])]
         return best[0], best[1]
+    if method in ("hqq", "clip+hqq"):  # HQQ's defaults; asym only (sym has no zero point)
+        _, s, z = nbwoq.refine_zero(w.copy(), st["bits"], st["group_size"], st["scheme"],
+                                    quantile=quantile if method == "clip+hqq" else 1.0)
+        return np.asarray(s, np.float32), np.asarray(z, np.float32)
     kw = dict(bits=st["bits"], group_size=st["group_size"], scheme=st["scheme"], full_range=st["full_range"],
               weighting=weighting)
     if method == "clip+refit":

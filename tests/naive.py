@@ -11,7 +11,8 @@ NumPy float32 scalars), so a shared mistake in those two would show here:
   double-quant scale mean);
 * ``clip_group_errors``, ``first_min``: the clip search as the reference runs it, one
   ``quant_tensor`` pass per candidate ratio;
-* ``refit_int``: the least-squares refit, one group and one iteration at a time.
+* ``refit_int``: the least-squares refit, one group and one iteration at a time;
+* ``refine_zero``, ``lp_pow``: HQQ's zero-point iterations, one element at a time.
 
 ``implementations.py`` lists them beside the kernels, reference twins and plain-torch
 baselines of the same operations.
@@ -358,6 +359,97 @@ def refit_int(w, bits=4, group_size=128, scheme="asym", full_range=False, weight
                 if not new_err < err:
                     break
                 scale, zp, err, sums = new_scale, new_zp, new_err, new_sums
+            scales[r, k], zps[r, k] = scale, zp
+            codes[r, s:s + g] = [_refit_code(xi, scale, zp, qmin, qmax) for xi in x]
+    return codes, scales, zps
+
+
+# --- the HQQ-style zero-point refinement (refine_zero) ----------------------------------------
+# Python floats (float64) one element at a time; ``lp_pow`` is the documented series
+# (frexp, log series in t = (m - 1) / (m + 1), exp series, ldexp), sums in the lane order.
+
+_LN2 = 0.6931471805599453
+
+
+def lp_pow(a, y):
+    """``a ** y`` for a finite ``a > 0``, by the series ``refine_zero`` promises."""
+    m, e = math.frexp(a)
+    m, k = m * 2.0, e - 1
+    if m >= 1.4142135623730951:
+        m, k = m * 0.5, k + 1
+    t = (m - 1.0) / (m + 1.0)
+    poly = 0.0
+    for j in range(19, 0, -2):
+        poly = poly * (t * t) + 1.0 / j
+    u = y * (float(k) * _LN2 + (2.0 * t) * poly)
+    n = round(u * 1.4426950408889634)  # Python's round: half to even
+    r = u - n * _LN2
+    ex = 0.0
+    for j in range(13, -1, -1):
+        ex = ex * r + 1.0 / math.factorial(j)
+    try:
+        return math.ldexp(ex, n)
+    except OverflowError:  # IEEE's ldexp gives inf
+        return math.inf
+
+
+def _lp_error(x, wts, scale, zp, qmin, qmax, p):
+    terms = []
+    for xi, wi in zip(x, wts):
+        value = f32((_refit_code(xi, scale, zp, qmin, qmax) - zp) * scale)
+        v = abs(float(xi) - float(value))
+        terms.append(wi * lp_pow(v, p) if v > 0 else wi * v)
+    return _lane_sum(terms)
+
+
+def refine_zero(w, bits=4, p=0.7, beta=10.0, kappa=1.01, iterations=20, group_size=128, weighting=None,
+                quantile=1.0):
+    """Codes, scales and zero points of ``w`` (float32, 2-D, finite); ``w`` is not modified."""
+    rows, cols = w.shape
+    g = cols if group_size == -1 or group_size > cols else group_size
+    starts = list(range(0, cols, g))
+    codes = np.empty_like(w)
+    scales = np.empty((rows, len(starts)), np.float32)
+    zps = np.empty((rows, len(starts)), np.float32)
+    betas = [beta * 1.0]
+    for _ in range(iterations - 1):
+        betas.append(betas[-1] * kappa)
+    cuts = [b ** (-1.0 / (2.0 - p)) * (1.0 - 1e-6) for b in betas]
+    for r in range(rows):
+        for k, s in enumerate(starts):
+            x = w[r, s:s + g]
+            q0 = quantile if np.ndim(quantile) == 0 else quantile[r, k]
+            scale, zp, qmin, qmax = int_group_params(x, bits, "asym", q0, False)
+            scale, zp = f32(scale), f32(zp)
+            if weighting == "magnitude":
+                rms = f32(math.sqrt(_lane_sum([float(xi) * float(xi) for xi in x]) / len(x)))
+                wts = [float(f32(rms + abs(xi))) for xi in x]
+            else:
+                wts = [1.0] * len(x)
+            sc = float(scale)
+            z = z_best = float(zp)
+            best = math.inf
+            for it in range(iterations):
+                qs = [min(max(float(np.rint(float(xi) / sc + z)), qmin), qmax) for xi in x]
+                vs = [float(xi) - (q - z) * sc for xi, q in zip(x, qs)]
+                err = _lane_sum([wi * abs(v) for wi, v in zip(wts, vs)])
+                if not err < best:
+                    z = z_best
+                    break
+                best, z_best = err, z
+                terms = []
+                for xi, q, v in zip(x, qs, vs):
+                    e = 0.0
+                    if abs(v) > cuts[it]:
+                        e = max(abs(v) - lp_pow(abs(v), p - 1.0) / betas[it], 0.0)
+                        e = e if v > 0 else -e
+                    terms.append(q - (float(xi) - e) / sc)
+                z = _lane_sum(terms) / len(x)
+            if iterations:
+                new_zp = f32(min(max(float(np.rint(z)), qmin), qmax))
+                if new_zp != zp and (_lp_error(x, wts, scale, new_zp, qmin, qmax, p)
+                                     < _lp_error(x, wts, scale, zp, qmin, qmax, p)):
+                    zp = new_zp
             scales[r, k], zps[r, k] = scale, zp
             codes[r, s:s + g] = [_refit_code(xi, scale, zp, qmin, qmax) for xi in x]
     return codes, scales, zps

@@ -20,15 +20,16 @@ from nbwoq.quantize import quant_tensor
 
 CLIP_MODES = ("none", "tensor", "group")
 #: How codes are decided. Integer settings: "rtn" (round to nearest, the reference
-#: library's) or "refit" (``nbwoq.refit_int``: importance-weighted least-squares refit of
-#: each group's scale and zero point). GGML block types (--type): "reference", llama.cpp's
+#: library's), "refit" (``nbwoq.refit_int``: importance-weighted least-squares refit of
+#: each group's scale and zero point) or "hqq" (``nbwoq.refine_zero``, asym only: HQQ's
+#: lp zero-point iterations, the zero rounded and kept where it lowers the lp error). GGML block types (--type): "reference", llama.cpp's
 #: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte;
 #: "search", nbwoq's search from the reference's blocks to a lower weighted error in the
 #: same bytes layout (``ggml_blocks.search_rows``), opt-in for its cost: its Q4_K_M
 #: perplexity is below llama-quantize's on every model and text measured
 #: (``scripts/gguf_perplexity.py``), but it encodes several times slower than the reference.
 #: The first of each tuple is the default.
-INTEGER_METHODS = ("rtn", "refit")
+INTEGER_METHODS = ("rtn", "refit", "hqq")
 GGML_METHODS = ("reference", "search")
 METHODS = INTEGER_METHODS + GGML_METHODS
 
@@ -88,6 +89,8 @@ class QuantOptions:
             raise InputError(f"--method must be one of {allowed} with {what}, got {method!r}")
         if method == "refit" and self.dtype != "int":
             raise InputError("--method refit refits integer scales and zero points: use --dtype int")
+        if method == "hqq" and (self.dtype != "int" or self.scheme != "asym"):
+            raise InputError("--method hqq refines integer zero points: use --dtype int --scheme asym")
         self.method = method
         self.pure = bool(pure)
         self.codebook = self.dtype != "int"
@@ -127,8 +130,8 @@ class QuantOptions:
             text = f"{self.dtype} g{self.group_size}"
         else:
             text = f"int{self.bits} {self.scheme}{' full' if self.full_range else ''} g{self.group_size}"
-        if self.method == "refit":
-            text += " refit"
+        if self.method in ("refit", "hqq"):
+            text += " " + self.method
         if self.clip == "none":
             return text
         grid = "" if self.clip_grid is None else f" grid={_grid_text(self.clip_grid)}"

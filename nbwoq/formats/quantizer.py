@@ -15,6 +15,7 @@ from nbwoq._layout import group_layout
 from nbwoq.formats import packing, storage
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.quantize import quant_tensor
+from nbwoq.hqq import refine_zero
 from nbwoq.refit import refit_int
 
 
@@ -99,6 +100,9 @@ def quantize_rows(array, dtype_name, options, quantile, name, scratch=None):
         if options.method == "refit":
             _, scale, zp = refit_int(work, options.bits, options.group_size, options.scheme, options.full_range,
                                      quantile=quantile, check_finite=False)
+        elif options.method == "hqq":
+            _, scale, zp = refine_zero(work, options.bits, options.group_size, options.scheme, quantile=quantile,
+                                       check_finite=False)
         else:
             _, scale, zp = quant_tensor(work, **options.core_kwargs(), quantile=quantile, return_int=True,
                                         check_finite=False)

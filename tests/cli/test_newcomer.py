@@ -148,6 +148,35 @@ def test_method_refit_stores_refit_int_codes_and_lowers_the_error(tiny_f32, tmp_
     assert err["refit"] < err["rtn"]
 
 
+
+def test_method_hqq_stores_refine_zero_codes(tiny_f32, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import nbwoq
+    from cli_helpers import read_tensor
+    from nbwoq.formats import quantizer
+
+    # the tiny model's zero points do not move (refine_zero's result is then round to
+    # nearest's), so equal files alone would not show that it ran: count its calls
+    calls = []
+    monkeypatch.setattr(quantizer, "refine_zero",
+                        lambda w, *a, **k: calls.append(w.shape) or nbwoq.refine_zero(w, *a, **k))
+    out = tmp_path / "hqq"
+    assert main(["quantize", tiny_f32, str(out), "--group-size", "32", "--clip", "group", "--method", "hqq",
+                 "--quiet"]) == 0
+    assert len(calls) == 14
+    name = "model.layers.0.mlp.down_proj.weight"
+    w = read_tensor(tiny_f32, name)
+    q = nbwoq.search_clip(w, bits=4, group_size=32, per_group=True, weighting="magnitude").astype(np.float32)
+    codes, scale, zp = nbwoq.refine_zero(w.copy(), bits=4, group_size=32, quantile=q)
+    g = np.arange(w.shape[1]) // 32
+    np.testing.assert_array_equal(nbwoq.dequantize(nbwoq.load(out)[name]), (codes - zp[:, g]) * scale[:, g])
+    for extra in (["--scheme", "sym"], ["--dtype", "nf4"]):
+        assert main(["quantize", tiny_f32, str(tmp_path / "bad"), "--method", "hqq", *extra]) == 1
+        err = capsys.readouterr().err
+        assert "--method hqq refines integer zero points" in err and err.count("\n") == 1
+        assert not (tmp_path / "bad").exists()
+
 def _weighted(x, y, size):
     """Relative importance-weighted error (w = rms of the group + |x|), one group at a time."""
     import numpy as np

@@ -118,6 +118,26 @@ def test_clip_is_the_per_group_search_then_quant_tensor():
         assert r["error"] <= r["rtn_error"]
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_hqq_is_refine_zero(dtype, monkeypatch):
+    # from round-to-nearest's grid refine_zero rarely moves a zero point, so equal values
+    # alone would not show that it ran: count its calls on the weights
+    from nbwoq import hqq
+
+    calls = []
+    core = hqq.refine_zero
+    monkeypatch.setattr(hqq, "refine_zero", lambda w, *a, **k: calls.append(w.shape) or core(w, *a, **k))
+    model = _model(DTYPES[dtype])
+    before = _weights(model)
+    report = quantize_model(model, method="hqq", bits=4, group_size=32, scheme="asym")
+    assert calls[1:] == [tuple(before[f"{r['name']}.weight"].shape) for r in report]  # calls[0]: the probe
+    for r in report:
+        name = f"{r['name']}.weight"
+        expected = nbwoq.refine_zero(_numpy(before[name]).copy(), bits=4, group_size=32, return_int=False)
+        np.testing.assert_array_equal(_numpy(dict(model.named_parameters())[name]), expected)
+        assert r["method"] == "hqq"
+
+
 def test_refit_options_reach_the_core():
     model = _model()
     before = _weights(model)["block.0.weight"].numpy()
@@ -178,6 +198,8 @@ def test_a_real_architecture():
     (dict(quant_lm_head="yes"), TypeError, "quant_lm_head"),
     (dict(method="refit", full_range="no"), TypeError, "full_range"),
     (dict(method="clip", group_size=-2), ValueError, "group_size"),
+    (dict(method="hqq", scheme="sym"), ValueError, "scheme='sym' has none"),
+    (dict(method="hqq", full_range="no"), TypeError, "full_range"),
 ])
 def test_bad_arguments_change_nothing(kwargs, error, message):
     model = _model()
