@@ -4,7 +4,7 @@ Usage (needs ``pip install -e ".[clients]"`` and ``pytest-timeout``)::
 
     python scripts/reference_test_suite.py [--git-dir /work/.mirror/intel+neural-compressor/repo]
         [--rev HEAD] [--scratch /tmp/ref-tests] [--test-timeout 600] [--file-timeout 5400]
-        [--files rtn awq ...] [--absorb-backend torchscript] [--json results.json]
+        [--files rtn awq ...] [-k EXPRESSION] [--absorb-backend torchscript] [--json results.json]
 
 The reference's weight-only test files (RTN, AWQ, TEQ, GPTQ, utility, module and mixed
 algorithms) are taken from a git checkout of neural-compressor at ``--rev`` (its
@@ -12,7 +12,8 @@ algorithms) are taken from a git checkout of neural-compressor at ``--rev`` (its
 script checks) into ``--scratch``, and each file runs twice, one pytest at a time: once
 as installed ("reference"), once with ``nbwoq_torch.patch_reference()`` entered for the
 whole session ("nbwoq"). A table gives passed/failed/skipped/timeout/error both ways and
-the tests that pass on the reference but not on nbwoq.
+the tests that pass on the reference but not on nbwoq. ``-k`` selects tests as pytest's
+``-k`` does (both ways alike), so a slow file can be run in chunks.
 
 The same file is also the pytest plugin of those runs (``-p reference_test_suite``). It
 makes the tests runnable offline, identically both ways:
@@ -215,10 +216,14 @@ def extract(git_dir, rev, scratch, labels):
     return scratch
 
 
-def _collect(test_file, env):
+def _select(args):
+    return ["-k", args.k] if args.k else []
+
+
+def _collect(test_file, env, args):
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                          "-p", "reference_test_suite", str(test_file)], env=env, capture_output=True, text=True,
-                         cwd=env["NBWOQ_SUITE_CWD"])
+                          "-p", "reference_test_suite", *_select(args), str(test_file)], env=env,
+                         capture_output=True, text=True, cwd=env["NBWOQ_SUITE_CWD"])
     return [line for line in out.stdout.splitlines() if "::" in line]
 
 
@@ -230,11 +235,11 @@ def run_file(test_file, mode, args, hf_home):
                NBWOQ_SUBSTITUTE="1" if mode == "nbwoq" else "0", NBWOQ_ABSORB_BACKEND=args.absorb_backend,
                NBWOQ_SUITE_LOG=str(log),
                NBWOQ_SUITE_CWD=workdir)
-    nodes = _collect(test_file, env)
+    nodes = _collect(test_file, env, args)
     stats = pathlib.Path(workdir) / "time.txt"
     command = ["/usr/bin/time", "-v", "-o", str(stats), "timeout", "--signal=KILL", str(args.file_timeout),
                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "reference_test_suite",
-               f"--timeout={args.test_timeout}", "-W", "ignore::DeprecationWarning", str(test_file)]
+               f"--timeout={args.test_timeout}", "-W", "ignore::DeprecationWarning", *_select(args), str(test_file)]
     start = time.perf_counter()
     with open(pathlib.Path(workdir) / "pytest.out", "w") as output:
         rc = subprocess.run(command, env=env, cwd=workdir, stdout=output, stderr=subprocess.STDOUT).returncode
@@ -283,6 +288,7 @@ def main(argv=None):
     parser.add_argument("--test-timeout", type=int, default=600)
     parser.add_argument("--file-timeout", type=int, default=5400)
     parser.add_argument("--files", nargs="*", default=list(FILES), choices=list(FILES))
+    parser.add_argument("-k", default=None, help="run only the tests pytest's -k EXPRESSION selects (both ways)")
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     parser.add_argument("--absorb-backend", default="torchscript", choices=("torchscript", "auto", "export"),
                         help="patch_reference(absorb_backend=) of the nbwoq runs")
