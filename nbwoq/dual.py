@@ -40,10 +40,12 @@ DEFAULT_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_ITERATIONS = 16
 MAX_ITERATIONS = 256
 MAX_ALPHAS = 64
-#: Bound of |alpha|; and the Sinkhorn factor is kept within 1/SPREAD .. SPREAD of its
-#: geometric mean (a column of zeros has no deviation to divide by).
+#: Bound of |alpha|; and the Sinkhorn factor is kept within 1/SPREAD .. SPREAD of 1 (near its
+#: geometric mean; a column of zeros has no deviation to divide by).
 MAX_ALPHA = 4.0
 SPREAD = 1e3
+#: The Sinkhorn steps stop once a step lowers the imbalance by less than this fraction.
+TOLERANCE = 1e-4
 
 
 class DualScale(NamedTuple):
@@ -127,32 +129,50 @@ def _floored(std, xp):
     return xp.where(std > low, std, low)
 
 
-def _spread(m, axis, xp):
-    mean = xp.mean(m, axis=axis, keepdims=True)
-    d = m - mean
-    return _floored(xp.sqrt(xp.mean(d * d, axis=axis)), xp)
+def _spreads(m, m2, inv_r, inv_c, xp):
+    """Standard deviations of the columns and of the rows of ``m * inv_r[:, None] *
+    inv_c[None, :]``, floored: through four matrix-vector products with ``m`` and ``m2 =
+    m * m`` instead of the scaled matrix (mean of squares less the square of the mean)."""
+    rows, cols = m.shape
+    mean_c = (inv_r @ m) / rows
+    sq_c = ((inv_r * inv_r) @ m2) / rows
+    mean_r = (m @ inv_c) / cols
+    sq_r = (m2 @ (inv_c * inv_c)) / cols
+    zero = xp.zeros_like(mean_c)
+    std_c = xp.sqrt(xp.maximum(sq_c - mean_c * mean_c, zero)) * inv_c
+    std_r = xp.sqrt(xp.maximum(sq_r - mean_r * mean_r, xp.zeros_like(mean_r))) * inv_r
+    return _floored(std_c, xp), _floored(std_r, xp)
 
 
 def sinkhorn_factor(m, iterations, xp):
     """SINQ's column factor of ``m`` (float64, (rows, channels)): alternately divide the
     columns and the rows by their standard deviations; the column factor of the step
-    with the least imbalance ``max(std) / min(std)`` over rows and columns (step 0: no
-    factor), divided by its geometric mean and kept within ``SPREAD`` of it."""
+    before the imbalance ``max(std) / min(std)`` over rows and columns stops falling
+    (by ``TOLERANCE``; step 0: no factor), divided by the power of two nearest its
+    geometric mean and kept within ``SPREAD`` of 1."""
     device = array_api_compat.device(m)
+    m2 = m * m
     mu_c = xp.ones((m.shape[1],), dtype=xp.float64, device=device)
     mu_r = xp.ones((m.shape[0],), dtype=xp.float64, device=device)
     best_c = mu_c
     best = None
+    sc = sr = None
     for step in range(iterations + 1):
         if step:
-            mu_c = mu_c * _spread(m / mu_r[:, None] / mu_c[None, :], 0, xp)
-            mu_r = mu_r * _spread(m / mu_r[:, None] / mu_c[None, :], 1, xp)
-        cur = m / mu_r[:, None] / mu_c[None, :]
-        sc, sr = _spread(cur, 0, xp), _spread(cur, 1, xp)
+            mu_c = mu_c * sc
+            _, sr = _spreads(m, m2, 1.0 / mu_r, 1.0 / mu_c, xp)
+            mu_r = mu_r * sr
+        sc, sr = _spreads(m, m2, 1.0 / mu_r, 1.0 / mu_c, xp)
         imbalance = float(xp.maximum(xp.max(sc), xp.max(sr)) / xp.minimum(xp.min(sc), xp.min(sr)))
-        if best is None or imbalance < best:
-            best, best_c = imbalance, mu_c
-    mu = best_c / xp.exp(xp.mean(xp.log(best_c)))
+        if best is not None and not imbalance < best:
+            break  # SINQ's stop: the imbalance no longer falls
+        converged = best is not None and imbalance > best * (1 - TOLERANCE)
+        best, best_c = imbalance, mu_c
+        if converged:
+            break
+    # a power of two near the geometric mean: dividing by it is exact, so a weight
+    # scaled by a power of two gets the very same factor
+    mu = best_c * 2.0 ** -float(xp.round(xp.mean(xp.log2(best_c))))
     return xp.clip(mu, 1.0 / SPREAD, SPREAD)
 
 

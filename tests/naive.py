@@ -476,9 +476,13 @@ def sinkhorn_factor(m, iterations, floor=1e-6, spread=1e3):
         cur = m / mu_r[:, None] / mu_c
         sc, sr = std(cur, 0), std(cur, 1)
         imbalance = max(sc.max(), sr.max()) / min(sc.min(), sr.min())
-        if best is None or imbalance < best:
-            best, best_c = imbalance, mu_c
-    mu = best_c / np.exp(np.log(best_c).mean())
+        if best is not None and not imbalance < best:
+            break
+        converged = best is not None and imbalance > best * (1 - 1e-4)
+        best, best_c = imbalance, mu_c
+        if converged:
+            break
+    mu = best_c * 2.0 ** -np.round(np.log2(best_c).mean())
     return np.clip(mu, 1 / spread, spread)
 
 
