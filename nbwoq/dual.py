@@ -23,7 +23,9 @@ divide; -63% of the perplexity gap at Q4_0), is simply not chosen.
 
 The error pass, one round-to-nearest per candidate, is the Numba kernel
 ``_kernels_dual`` for NumPy weights and its array-API twin ``_reference_dual`` for any
-other array; the Sinkhorn start is array-API code both share.
+other array; the Sinkhorn start is array-API code both share (on NumPy and
+``array_api_strict`` it is the same arithmetic, so both paths choose alike bit for bit;
+another library's matrix products may round the start differently in the last bits).
 """
 
 from typing import NamedTuple
