@@ -25,11 +25,12 @@ from nbwoq._layout import group_segment
 
 
 @njit_kernel
-def dual_errors(w, scales, size, n_groups, qmin, qmax, divisor, sym, full_range, weighting, err_out):
+def dual_errors(w, scales, colw, size, n_groups, qmin, qmax, divisor, sym, full_range, weighting, err_out):
     """``err_out[k, r, g]``: the weighted squared error of group ``g`` of row ``r`` of
     ``w`` when its columns are divided by ``scales[k]`` (float64, one per column) before
     round-to-nearest and multiplied by it after. Weights ``rms + |x|`` of the original
-    group (``weighting == MAGNITUDE``, as ``refit_int``) or 1. ``w`` is only read."""
+    group (``weighting == MAGNITUDE``, as ``refit_int``) or 1, times the column's
+    ``colw`` (float64, one per column). ``w`` is only read."""
     rows = w.shape[0]
     n_cand = scales.shape[0]
     zero = divisor - divisor
@@ -54,7 +55,7 @@ def dual_errors(w, scales, size, n_groups, qmin, qmax, divisor, sym, full_range,
             rms = cell[0]
         for i in range(n):
             x = decode(seg[i])
-            wt[i] = np.float64(rms + abs(x)) if weighting == MAGNITUDE else np.float64(1)
+            wt[i] = (np.float64(rms + abs(x)) if weighting == MAGNITUDE else np.float64(1)) * colw[start + i]
         for k in range(n_cand):
             for i in range(n):
                 ybuf[i] = encode(x64[i] / scales[k, start + i], w)

@@ -20,7 +20,7 @@ def _stored(values, dtype, xp):
     return xp.astype(values, dtype)
 
 
-def dual_errors(w, scales, size, qmin, qmax, divisor, sym, full_range, weighting, xp):
+def dual_errors(w, scales, colw, size, qmin, qmax, divisor, sym, full_range, weighting, xp):
     """Twin of ``_kernels_dual.dual_errors``: float64 array (n_cand, rows, n_groups)."""
     cdt = compute_dtype(w.dtype, xp)
     x64 = xp.astype(w, xp.float64)
@@ -29,9 +29,12 @@ def dual_errors(w, scales, size, qmin, qmax, divisor, sym, full_range, weighting
         s = scales[k, :]
         y = xp.astype(_stored(x64 / s[None, :], w.dtype, xp), cdt)
         pieces = []
-        for (part, cut), (orig, _), (spart, _) in zip(parts(y, size, xp), parts(xp.astype(w, cdt), size, xp),
-                                                        parts(xp.broadcast_to(s[None, :], w.shape), size, xp)):
+        for (part, cut), (orig, _), (spart, _), (cpart, _) in zip(
+                parts(y, size, xp), parts(xp.astype(w, cdt), size, xp),
+                parts(xp.broadcast_to(s[None, :], w.shape), size, xp),
+                parts(xp.broadcast_to(colw[None, :], w.shape), size, xp)):
             wt, _, _ = group_constants(orig, weighting, xp)
+            wt = wt * cpart
             scale, zp = int_group_params(xp.min(part, axis=-1), xp.max(part, axis=-1), 1.0, divisor, sym,
                                          full_range, xp)
             code = int_code(part, scale[..., None], zp[..., None], qmin, qmax, xp)

@@ -124,6 +124,28 @@ def _tie(cols, repeat, block):
     return repeat, block
 
 
+def _vector(value, name, length, space, device, positive):
+    """A 1-D float64 array of ``length`` finite values (``positive``: > 0, else >= 0) on
+    the weights' device, from a NumPy array or an array of the weights' kind."""
+    try:
+        value = space.asarray(value, dtype=space.float64, device=device)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 1-D array of real numbers, got {type(value).__name__}") from None
+    if value.ndim != 1 or value.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(value.shape)}")
+    ok = (value > 0) if positive else (value >= 0)
+    if not bool(space.all(ok & space.isfinite(value))):
+        raise ValueError(f"{name} must be finite and {'positive' if positive else 'non-negative'}")
+    return value
+
+
+def _normalized(mu, xp):
+    """``mu`` divided by the power of two nearest its geometric mean (exact, so a weight
+    scaled by a power of two gets the very same factor), kept within ``SPREAD`` of 1."""
+    mu = mu * 2.0 ** -float(xp.round(xp.mean(xp.log2(mu))))
+    return xp.clip(mu, 1.0 / SPREAD, SPREAD)
+
+
 def _floored(std, xp):
     """Deviations below a millionth of the largest raised to it (all zero: ones)."""
     top = xp.max(std)
@@ -172,10 +194,7 @@ def sinkhorn_factor(m, iterations, xp):
         best, best_c = imbalance, mu_c
         if converged:
             break
-    # a power of two near the geometric mean: dividing by it is exact, so a weight
-    # scaled by a power of two gets the very same factor
-    mu = best_c * 2.0 ** -float(xp.round(xp.mean(xp.log2(best_c))))
-    return xp.clip(mu, 1.0 / SPREAD, SPREAD)
+    return _normalized(best_c, xp)
 
 
 def _tied_columns(m, repeat, block, xp):
@@ -227,7 +246,8 @@ def _units(cols, size, n_groups, repeat, block):
 
 
 def dual_scale(weights, bits=4, group_size=128, scheme="asym", full_range=False, *, repeat=1, block=0,
-               iterations=DEFAULT_ITERATIONS, alphas=DEFAULT_ALPHAS, weighting="magnitude", check_finite=True):
+               iterations=DEFAULT_ITERATIONS, alphas=DEFAULT_ALPHAS, weighting="magnitude", column_weights=None,
+               direction=None, check_finite=True):
     """The column scale, found by SINQ's dual-axis normalization, that lowers the error of
     round to nearest on weights sharing one feeder.
 
@@ -261,6 +281,14 @@ def dual_scale(weights, bits=4, group_size=128, scheme="asym", full_range=False,
     weighting : {"magnitude", None}, default "magnitude"
         Element importance in the error: ``rms + |x|`` of the element's group of the
         original weight, as ``refit_int(weighting="magnitude")``; None: plain squares.
+    column_weights : array, shape (cols,), optional
+        Non-negative importance of each consumer column, multiplying the element's
+        (e.g. the input's mean square per column, measured or estimated): the error
+        then approximates the output's. NumPy, or an array of the weights' kind.
+    direction : array, shape (channels,), optional
+        Positive factor per feeder channel used instead of the Sinkhorn factor (e.g.
+        the input's root mean square: with negative ``alphas`` the search is AWQ's);
+        ``iterations`` is then unused.
     check_finite : bool, default True
         Refuse NaN/Inf (``ValueError`` naming the weight's first bad row).
 
@@ -306,6 +334,14 @@ def dual_scale(weights, bits=4, group_size=128, scheme="asym", full_range=False,
         raise ValueError(f"iterations must be an integer from 0 to {MAX_ITERATIONS}, got {iterations}")
     alphas = _alphas(alphas)
     mode = _weighting(weighting)
+    space = _arrays.namespace(weights[0]) if xp is None else xp  # NumPy through array_api_compat
+    device = array_api_compat.device(weights[0])
+    channels = cols // repeat
+    colw = space.ones((cols,), dtype=space.float64, device=device)
+    if column_weights is not None:
+        colw = _vector(column_weights, "column_weights", cols, space, device, False)
+    if direction is not None:
+        direction = _vector(direction, "direction", channels, space, device, True)
     check = _validate.flag(check_finite, "check_finite")
     if check:
         for i, w in enumerate(weights):
@@ -314,16 +350,16 @@ def dual_scale(weights, bits=4, group_size=128, scheme="asym", full_range=False,
             except _validate.NonFiniteError as exc:
                 raise _validate.NonFiniteError(f"weights[{i}]: {exc}", exc.row) from None
     qmin, qmax, divisor = _integer.int_range(bits, sym, full_range)
-    channels = cols // repeat
     rows = sum(w.shape[0] for w in weights)
-    space = _arrays.namespace(weights[0]) if xp is None else xp  # NumPy through array_api_compat
-    device = array_api_compat.device(weights[0])
     if rows == 0 or cols == 0:
         ones = space.ones((channels,), dtype=space.float64, device=device)
         return DualScale(ones, ones * 0.0, 0.0, 0.0)
     stacked = weights[0] if len(weights) == 1 else space.concat(weights, axis=0)
-    mu = sinkhorn_factor(_tied_columns(space.astype(stacked, space.float64), repeat, block, space),
-                         iterations, space)
+    if direction is None:
+        mu = sinkhorn_factor(_tied_columns(space.astype(stacked, space.float64), repeat, block, space),
+                             iterations, space)
+    else:
+        mu = _normalized(direction, space)
     powers = space.asarray(alphas, dtype=space.float64, device=device)
     feeder = space.exp(powers[:, None] * space.log(mu)[None, :])  # alpha 0: exactly 1
     cand = _consumer_columns(feeder, repeat, block, space)
@@ -332,10 +368,10 @@ def dual_scale(weights, bits=4, group_size=128, scheme="asym", full_range=False,
         ctype = _arrays.compute_dtype(stacked.dtype).type
         err = np.empty((len(alphas), rows, n_groups), dtype=np.float64)
         _kernels_dual.dual_errors(_arrays.kernel_view(np.ascontiguousarray(stacked)), np.ascontiguousarray(cand),
-                                  size, n_groups, ctype(qmin), ctype(qmax), ctype(divisor), sym, full_range, mode,
-                                  err)
+                                  np.ascontiguousarray(colw), size, n_groups, ctype(qmin), ctype(qmax),
+                                  ctype(divisor), sym, full_range, mode, err)
     else:
-        err = _reference_dual.dual_errors(stacked, cand, size, float(qmin), float(qmax), float(divisor), sym,
+        err = _reference_dual.dual_errors(stacked, cand, colw, size, float(qmin), float(qmax), float(divisor), sym,
                                           full_range, mode, xp)
     return _choose(space, err, feeder, alphas, cols, size, n_groups, repeat, block, device)
 

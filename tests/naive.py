@@ -486,14 +486,18 @@ def sinkhorn_factor(m, iterations, floor=1e-6, spread=1e3):
     return np.clip(mu, 1 / spread, spread)
 
 
-def dual_group_errors(w, scales, bits=4, group_size=128, scheme="asym", full_range=False, weighting="magnitude"):
+def dual_group_errors(w, scales, bits=4, group_size=128, scheme="asym", full_range=False, weighting="magnitude",
+                      column_weights=None):
     """(n_cand, n_groups) float64: per column group, the weighted squared error over all
     rows of ``w`` (float32 or float64) folded with each row of ``scales`` (consumer
-    columns), quantized by ``quant_tensor`` and multiplied back."""
+    columns), quantized by ``quant_tensor`` and multiplied back; each element's weight
+    times its column's ``column_weights`` if given."""
     rows, cols = w.shape
     size, n_groups = group_layout(cols, group_size)
     group = nbwoq.AbsorbGroup("feeder", "norm", ("w",))
     weights = magnitude_weights(w, size).astype(np.float64) if weighting == "magnitude" else np.ones(w.shape)
+    if column_weights is not None:
+        weights = weights * column_weights
     out = np.zeros((len(scales), n_groups))
     for k, s in enumerate(scales):
         _, (folded,), _ = nbwoq.fold_column_scale(group, s, np.ones(cols, w.dtype), [w])
