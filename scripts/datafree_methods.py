@@ -22,9 +22,9 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``clip+refit``  refit started from the clip search's parameters
 ``hqq``         HQQ's half-quadratic zero-point refinement (lp, p=0.7), zero rounded
                 (``core-hqq``/``core-clip+hqq``: ``nbwoq.refine_zero``, asym only)
-``sinq``        SINQ's column scale, ``nbwoq.dual_scale`` (a power of the Sinkhorn
-                factor per column group, RTN among the candidates), folded into the op
-                feeding each layer (RMSNorm weight, up_proj rows, v_proj rows)
+``sinq``        ``nbwoq.dual_scale``: a power of SINQ's Sinkhorn factor per column group
+                (RTN a candidate) folded into each layer's feeder; ``sinq-act-SRC``: the
+                error weighted and the direction set by ``act``'s input moments of SRC
 ``exact``       the least weighted error per group over every scale in a window around
                 RTN's (asym: and zero points within 2 of RTN's), ``datafree_exact``
 ``colw/colx``   ``colw@P:inner``: column weights |gamma|^P from the RMSNorm feeding q/k/v
@@ -391,27 +391,23 @@ def core_params(w, st, method, weighting, iters, quantile):
 
 # --------------------------------------------------------------------------- SINQ
 
-def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq"):
-    """Fold a column scale into each absorb group's feeder (``nbwoq.absorb_plan`` from
-    the names, ``nbwoq.fold_column_scale``), then quantize every linear weight with
-    ``method``; returns the new state entries, folds included.
+def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq", moments=None):
+    """Fold a column scale into each absorb group's feeder (``nbwoq.absorb_plan``,
+    ``fold_column_scale``), then quantize every linear weight with ``method``.
 
-    ``kind="sinq"``: ``nbwoq.dual_scale`` per group, its powers ``alphas`` of the
-    Sinkhorn factor (None: the core's default) searched per column group against RTN.
-    (The first prototype here multiplied the consumers' columns by the square root of
-    their Sinkhorn deviation: the direction that widens the spread SINQ divides away,
-    with no way back to RTN; -63% of the gap at Q4_0.) ``kind="norm"``: the column
-    scale is the RMSNorm weight to the power ``alphas[0]`` (q/k/v and gate/up only)."""
+    ``kind="sinq"``: ``nbwoq.dual_scale`` per group (``alphas``: its powers; None: the
+    default), with ``moments`` (input mean squares by name) as column weights and their
+    root as the direction (negative powers: AWQ's search). The first prototype here
+    multiplied columns by the root of their Sinkhorn deviation, widening the spread SINQ
+    divides away, with no way back to RTN (-63% of the gap at Q4_0). ``kind="norm"``:
+    the RMSNorm weight to the power ``alphas[0]`` (q/k/v and gate/up only)."""
     import torch
 
     hd = cfg.hidden_size // cfg.num_attention_heads
     plan = nbwoq.absorb_plan(list(state), "llama", heads=cfg.num_attention_heads,
                              kv_heads=cfg.num_key_value_heads, head_dim=hd)
     new = {}
-
-    def get(name):
-        return new[name] if name in new else state[name].numpy().astype(np.float32)
-
+    get = lambda name: new[name] if name in new else state[name].numpy().astype(np.float32)  # noqa: E731
     setting = {k: v for k, v in st.items() if k != "scale16"}
     for group in plan.groups:
         consumers = [get(c) for c in group.consumers]
@@ -421,6 +417,10 @@ def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq
             scale = 1.0 / np.abs(get(group.feeder)).astype(np.float64) ** alphas[0]
         else:
             kw = {} if alphas is None else dict(alphas=alphas)
+            if moments is not None:
+                m = moments[group.consumers[0]]
+                d = m if group.repeat == 1 else m.reshape(-1, group.repeat, group.block).mean(1).ravel()
+                kw.update(column_weights=m, direction=np.sqrt(d))
             scale = nbwoq.dual_scale(consumers, **setting, repeat=group.repeat, block=group.block,
                                      weighting=None if weighting == "none" else "magnitude", **kw).scale
         feeder, consumers, _ = nbwoq.fold_column_scale(group, scale, get(group.feeder), consumers)
@@ -518,6 +518,13 @@ def perplexity_table(args):
     print(f"{'source':<28}" + "".join(f" {t}={v:.3f}" for t, v in base.items()), flush=True)
     rtn = {}
     act_cache = {}
+
+    def moments_of(src_name):  # input mean squares per column, from the source model
+        if src_name not in act_cache:
+            model.load_state_dict(source)
+            act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
+        return act_cache[src_name]
+
     for setting in args.settings:
         st = SETTINGS[setting]
         for method in args.methods:
@@ -527,11 +534,14 @@ def perplexity_table(args):
             # "method~weighting": this method's own element weighting
             method, weighting = (method.split("~") + [args.weighting])[:2]
             if method.startswith(("sinq", "norm")):
-                # "sinq[@a,b,...]:inner" (powers searched) / "norm[@alpha]:inner"
+                # "sinq[-act-SRC][@a,b,...]:inner" (powers searched; SRC's input moments as
+                # for "act") / "norm[@alpha]:inner"
                 head, inner = (method.split(":", 1) + ["rtn"])[:2]
                 kind, alphas = (head.split("@") + [None if head.startswith("sinq") else "1"])[:2]
                 alphas = None if alphas is None else [float(a) for a in alphas.split(",")]
-                upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, alphas, kind)
+                moments = moments_of(kind[9:]) if kind.startswith("sinq-act-") else None
+                kind = "sinq" if moments is not None else kind
+                upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, alphas, kind, moments)
             elif method.startswith("gptq"):
                 # "gptq-SRC[@damp]": GPTQ with X^T X from SRC (as for "act"), source inputs
                 src_name, damp = (method[5:].split("@") + ["0.01"])[:2]
@@ -549,12 +559,9 @@ def perplexity_table(args):
                 # data) or a text name (real data: an upper bound, not data-free)
                 head, inner = method.split(":", 1)
                 src_name, power = (head[4:].split("@") + ["1"])[:2]
-                if src_name not in act_cache:
-                    model.load_state_dict(source)
-                    act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
                 upd = {}
                 for k in names:
-                    col = act_cache[src_name][k] ** (float(power) / 2)
+                    col = moments_of(src_name)[k] ** (float(power) / 2)
                     col = (col / col.mean()).astype(np.float32)
                     upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
             elif method.startswith(("colw", "colx")):
