@@ -11,8 +11,8 @@ weights. Layers no group reaches keep plain round to nearest.
 import numpy as np
 import torch
 
-import nbwoq
-from nbwoq.absorb import AbsorbPlan, consumer_scale
+from nbwoq.absorb import AbsorbPlan, consumer_scale, fold_column_scale
+from nbwoq.dual import dual_scale
 from nbwoq_torch import _interop
 
 
@@ -29,18 +29,21 @@ def resolve_plan(model, plan, example_inputs):
         return absorb_plan(model, example_inputs)
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
-    from nbwoq.formats.absorb_plan import FAMILIES
+    need = ("method='sinq' needs an absorption plan: pass plan= (nbwoq.absorb_plan or nbwoq_torch.absorb_plan) "
+            "or example_inputs=, or a Hugging Face model of a family nbwoq.absorb_plan knows")
+    if not isinstance(family, str):
+        raise ValueError(f"{need}; this model has no config.model_type")
+    import nbwoq  # the public name-based plan (the formats layer's, re-exported by the package)
 
-    if family not in FAMILIES:
-        raise ValueError("method='sinq' needs an absorption plan: pass plan= (nbwoq.absorb_plan or "
-                         "nbwoq_torch.absorb_plan) or example_inputs=, or a Hugging Face model of a known family "
-                         f"({sorted(FAMILIES)}); got model_type {family!r}")
     heads = getattr(config, "num_attention_heads", None)
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
     names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
-    return nbwoq.absorb_plan(names, family, heads=heads, kv_heads=kv if heads else None,
-                             head_dim=head_dim if heads and kv < heads else None)
+    try:
+        return nbwoq.absorb_plan(names, family, heads=heads, kv_heads=kv if heads else None,
+                                 head_dim=head_dim if heads and kv < heads else None)
+    except ValueError as exc:
+        raise ValueError(f"{need}: {exc}") from None
 
 
 def _parameter(model, name):
@@ -92,9 +95,9 @@ def fold_sinq(model, groups, settings, weighting):
         feeder = _parameter(model, group.feeder)
         consumers = [_parameter(model, c) for c in group.consumers]
         arrays = [_numpy(c) for c in consumers]
-        found = nbwoq.dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting)
+        found = dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting)
         bias = None if group.feeder_bias is None else _parameter(model, group.feeder_bias)
-        new_feeder, new_consumers, new_bias = nbwoq.fold_column_scale(
+        new_feeder, new_consumers, new_bias = fold_column_scale(
             group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))
         with torch.no_grad():
             _write(feeder, new_feeder)
