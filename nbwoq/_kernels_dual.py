@@ -67,3 +67,43 @@ def dual_errors(w, scales, colw, size, n_groups, qmin, qmax, divisor, sym, full_
                 sq[i] = wt[i] * d * d
             total, _ = _lane_sums2(sq, sq, n)
             err_out[k, r, g] = total
+
+
+@njit_kernel
+def scaled_moments(m, v, mean_out, sq_out):
+    """Per row ``i`` of ``m`` (float64, C-ordered): the mean and the mean square of
+    ``m[i, :] * v``, float64 sums in the lane order (``_reference_dual`` repeats it).
+    The Sinkhorn start's statistics, without a threaded BLAS (which, sharing the cores
+    with Numba's threads, ran several times slower than this)."""
+    rows, n = m.shape
+    n4 = n - n % 4
+    for i in prange(rows):
+        a0 = a1 = a2 = a3 = np.float64(0)
+        b0 = b1 = b2 = b3 = np.float64(0)
+        for j in range(0, n4, 4):
+            x = m[i, j] * v[j]
+            a0 += x
+            b0 += x * x
+            x = m[i, j + 1] * v[j + 1]
+            a1 += x
+            b1 += x * x
+            x = m[i, j + 2] * v[j + 2]
+            a2 += x
+            b2 += x * x
+            x = m[i, j + 3] * v[j + 3]
+            a3 += x
+            b3 += x * x
+        for j in range(n4, n):
+            x = m[i, j] * v[j]
+            k = j - n4
+            if k == 0:
+                a0 += x
+                b0 += x * x
+            elif k == 1:
+                a1 += x
+                b1 += x * x
+            else:
+                a2 += x
+                b2 += x * x
+        mean_out[i] = ((a0 + a1) + (a2 + a3)) / n
+        sq_out[i] = ((b0 + b1) + (b2 + b3)) / n

@@ -43,3 +43,11 @@ def dual_errors(w, scales, colw, size, qmin, qmax, divisor, sym, full_range, wei
             pieces.append(lane_sum(wt * d * d, xp))
         out.append(pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1))
     return xp.stack(out, axis=0)
+
+
+def scaled_moments(m, v, xp):
+    """Twin of ``_kernels_dual.scaled_moments``: per row, the mean and mean square of
+    ``m * v[None, :]`` (float64), summed in the lane order."""
+    a = m * v[None, :]
+    n = m.shape[1]
+    return lane_sum(a, xp) / n, lane_sum(a * a, xp) / n

@@ -153,19 +153,23 @@ def _floored(std, xp):
     return xp.where(std > low, std, low)
 
 
-def _spreads(m, m2, inv_r, inv_c, xp):
-    """Standard deviations of the columns and of the rows of ``m * inv_r[:, None] *
-    inv_c[None, :]``, floored: through four matrix-vector products with ``m`` and ``m2 =
-    m * m`` instead of the scaled matrix (mean of squares less the square of the mean)."""
-    rows, cols = m.shape
-    mean_c = (inv_r @ m) / rows
-    sq_c = ((inv_r * inv_r) @ m2) / rows
-    mean_r = (m @ inv_c) / cols
-    sq_r = (m2 @ (inv_c * inv_c)) / cols
-    zero = xp.zeros_like(mean_c)
-    std_c = xp.sqrt(xp.maximum(sq_c - mean_c * mean_c, zero)) * inv_c
-    std_r = xp.sqrt(xp.maximum(sq_r - mean_r * mean_r, xp.zeros_like(mean_r))) * inv_r
-    return _floored(std_c, xp), _floored(std_r, xp)
+def _moments(m, v, xp):
+    """Per row of ``m``: mean and mean square of ``m * v[None, :]`` (the Numba kernel
+    for NumPy, the twin otherwise; the same sums in the same order)."""
+    if array_api_compat.is_numpy_namespace(xp):
+        mean = np.empty(m.shape[0], dtype=np.float64)
+        sq = np.empty(m.shape[0], dtype=np.float64)
+        _kernels_dual.scaled_moments(m, np.ascontiguousarray(v), mean, sq)
+        return mean, sq
+    return _reference_dual.scaled_moments(m, v, xp)
+
+
+def _spread(m, inv_other, inv_own, xp):
+    """Floored standard deviations of the rows of ``m * inv_other[None, :] * inv_own[:,
+    None]``: the mean of squares less the square of the mean, over the rows scaled by
+    ``inv_other`` only, then times ``inv_own``."""
+    mean, sq = _moments(m, inv_other, xp)
+    return _floored(xp.sqrt(xp.maximum(sq - mean * mean, xp.zeros_like(mean))) * inv_own, xp)
 
 
 def sinkhorn_factor(m, iterations, xp):
@@ -175,18 +179,22 @@ def sinkhorn_factor(m, iterations, xp):
     (by ``TOLERANCE``; step 0: no factor), divided by the power of two nearest its
     geometric mean and kept within ``SPREAD`` of 1."""
     device = array_api_compat.device(m)
-    m2 = m * m
+    if array_api_compat.is_numpy_namespace(xp):
+        m = np.ascontiguousarray(m)
+        mt = np.ascontiguousarray(m.T)
+    else:
+        mt = xp.permute_dims(m, (1, 0))
     mu_c = xp.ones((m.shape[1],), dtype=xp.float64, device=device)
     mu_r = xp.ones((m.shape[0],), dtype=xp.float64, device=device)
     best_c = mu_c
     best = None
-    sc = sr = None
+    sc = None
     for step in range(iterations + 1):
         if step:
             mu_c = mu_c * sc
-            _, sr = _spreads(m, m2, 1.0 / mu_r, 1.0 / mu_c, xp)
-            mu_r = mu_r * sr
-        sc, sr = _spreads(m, m2, 1.0 / mu_r, 1.0 / mu_c, xp)
+            mu_r = mu_r * _spread(m, 1.0 / mu_c, 1.0 / mu_r, xp)
+        sc = _spread(mt, 1.0 / mu_r, 1.0 / mu_c, xp)
+        sr = _spread(m, 1.0 / mu_c, 1.0 / mu_r, xp)
         imbalance = float(xp.maximum(xp.max(sc), xp.max(sr)) / xp.minimum(xp.min(sc), xp.min(sr)))
         if best is not None and not imbalance < best:
             break  # SINQ's stop: the imbalance no longer falls
