@@ -23,9 +23,10 @@ divide; -63% of the perplexity gap at Q4_0), is simply not chosen.
 
 The error pass, one round-to-nearest per candidate, is the Numba kernel
 ``_kernels_dual`` for NumPy weights and its array-API twin ``_reference_dual`` for any
-other array; the Sinkhorn start is array-API code both share (on NumPy and
-``array_api_strict`` it is the same arithmetic, so both paths choose alike bit for bit;
-another library's matrix products may round the start differently in the last bits).
+other array. So are the Sinkhorn statistics (``scaled_moments``, the same sums in the
+same order); the rest of the start is array-API code both share, so NumPy and
+``array_api_strict`` choose alike bit for bit (another library's ``exp``/``log`` may
+round a candidate differently in the last bit).
 """
 
 from typing import NamedTuple
