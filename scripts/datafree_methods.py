@@ -403,9 +403,8 @@ def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq
     the RMSNorm weight to the power ``alphas[0]`` (q/k/v and gate/up only)."""
     import torch
 
-    hd = cfg.hidden_size // cfg.num_attention_heads
-    plan = nbwoq.absorb_plan(list(state), "llama", heads=cfg.num_attention_heads,
-                             kv_heads=cfg.num_key_value_heads, head_dim=hd)
+    plan = nbwoq.absorb_plan(list(state), "llama", heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+                             head_dim=cfg.hidden_size // cfg.num_attention_heads)
     new = {}
     get = lambda name: new[name] if name in new else state[name].numpy().astype(np.float32)  # noqa: E731
     setting = {k: v for k, v in st.items() if k != "scale16"}
@@ -426,14 +425,11 @@ def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq
         feeder, consumers, _ = nbwoq.fold_column_scale(group, scale, get(group.feeder), consumers)
         new[group.feeder] = feeder
         new.update(zip(group.consumers, consumers))
-    out = {}
-    for k in dict.fromkeys([*plan.row_only, *(c for g in plan.groups for c in g.consumers),
-                            *(g.feeder for g in plan.groups)]):
-        v = get(k)
-        if k.endswith("proj.weight"):
-            v = fake_quant(v, st, method, weighting, iters)  # a feeder's rows are scaled first: exact
-        out[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-    return out
+    names = dict.fromkeys([*plan.row_only, *(c for g in plan.groups for c in g.consumers), *new])
+    # a feeder's rows are scaled before it is quantized: the fold stays exact
+    return {k: torch.from_numpy(np.ascontiguousarray(fake_quant(get(k), st, method, weighting, iters)
+                                                     if k.endswith("proj.weight") else get(k), dtype=np.float32))
+            for k in names}
 
 
 # --------------------------------------------------------------------------- driver
@@ -534,8 +530,7 @@ def perplexity_table(args):
             # "method~weighting": this method's own element weighting
             method, weighting = (method.split("~") + [args.weighting])[:2]
             if method.startswith(("sinq", "norm")):
-                # "sinq[-act-SRC][@a,b,...]:inner" (powers searched; SRC's input moments as
-                # for "act") / "norm[@alpha]:inner"
+                # "sinq[-act-SRC][@a,b,...]:inner" (SRC's moments as for "act"), "norm[@alpha]:inner"
                 head, inner = (method.split(":", 1) + ["rtn"])[:2]
                 kind, alphas = (head.split("@") + [None if head.startswith("sinq") else "1"])[:2]
                 alphas = None if alphas is None else [float(a) for a in alphas.split(",")]

@@ -454,6 +454,7 @@ def refine_zero(w, bits=4, p=0.7, beta=10.0, kappa=1.01, iterations=20, group_si
             codes[r, s:s + g] = [_refit_code(xi, scale, zp, qmin, qmax) for xi in x]
     return codes, scales, zps
 
+
 # --- the dual-axis scale search (dual_scale) -----------------------------------------------
 # The fold and the quantization are the public ones (fold_column_scale, quant_tensor), one
 # call per candidate; the Sinkhorn factor is written out with NumPy's own std.
