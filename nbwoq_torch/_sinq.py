@@ -76,6 +76,44 @@ def foldable_groups(model, plan, quantized):
     return groups
 
 
+#: Powers tried with the inputs' root mean square as the direction: negative ones scale
+#: the columns with the larger inputs up (AWQ's way), positive ones down.
+ACTIVATION_ALPHAS = (-1.0, -0.75, -0.5, -0.25, 0.25, 0.5)
+
+
+def input_moments(model, names, example_inputs):
+    """Mean square per input column of each layer whose weight is named in ``names``,
+    over one forward pass of ``example_inputs`` (float64 NumPy, by weight name; layers
+    the pass does not reach are left out)."""
+    from nbwoq_torch._batches import _model_device, forward_wrapper
+
+    sums, counts, hooks = {}, {}, []
+    for name in names:
+        def hook(module, args, name=name):
+            x = args[0].detach().to(torch.float64).reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        hooks.append(model.get_submodule(name.rsplit(".", 1)[0]).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            forward_wrapper(model, example_inputs, device=_model_device(model))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: (sums[name] / max(counts[name], 1)).cpu().numpy() for name in sums}
+
+
+def _activation_options(group, moments):
+    """``dual_scale``'s keywords for a group whose consumers' input moments are known:
+    the moments as column weights, their root (tied columns averaged) as the direction."""
+    m = moments.get(group.consumers[0])
+    if m is None or not np.all(np.isfinite(m)):
+        return {}
+    m = m + np.max(m) * 1e-12 + 1e-300  # a column that never fires keeps a positive direction
+    d = m if group.repeat == 1 else m.reshape(-1, group.repeat, group.block).mean(axis=1).reshape(-1)
+    return dict(column_weights=m, direction=np.sqrt(d), alphas=ACTIVATION_ALPHAS)
+
+
 def _numpy(param):
     """A float NumPy copy of ``param`` (bfloat16 kept as ``ml_dtypes.bfloat16``)."""
     return _interop.to_numpy(param.detach().cpu().clone())
@@ -85,8 +123,9 @@ def _write(param, array):
     param.data.copy_(_interop.to_torch(np.ascontiguousarray(array)).to(param.device))
 
 
-def fold_sinq(model, groups, settings, weighting):
-    """Fold ``dual_scale``'s scale into each group, in place. Returns per parameter name
+def fold_sinq(model, groups, settings, weighting, moments=None):
+    """Fold ``dual_scale``'s scale into each group, in place (with ``moments``, by weight
+    name, activation-aware: see ``_activation_options``). Returns per parameter name
     ``(row, col)``: the float64 scales its rows were multiplied and its columns divided
     by (None where untouched), so that ``quantized * col / row`` is in the original's
     terms."""
@@ -95,7 +134,8 @@ def fold_sinq(model, groups, settings, weighting):
         feeder = _parameter(model, group.feeder)
         consumers = [_parameter(model, c) for c in group.consumers]
         arrays = [_numpy(c) for c in consumers]
-        found = dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting)
+        extra = {} if moments is None else _activation_options(group, moments)
+        found = dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting, **extra)
         bias = None if group.feeder_bias is None else _parameter(model, group.feeder_bias)
         new_feeder, new_consumers, new_bias = fold_column_scale(
             group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))

@@ -114,3 +114,29 @@ def test_bad_plans_and_arguments_change_nothing():
     with pytest.raises(ValueError, match="absorption plan"):
         nbwoq_torch.quantize_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), method="sinq")
     assert isinstance(nbwoq.AbsorbPlan((), ()), nbwoq.AbsorbPlan)
+
+
+def test_activation_aware_fold_keeps_the_float_model():
+    """Input moments from random token ids weight the search and set its direction; the
+    fold is still exact, and the result differs from the weights-only one."""
+    model = _build("llama")
+    before = _logits(model)
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 32), generator=torch.Generator().manual_seed(0))
+    plan = _sinq.resolve_plan(model, None, None)
+    groups = _sinq.foldable_groups(model, plan, _linear_weights(model))
+    consumers = {c for g in groups for c in g.consumers}
+    moments = _sinq.input_moments(model, sorted(consumers), ids)
+    assert set(moments) == consumers
+    assert all(m.shape == (model.get_parameter(n).shape[1],) and np.all(m >= 0) for n, m in moments.items())
+    scales = _sinq.fold_sinq(model, groups, SETTING, "magnitude", moments)
+    torch.testing.assert_close(_logits(model), before, rtol=2e-4, atol=2e-4)
+    plain = _build("llama")
+    plain_scales = _sinq.fold_sinq(plain, groups, SETTING, "magnitude")
+    assert any(not np.array_equal(scales[k][1], plain_scales[k][1]) for k in scales if scales[k][1] is not None)
+    aware = _build("llama")
+    report = nbwoq_torch.quantize_model(aware, **SETTING, method="sinq", example_inputs=ids, activation_aware=True)
+    assert len(report) == 14
+    for kwargs in (dict(method="sinq", activation_aware=True), dict(method="rtn", activation_aware=True),
+                   dict(method="sinq", activation_aware=1)):
+        with pytest.raises((ValueError, TypeError)):
+            nbwoq_torch.quantize_model(_build("llama"), **SETTING, **kwargs)
