@@ -21,6 +21,7 @@ from nbwoq._validate import NonFiniteError
 from nbwoq.absorb import AbsorbGroup, AbsorbPlan, fold_column_scale
 from nbwoq.clip import search_clip
 from nbwoq.hqq import refine_zero
+from nbwoq.dual import DualScale, dual_scale
 from nbwoq.refit import refit_int
 from nbwoq.quantize import (
     qdq_weight_actor,
@@ -48,7 +49,9 @@ __all__ = [
     "NonFiniteError",
     "QuantizedTensor",
     "absorb_plan",
+    "DualScale",
     "dequantize",
+    "dual_scale",
     "fold_column_scale",
     "get_num_threads",
     "load",

@@ -22,8 +22,9 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``clip+refit``  refit started from the clip search's parameters
 ``hqq``         HQQ's half-quadratic zero-point refinement (lp, p=0.7), zero rounded
                 (``core-hqq``/``core-clip+hqq``: ``nbwoq.refine_zero``, asym only)
-``sinq``        SINQ-style column scale (Sinkhorn-like row/column normalization) folded
-                into the op feeding each layer (RMSNorm weight, up_proj rows, v_proj rows)
+``sinq``        ``nbwoq.dual_scale``: a power of SINQ's Sinkhorn factor per column group
+                (RTN a candidate) folded into each layer's feeder; ``sinq-act-SRC``: the
+                error weighted and the direction set by ``act``'s input moments of SRC
 ``exact``       the least weighted error per group over every scale in a window around
                 RTN's (asym: and zero points within 2 of RTN's), ``datafree_exact``
 ``colw/colx``   ``colw@P:inner``: column weights |gamma|^P from the RMSNorm feeding q/k/v
@@ -390,72 +391,45 @@ def core_params(w, st, method, weighting, iters, quantile):
 
 # --------------------------------------------------------------------------- SINQ
 
-def sinkhorn_col_scale(w, iters=16):
-    """Per-input-column scale of SINQ's dual-axis normalization (log-domain, clamped)."""
-    w = np.abs(w.astype(np.float64)) + 1e-12
-    row = np.ones((w.shape[0], 1))
-    col = np.ones((1, w.shape[1]))
-    for _ in range(iters):
-        m = w / row / col
-        col = col * np.sqrt(np.mean(m * m, axis=0, keepdims=True))
-        m = w / row / col
-        row = row * np.sqrt(np.mean(m * m, axis=1, keepdims=True))
-    col = col[0] / np.exp(np.mean(np.log(col[0])))
-    return col
+def apply_sinq(state, cfg, st, method, weighting, iters, alphas=None, kind="sinq", moments=None):
+    """Fold a column scale into each absorb group's feeder (``nbwoq.absorb_plan``,
+    ``fold_column_scale``), then quantize every linear weight with ``method``.
 
-
-def apply_sinq(state, cfg, st, method, weighting, iters, alpha=0.5, kind="sinq"):
-    """Fold a column scale into the feeding op, quantize the scaled weights, return the
-    new state entries (fold included). ``alpha`` softens the scale (col ** alpha).
-    ``kind="norm"``: the column scale is the RMSNorm weight itself (the norm becomes
-    ones), o_proj and down_proj are left as they are."""
+    ``kind="sinq"``: ``nbwoq.dual_scale`` per group (``alphas``: its powers; None: the
+    default), with ``moments`` (input mean squares by name) as column weights and their
+    root as the direction (negative powers: AWQ's search). The first prototype here
+    multiplied columns by the root of their Sinkhorn deviation, widening the spread SINQ
+    divides away, with no way back to RTN (-63% of the gap at Q4_0). ``kind="norm"``:
+    the RMSNorm weight to the power ``alphas[0]`` (q/k/v and gate/up only)."""
     import torch
 
+    plan = nbwoq.absorb_plan(list(state), "llama", heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+                             head_dim=cfg.hidden_size // cfg.num_attention_heads)
     new = {}
-    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    hd = cfg.hidden_size // n_head
-    for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
-        get = lambda k: state[p + k].numpy().astype(np.float32)  # noqa: E731
-        qkv = [get(f"self_attn.{n}_proj.weight") for n in "qkv"]
-        gu = [get(f"mlp.{n}_proj.weight") for n in ("gate", "up")]
-        o = get("self_attn.o_proj.weight")
-        down = get("mlp.down_proj.weight")
-        ln1 = get("input_layernorm.weight")
-        ln2 = get("post_attention_layernorm.weight")
+    get = lambda name: new[name] if name in new else state[name].numpy().astype(np.float32)  # noqa: E731
+    setting = {k: v for k, v in st.items() if k != "scale16"}
+    for group in plan.groups:
+        consumers = [get(c) for c in group.consumers]
         if kind == "norm":
-            c1, c2 = np.abs(ln1) ** alpha, np.abs(ln2) ** alpha
-            c3 = np.ones(down.shape[1], np.float32)
-            co = np.ones(o.shape[1], np.float32)
+            if group.absorb == "rows":
+                continue
+            scale = 1.0 / np.abs(get(group.feeder)).astype(np.float64) ** alphas[0]
         else:
-            c1 = sinkhorn_col_scale(np.concatenate(qkv)) ** alpha
-            c2 = sinkhorn_col_scale(np.concatenate(gu)) ** alpha
-            c3 = sinkhorn_col_scale(down) ** alpha
-            co = sinkhorn_col_scale(o) ** alpha
-        # o_proj's columns: n_head blocks of hd; heads sharing a kv head share v's rows.
-        co = co.reshape(n_kv, n_head // n_kv, hd)
-        co = np.exp(np.log(co).mean(axis=1))  # (n_kv, hd)
-        co_full = np.repeat(co[:, None, :], n_head // n_kv, axis=1).reshape(-1)
-        v_rows = co.reshape(-1)
-        # x' = x / c feeds w * c: fold 1/c into the producer.
-        new[p + "input_layernorm.weight"] = ln1 / c1
-        new[p + "post_attention_layernorm.weight"] = ln2 / c2
-        for n, m in zip("qkv", qkv):
-            mm = m * c1[None, :]
-            if n == "v":
-                mm = mm / v_rows[:, None]
-            new[p + f"self_attn.{n}_proj.weight"] = mm
-        new[p + "self_attn.o_proj.weight"] = o * co_full[None, :]
-        new[p + "mlp.gate_proj.weight"] = gu[0] * c2[None, :]
-        new[p + "mlp.up_proj.weight"] = gu[1] * c2[None, :] / c3[:, None]
-        new[p + "mlp.down_proj.weight"] = down * c3[None, :]
-    out = {}
-    for k, v in new.items():
-        if k.endswith("proj.weight"):
-            # v_proj / up_proj rows were divided before quantizing: the fold is exact.
-            v = fake_quant(v, st, method, weighting, iters)
-        out[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-    return out
+            kw = {} if alphas is None else dict(alphas=alphas)
+            if moments is not None:
+                m = moments[group.consumers[0]]
+                d = m if group.repeat == 1 else m.reshape(-1, group.repeat, group.block).mean(1).ravel()
+                kw.update(column_weights=m, direction=np.sqrt(d))
+            scale = nbwoq.dual_scale(consumers, **setting, repeat=group.repeat, block=group.block,
+                                     weighting=None if weighting == "none" else "magnitude", **kw).scale
+        feeder, consumers, _ = nbwoq.fold_column_scale(group, scale, get(group.feeder), consumers)
+        new[group.feeder] = feeder
+        new.update(zip(group.consumers, consumers))
+    names = dict.fromkeys([*plan.row_only, *(c for g in plan.groups for c in g.consumers), *new])
+    # a feeder's rows are scaled before it is quantized: the fold stays exact
+    return {k: torch.from_numpy(np.ascontiguousarray(fake_quant(get(k), st, method, weighting, iters)
+                                                     if k.endswith("proj.weight") else get(k), dtype=np.float32))
+            for k in names}
 
 
 # --------------------------------------------------------------------------- driver
@@ -540,6 +514,13 @@ def perplexity_table(args):
     print(f"{'source':<28}" + "".join(f" {t}={v:.3f}" for t, v in base.items()), flush=True)
     rtn = {}
     act_cache = {}
+
+    def moments_of(src_name):  # input mean squares per column, from the source model
+        if src_name not in act_cache:
+            model.load_state_dict(source)
+            act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
+        return act_cache[src_name]
+
     for setting in args.settings:
         st = SETTINGS[setting]
         for method in args.methods:
@@ -549,10 +530,13 @@ def perplexity_table(args):
             # "method~weighting": this method's own element weighting
             method, weighting = (method.split("~") + [args.weighting])[:2]
             if method.startswith(("sinq", "norm")):
-                # "sinq[@alpha]:inner" / "norm[@alpha]:inner"
+                # "sinq[-act-SRC][@a,b,...]:inner" (SRC's moments as for "act"), "norm[@alpha]:inner"
                 head, inner = (method.split(":", 1) + ["rtn"])[:2]
-                kind, alpha = (head.split("@") + ["0.5" if head.startswith("sinq") else "1"])[:2]
-                upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, float(alpha), kind)
+                kind, alphas = (head.split("@") + [None if head.startswith("sinq") else "1"])[:2]
+                alphas = None if alphas is None else [float(a) for a in alphas.split(",")]
+                moments = moments_of(kind[9:]) if kind.startswith("sinq-act-") else None
+                kind = "sinq" if moments is not None else kind
+                upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, alphas, kind, moments)
             elif method.startswith("gptq"):
                 # "gptq-SRC[@damp]": GPTQ with X^T X from SRC (as for "act"), source inputs
                 src_name, damp = (method[5:].split("@") + ["0.01"])[:2]
@@ -570,12 +554,9 @@ def perplexity_table(args):
                 # data) or a text name (real data: an upper bound, not data-free)
                 head, inner = method.split(":", 1)
                 src_name, power = (head[4:].split("@") + ["1"])[:2]
-                if src_name not in act_cache:
-                    model.load_state_dict(source)
-                    act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
                 upd = {}
                 for k in names:
-                    col = act_cache[src_name][k] ** (float(power) / 2)
+                    col = moments_of(src_name)[k] ** (float(power) / 2)
                     col = (col / col.mean()).astype(np.float32)
                     upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
             elif method.startswith(("colw", "colx")):

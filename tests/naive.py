@@ -453,3 +453,58 @@ def refine_zero(w, bits=4, p=0.7, beta=10.0, kappa=1.01, iterations=20, group_si
             scales[r, k], zps[r, k] = scale, zp
             codes[r, s:s + g] = [_refit_code(xi, scale, zp, qmin, qmax) for xi in x]
     return codes, scales, zps
+
+
+# --- the dual-axis scale search (dual_scale) -----------------------------------------------
+# The fold and the quantization are the public ones (fold_column_scale, quant_tensor), one
+# call per candidate; the Sinkhorn factor is written out with NumPy's own std.
+
+
+def sinkhorn_factor(m, iterations, floor=1e-6, spread=1e3):
+    """SINQ's column factor of float64 ``m`` (rows, cols), the plain way."""
+    def std(a, axis):
+        s = a.std(axis=axis)
+        top = s.max()
+        low = top * floor if top > 0 else 1.0
+        return np.where(s > low, s, low)
+
+    mu_c, mu_r = np.ones(m.shape[1]), np.ones(m.shape[0])
+    best, best_c = None, mu_c
+    for step in range(iterations + 1):
+        if step:
+            mu_c = mu_c * std(m / mu_r[:, None] / mu_c, 0)
+            mu_r = mu_r * std(m / mu_r[:, None] / mu_c, 1)
+        cur = m / mu_r[:, None] / mu_c
+        sc, sr = std(cur, 0), std(cur, 1)
+        imbalance = max(sc.max(), sr.max()) / min(sc.min(), sr.min())
+        if best is not None and not imbalance < best:
+            break
+        converged = best is not None and imbalance > best * (1 - 1e-4)
+        best, best_c = imbalance, mu_c
+        if converged:
+            break
+    mu = best_c * 2.0 ** -np.round(np.log2(best_c).mean())
+    return np.clip(mu, 1 / spread, spread)
+
+
+def dual_group_errors(w, scales, bits=4, group_size=128, scheme="asym", full_range=False, weighting="magnitude",
+                      column_weights=None):
+    """(n_cand, n_groups) float64: per column group, the weighted squared error over all
+    rows of ``w`` (float32 or float64) folded with each row of ``scales`` (consumer
+    columns), quantized by ``quant_tensor`` and multiplied back; each element's weight
+    times its column's ``column_weights`` if given."""
+    rows, cols = w.shape
+    size, n_groups = group_layout(cols, group_size)
+    group = nbwoq.AbsorbGroup("feeder", "norm", ("w",))
+    weights = magnitude_weights(w, size).astype(np.float64) if weighting == "magnitude" else np.ones(w.shape)
+    if column_weights is not None:
+        weights = weights * column_weights
+    out = np.zeros((len(scales), n_groups))
+    for k, s in enumerate(scales):
+        _, (folded,), _ = nbwoq.fold_column_scale(group, s, np.ones(cols, w.dtype), [w])
+        deq = nbwoq.quant_tensor(folded, bits=bits, group_size=group_size, scheme=scheme, full_range=full_range)
+        d = w.astype(np.float64) - deq.astype(np.float64) * s
+        e = weights * d * d
+        for g in range(n_groups):
+            out[k, g] = e[:, g * size:(g + 1) * size].sum()
+    return out

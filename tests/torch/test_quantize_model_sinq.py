@@ -1,0 +1,142 @@
+"""quantize_model(method="sinq") on real architectures built offline from tiny configs.
+
+The fold alone must leave the float model's logits as they were (float32 rounding);
+quantizing must give every layer that no group reaches plain round to nearest, bit for
+bit, and every reached layer the round to nearest of its folded weight.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import nbwoq  # noqa: E402
+import nbwoq_torch  # noqa: E402
+from nbwoq_torch import _sinq  # noqa: E402
+
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, use_cache=False)
+MODELS = {
+    "llama": ("LlamaConfig", dict(tie_word_embeddings=False)),
+    "qwen3": ("Qwen3Config", dict(head_dim=24, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
+}
+SETTING = dict(bits=4, group_size=32, scheme="asym")
+
+
+def _build(name):
+    cls, overrides = MODELS[name]
+    config = getattr(transformers, cls)(**{**SMALL, **overrides})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    gen = np.random.default_rng(0)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:  # norms and biases away from their initial values
+                p.add_(torch.randn_like(p) * 0.3)
+            elif "proj" in pname:  # columns of unequal spread: something for a column scale to do
+                p.mul_(torch.from_numpy(gen.lognormal(0, 1, p.shape[1]).astype(np.float32))[None, :])
+    return model
+
+
+def _logits(model):
+    ids = torch.arange(24).reshape(2, 12) % SMALL["vocab_size"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _linear_weights(model):
+    return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("traced", [False, True], ids=["names", "graph"])
+def test_fold_leaves_the_float_model_unchanged(name, traced):
+    model = _build(name)
+    before = _logits(model)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.arange(8)[None, :] if traced else None
+    plan = _sinq.resolve_plan(model, None, example)
+    groups = _sinq.foldable_groups(model, plan, _linear_weights(model))
+    kinds = {g.feeder.split(".")[-2] for g in groups}
+    assert {"input_layernorm", "post_attention_layernorm", "up_proj", "v_proj"} <= kinds
+    scales = _sinq.fold_sinq(model, groups, SETTING, "magnitude")
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, weights[k])]
+    assert any("q_proj" in k for k in changed) and any("input_layernorm" in k for k in changed)
+    assert any(np.any(col != 1.0) for _, col in scales.values() if col is not None)
+    torch.testing.assert_close(_logits(model), before, rtol=2e-4, atol=2e-4)
+
+
+def test_row_only_layers_get_plain_rtn_and_folded_ones_their_rtn():
+    model = _build("llama")
+    plan = _sinq.resolve_plan(model, None, None)
+    # only the norm groups: o_proj and down_proj have no partner
+    plan = plan._replace(groups=tuple(g for g in plan.groups if g.absorb == "norm"))
+    reference = _build("llama")
+    report = nbwoq_torch.quantize_model(model, **SETTING, method="sinq", plan=plan)
+    assert [r["method"] for r in report] == ["sinq"] * len(report)
+    params = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            expect = nbwoq_torch.quant_tensor(p.detach().clone(), **SETTING)
+            torch.testing.assert_close(params[name], expect, rtol=0, atol=0)
+    # the folded layers hold round to nearest of their folded weights: 16 levels per group
+    q = params["model.layers.0.self_attn.q_proj.weight"]
+    assert len(torch.unique(q[0, :32])) <= 16
+    by = {r["name"]: r for r in report}
+    q_report = by["model.layers.0.self_attn.q_proj"]
+    assert q_report["error"] != q_report["rtn_error"]
+    assert sum(r["error"] for r in report) < sum(r["rtn_error"] for r in report)
+
+
+def test_name_plan_is_the_default_for_a_known_family():
+    model = _build("qwen3")
+    report = nbwoq_torch.quantize_model(model, **SETTING, method="sinq")
+    assert len(report) == 14
+    assert sum(r["error"] for r in report) < sum(r["rtn_error"] for r in report)
+
+
+def test_bad_plans_and_arguments_change_nothing():
+    model = _build("llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = _sinq.resolve_plan(model, None, None)
+    bad_name = plan._replace(groups=(plan.groups[0]._replace(feeder="model.nothing.weight"),))
+    bad_shape = plan._replace(groups=(plan.groups[0]._replace(repeat=2, block=8),))
+    for kwargs, error in [(dict(plan=bad_name), ValueError), (dict(plan=bad_shape), ValueError),
+                          (dict(plan="plan"), TypeError), (dict(method="rtn", plan=plan), ValueError),
+                          (dict(weighting="square"), ValueError)]:
+        kwargs = {"method": "sinq", **kwargs}
+        with pytest.raises(error):
+            nbwoq_torch.quantize_model(model, **SETTING, **kwargs)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+    with pytest.raises(ValueError, match="absorption plan"):
+        nbwoq_torch.quantize_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), method="sinq")
+    assert isinstance(nbwoq.AbsorbPlan((), ()), nbwoq.AbsorbPlan)
+
+
+def test_activation_aware_fold_keeps_the_float_model():
+    """Input moments from random token ids weight the search and set its direction; the
+    fold is still exact, and the result differs from the weights-only one."""
+    model = _build("llama")
+    before = _logits(model)
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 32), generator=torch.Generator().manual_seed(0))
+    plan = _sinq.resolve_plan(model, None, None)
+    groups = _sinq.foldable_groups(model, plan, _linear_weights(model))
+    consumers = {c for g in groups for c in g.consumers}
+    moments = _sinq.input_moments(model, sorted(consumers), ids)
+    assert set(moments) == consumers
+    assert all(m.shape == (model.get_parameter(n).shape[1],) and np.all(m >= 0) for n, m in moments.items())
+    scales = _sinq.fold_sinq(model, groups, SETTING, "magnitude", moments)
+    torch.testing.assert_close(_logits(model), before, rtol=2e-4, atol=2e-4)
+    plain = _build("llama")
+    plain_scales = _sinq.fold_sinq(plain, groups, SETTING, "magnitude")
+    assert any(not np.array_equal(scales[k][1], plain_scales[k][1]) for k in scales if scales[k][1] is not None)
+    aware = _build("llama")
+    report = nbwoq_torch.quantize_model(aware, **SETTING, method="sinq", example_inputs=ids, activation_aware=True)
+    assert len(report) == 14
+    for kwargs in (dict(method="sinq", activation_aware=True), dict(method="rtn", activation_aware=True),
+                   dict(method="sinq", activation_aware=1)):
+        with pytest.raises((ValueError, TypeError)):
+            nbwoq_torch.quantize_model(_build("llama"), **SETTING, **kwargs)
