@@ -6,50 +6,93 @@ source model's own activations on token ids that are no calibration text
 Hessian from the same activations, written from the GPTQ paper's algorithm (Frantar et
 al., 2022): columns in order, each column's rounding error spread over the columns not
 yet quantized through the upper Cholesky factor of the damped inverse Hessian; group
-parameters taken from the updated weights when a group starts. The question is whether
-activation statistics the model produces itself close the gap that weight-only
-weightings leave.
+parameters taken from the updated weights when a group starts; ``gptq_sequential`` runs it
+decoder layer by decoder layer on inputs that went through the layers already quantized.
+Statistics may leave out the first positions of each sequence (``-skipK``: the attention
+sink's massive activations) or scale each token to unit mean square (``-tn``). The
+question is whether activation statistics the model produces itself close the gap that
+weight-only weightings leave.
 """
+
+import time
 
 import numpy as np
 import torch
 
 
+def parse_source(name):
+    """``SRC[-skipK][-tn]`` -> (SRC, K, tn): statistics from positions >= K of each
+    sequence only (the first positions carry the attention sink's massive activations),
+    each token's input scaled to unit mean square first with ``-tn``."""
+    skip, tnorm = 0, False
+    parts = name.split("-")
+    for p in parts[1:]:
+        if p.startswith("skip"):
+            skip = int(p[4:])
+        elif p == "tn":
+            tnorm = True
+        else:
+            raise ValueError(name)
+    return parts[0], skip, tnorm
+
+
 def synthetic_ids(model, tok, name, text_ids, n=256):
-    """Token ids to measure activations on: (batch, length)."""
+    """Token ids to measure activations on: (batch, length). ``randseqN`` (one sequence of
+    N random ids) or ``randseqBxL`` (B sequences of L); ``genN`` / ``genBxL`` (sampled by
+    the model from BOS, BOS included)."""
     if name == "rand":
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, model.config.vocab_size, (n, 1), generator=g)
-    if name.startswith("randseq"):  # "randseqN": one sequence of N random token ids
+    if name.startswith("randseq"):
+        b, n = _shape(name[7:], n)
         g = torch.Generator().manual_seed(0)
-        return torch.randint(0, model.config.vocab_size, (1, int(name[7:] or n)), generator=g)
-    if name.startswith("gen"):  # "genN": N tokens sampled from BOS (default 256)
-        n = int(name[3:] or n)
+        return torch.randint(0, model.config.vocab_size, (b, n), generator=g)
+    if name.startswith("gen"):
+        b, n = _shape(name[3:], n)
         torch.manual_seed(0)
-        bos = torch.tensor([[tok.bos_token_id if tok.bos_token_id is not None else 0]])
+        bos = torch.full((b, 1), tok.bos_token_id if tok.bos_token_id is not None else 0)
         with torch.inference_mode():
-            out = model.generate(bos, max_new_tokens=n, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                                 pad_token_id=0)
+            out = model.generate(bos, attention_mask=torch.ones_like(bos), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=True, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=0)
         return out
     ids = text_ids(tok, name, 2048)[1024:]  # not the evaluated tokens
     return ids[None, :512]
 
 
-def act_moments(model, names, ids):
+def _shape(spec, n):
+    if "x" in spec:
+        b, n = spec.split("x")
+        return int(b), int(n)
+    return 1, int(spec or n)
+
+
+def _rows(x, skip, tnorm):
+    """The (tokens, features) float64 rows a statistic is taken over."""
+    x = x.detach().double()
+    if x.dim() == 3:
+        x = x[:, skip:]
+    x = x.reshape(-1, x.shape[-1])
+    if tnorm:
+        x = x / torch.sqrt((x * x).mean(1, keepdim=True) + 1e-30)
+    return x
+
+
+def act_moments(model, names, ids, skip=0, tnorm=False):
     """Mean squared input per column of each linear in ``names`` over ``ids``."""
-    sums = {}
+    sums, count = {}, {}
     hooks = []
     mods = dict(model.named_modules())
     for k in names:
         def hook(mod, args, k=k):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            x = _rows(args[0], skip, tnorm)
             sums[k] = sums.get(k, 0) + (x * x).sum(0).numpy()
+            count[k] = count.get(k, 0) + x.shape[0]
         hooks.append(mods[k[:-len(".weight")]].register_forward_pre_hook(hook))
     with torch.inference_mode():
         model(input_ids=ids)
     for h in hooks:
         h.remove()
-    return {k: v / ids.numel() + 1e-12 for k, v in sums.items()}
+    return {k: v / count[k] + 1e-12 for k, v in sums.items()}
 
 
 def input_moments(state, cfg, all_layers=False):
@@ -79,20 +122,78 @@ def input_moments(state, cfg, all_layers=False):
     return out
 
 
-def input_hessians(model, names, ids):
+def input_hessians(model, names, ids, skip=0, tnorm=False):
     """X^T X / n per linear in ``names`` (float64), inputs of the source model on ``ids``."""
-    sums, hooks = {}, []
     mods = dict(model.named_modules())
-    for k in names:
-        def hook(mod, args, k=k):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            sums[k] = sums.get(k, 0) + x.T @ x
-        hooks.append(mods[k[:-len(".weight")]].register_forward_pre_hook(hook))
+    targets = {k: mods[k[:-len(".weight")]] for k in names}
     with torch.inference_mode():
-        model(input_ids=ids)
-    for h in hooks:
+        return _hessians(targets, lambda: model(input_ids=ids, use_cache=False), skip, tnorm)
+
+
+def _hessians(targets, run, skip, tnorm):
+    """X^T X / n of each module in ``targets`` (name -> module) while ``run()`` runs."""
+    sums, hooks, count = {}, [], {}
+    for k, mod in targets.items():
+        def hook(mod, args, k=k):
+            x = _rows(args[0], skip, tnorm)
+            sums[k] = sums.get(k, 0) + x.T @ x
+            count[k] = count.get(k, 0) + x.shape[0]
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v / count[k] for k, v in sums.items()}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _first_layer_inputs(model, ids):
+    """The first decoder layer's hidden states and keyword arguments on ``ids``."""
+    got = {}
+
+    def hook(mod, args, kwargs):
+        kwargs = dict(kwargs)
+        got["h"] = args[0] if args else kwargs.pop("hidden_states")
+        got["kw"] = kwargs
+        raise _Stop
+
+    h = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
         h.remove()
-    return {k: v / ids.numel() for k, v in sums.items()}
+    return got["h"], got["kw"]
+
+
+STAGES = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+
+def gptq_sequential(model, ids, st, damp, skip=0, tnorm=False):
+    """GPTQ decoder layer by decoder layer, in place: each linear's Hessian from inputs
+    that went through the already-quantized layers before it and, within its own layer,
+    the already-quantized stages (q/k/v, then o, then gate/up, then down), as the GPTQ
+    paper's sequential variant does. Returns the new weights by state-dict name."""
+    out = {}
+    with torch.inference_mode():
+        hs, kw = _first_layer_inputs(model, ids)
+        for i, layer in enumerate(model.model.layers):
+            mods = dict(layer.named_modules())
+            for stage in STAGES:
+                targets = {n: m for n, m in mods.items() if n.split(".")[-1] in stage}
+                hess = _hessians(targets, lambda: layer(hs, **kw), skip, tnorm)
+                for n, m in targets.items():
+                    q = torch.from_numpy(gptq(m.weight.numpy(), hess[n], st, damp))
+                    m.weight.copy_(q)
+                    out[f"model.layers.{i}.{n}.weight"] = q
+            hs = layer(hs, **kw)
+            hs = hs[0] if isinstance(hs, tuple) else hs
+    return out
 
 
 def _params(seg, st):
@@ -117,6 +218,15 @@ def _params(seg, st):
 
 def gptq(w, h, st, damp=0.01, block=128):
     """Fake-quantized ``w`` (rows, cols) float32 for setting ``st`` with Hessian ``h``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-column ops: one thread is 3x faster on a busy machine
+    try:
+        return _gptq(w, h, st, damp, block)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gptq(w, h, st, damp, block):
     g = st["group_size"]
     qmin, qmax = (-8, 7) if st["scheme"] == "sym" else (0, 15)
     W = torch.from_numpy(np.array(w, dtype=np.float64))
@@ -137,7 +247,7 @@ def gptq(w, h, st, damp=0.01, block=128):
             i = b0 + j
             if i % g == 0:
                 # the group's parameters from its weights as updated so far
-                seg = torch.cat([Wb[:, j:], W[:, b1:]], 1)[:, :min(g, cols - i)]
+                seg = Wb[:, j:j + g] if b1 - b0 >= j + g else torch.cat([Wb[:, j:], W[:, b1:]], 1)[:, :g]
                 s, z = _params(seg, st)
             col = Wb[:, j]
             q = (torch.clamp(torch.round(col / s) + z, qmin, qmax) - z) * s
@@ -147,3 +257,46 @@ def gptq(w, h, st, damp=0.01, block=128):
             Eb[:, j] = err
         W[:, b1:] -= Eb @ U[b0:b1, b1:]
     return Q.float().numpy()
+
+
+def moments(model, source, names, tok, text_ids, cache, src, hessians=False):
+    """Input mean squares per column (or X^T X / n) of each linear by name over ``src``,
+    measured on the source model once (``cache``), and the seconds it took (0 if cached)."""
+    key = ("H" if hessians else "m", src)
+    if key in cache:
+        return cache[key], 0.0
+    t0 = time.perf_counter()
+    base, skip, tnorm = parse_source(src)
+    ids = synthetic_ids(model, tok, base, text_ids)
+    model.load_state_dict(source)
+    cache[key] = (input_hessians if hessians else act_moments)(model, names, ids, skip, tnorm)
+    return cache[key], time.perf_counter() - t0
+
+
+def update(method, model, source, names, st, tok, text_ids, cache, fake_quant, weighting, iters):
+    """New weights (name -> tensor) for ``act-SRC[@power]:inner``, ``gptq-SRC[@damp]`` or
+    ``gptqseq-SRC[@damp]`` (``SRC`` as ``parse_source`` reads it: ``randseqN``,
+    ``randseqBxL``, ``genN``, ``genBxL`` or a text name, then ``-skipK``, ``-tn``), and
+    the seconds its statistics took (0 when cached from an earlier setting)."""
+    if method.startswith("gptqseq-"):
+        src, damp = (method[8:].split("@") + ["0.01"])[:2]
+        base, skip, tnorm = parse_source(src)
+        if ("ids", base) not in cache:
+            cache["ids", base] = synthetic_ids(model, tok, base, text_ids)
+            model.load_state_dict(source)
+        return gptq_sequential(model, cache["ids", base], st, float(damp), skip, tnorm), 0.0
+    gp = method.startswith("gptq-")
+    if gp:
+        src, damp = (method[5:].split("@") + ["0.01"])[:2]
+    else:
+        head, inner = method.split(":", 1)
+        src, power = (head[4:].split("@") + ["1"])[:2]
+    stats, seconds = moments(model, source, names, tok, text_ids, cache, src, gp)
+    if gp:
+        return {k: torch.from_numpy(gptq(source[k].numpy(), stats[k], st, float(damp))) for k in names}, seconds
+    upd = {}
+    for k in names:
+        col = stats[k] ** (float(power) / 2)
+        col = (col / col.mean()).astype(np.float32)
+        upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, iters, col))
+    return upd, seconds

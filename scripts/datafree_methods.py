@@ -30,8 +30,11 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
 ``colw/colx``   ``colw@P:inner``: column weights |gamma|^P from the RMSNorm feeding q/k/v
                 and gate/up; ``colx`` also guesses o_proj's and down_proj's from rows
 ``act``         ``act-SRC@P:inner``: column weights (input mean square)^(P/2) measured on
-                the source model over ``randseqN``, ``genN`` or a text name (not data-free)
-``gptq``        ``gptq-SRC@damp``: GPTQ with X^T X over SRC (``datafree_activations``)
+                the source model over ``randseqN``, ``randseqBxL``, ``genN``, ``genBxL`` or
+                a text name (not data-free); ``SRC-skipK``: positions >= K only, ``SRC-tn``:
+                each token's input scaled to unit mean square first
+``gptq``        ``gptq-SRC@damp``: GPTQ with X^T X over SRC (``datafree_activations``);
+                ``gptqseq-SRC@damp``: layer by layer, inputs through the quantized layers
 ``gguf-py``     q4_0 only: gguf-py's own ``quants.quantize``/``dequantize`` (llama.cpp's
                 reference Q4_0, an implementation we did not write)
 
@@ -516,17 +519,14 @@ def perplexity_table(args):
     act_cache = {}
 
     def moments_of(src_name):  # input mean squares per column, from the source model
-        if src_name not in act_cache:
-            model.load_state_dict(source)
-            act_cache[src_name] = acts.act_moments(model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
-        return act_cache[src_name]
+        return acts.moments(model, source, names, tok, text_ids, act_cache, src_name)[0]
 
     for setting in args.settings:
         st = SETTINGS[setting]
         for method in args.methods:
             t0 = time.perf_counter()
             model.load_state_dict(source)
-            label = method
+            label, stats = method, None
             # "method~weighting": this method's own element weighting
             method, weighting = (method.split("~") + [args.weighting])[:2]
             if method.startswith(("sinq", "norm")):
@@ -537,28 +537,9 @@ def perplexity_table(args):
                 moments = moments_of(kind[9:]) if kind.startswith("sinq-act-") else None
                 kind = "sinq" if moments is not None else kind
                 upd = apply_sinq(source, model.config, st, inner, weighting, args.iters, alphas, kind, moments)
-            elif method.startswith("gptq"):
-                # "gptq-SRC[@damp]": GPTQ with X^T X from SRC (as for "act"), source inputs
-                src_name, damp = (method[5:].split("@") + ["0.01"])[:2]
-                if ("H", src_name) not in act_cache:
-                    model.load_state_dict(source)
-                    act_cache["H", src_name] = acts.input_hessians(
-                        model, names, acts.synthetic_ids(model, tok, src_name, text_ids))
-                upd = {k: torch.from_numpy(acts.gptq(source[k].numpy(), act_cache["H", src_name][k], st,
-                                                              float(damp)))
-                       for k in names}
-            elif method.startswith("act"):
-                # "act-SRC[@power]:inner": column weights from measured input second
-                # moments; SRC "rand" (256 random token ids, each its own 1-token
-                # sequence), "gen" (256 tokens the source model samples from BOS: still no
-                # data) or a text name (real data: an upper bound, not data-free)
-                head, inner = method.split(":", 1)
-                src_name, power = (head[4:].split("@") + ["1"])[:2]
-                upd = {}
-                for k in names:
-                    col = moments_of(src_name)[k] ** (float(power) / 2)
-                    col = (col / col.mean()).astype(np.float32)
-                    upd[k] = torch.from_numpy(fake_quant(source[k].numpy(), st, inner, weighting, args.iters, col))
+            elif method.startswith(("gptq", "act")):
+                upd, stats = acts.update(method, model, source, names, st, tok, text_ids, act_cache,
+                                         fake_quant, weighting, args.iters)
             elif method.startswith(("colw", "colx")):
                 # "colw[@power]:inner": element weights times m_j ** (power / 2), m_j a
                 # data-free estimate of input column j's second moment: the RMSNorm weight
@@ -592,7 +573,8 @@ def perplexity_table(args):
                 kgap = rtn.get((setting, t, "kl"))
                 kclosed = f" ({100 * (kgap - kl) / kgap:.0f}%)" if kgap else ""
                 line += f" {t}={ppl:.3f}{closed} kl={kl:.4f}{kclosed}"
-            print(line + f"  [{secs:.0f}s]", flush=True)
+            # stats: the seconds of the statistics pass (cached across settings, not in secs)
+            print(line + f"  [{secs - (stats or 0):.1f}s" + (f" + stats {stats:.1f}s]" if stats else "]"), flush=True)
     model.load_state_dict(source)
 
 
