@@ -29,6 +29,7 @@ same order); the rest of the start is array-API code both share, so NumPy and
 round a candidate differently in the last bit).
 """
 
+import math
 from typing import NamedTuple
 
 import array_api_compat
@@ -36,6 +37,7 @@ import numpy as np
 
 from nbwoq import _arrays, _integer, _kernels_dual, _reference_dual, _validate
 from nbwoq._layout import group_layout
+from nbwoq._reference_hqq import split
 from nbwoq.refit import _weighting
 
 #: Powers of the Sinkhorn factor tried besides 0 (round to nearest, always tried first).
@@ -141,9 +143,23 @@ def _vector(value, name, length, space, device, positive):
 
 
 def _normalized(mu, xp):
-    """``mu`` divided by the power of two nearest its geometric mean (exact, so a weight
-    scaled by a power of two gets the very same factor), kept within ``SPREAD`` of 1."""
-    mu = mu * 2.0 ** -float(xp.round(xp.mean(xp.log2(mu))))
+    """``mu`` divided by ``2**k``, ``k`` the whole number nearest the mean of ``log2(mu)``
+    (a tie: the upper one), kept within ``SPREAD`` of 1.
+
+    ``k`` is formed from the exact exponents of ``mu`` (``split``) in Python integers
+    plus the mean of the mantissas' logarithms, so ``mu * 2**j`` gives ``k + j`` exactly
+    and the very same result: a weight scaled by a power of two gets the same factor
+    (``round`` of the plain mean would break a tie at ``j + 0.5`` by ``j``'s parity).
+    The division is two exact steps, with the far factors (which the ``SPREAD`` clip
+    takes anyway) clipped first, so no ``mu`` overflows on the way (``2**k`` itself
+    may not be a float64 number: ``k`` runs from -1074 to 1024)."""
+    n = mu.shape[0]
+    m, e = split(mu, xp)
+    q, r = divmod(int(xp.sum(e)), n)  # whole exponents: the float64 sum is exact
+    k = q + math.floor((r + float(xp.sum(xp.log2(m)))) / n + 0.5)
+    h = -k // 2
+    mu = xp.clip(mu, 2.0 ** max(k - 12, -1074), 2.0 ** min(k + 12, 1023))  # 2**12 > SPREAD
+    mu = (mu * 2.0 ** h) * 2.0 ** (-k - h)  # each step exact: 2**(k + h) is within 2**-537 .. 2**512
     return xp.clip(mu, 1.0 / SPREAD, SPREAD)
 
 

@@ -483,7 +483,13 @@ def sinkhorn_factor(m, iterations, floor=1e-6, spread=1e3):
         best, best_c = imbalance, mu_c
         if converged:
             break
-    mu = best_c * 2.0 ** -np.round(np.log2(best_c).mean())
+    return normalized(best_c, spread)
+
+
+def normalized(mu, spread=1e3):
+    """``mu`` over the power of two nearest its geometric mean (a tie: the upper one),
+    clipped to ``spread`` of 1."""
+    mu = mu * 2.0 ** -np.floor(np.log2(mu).mean() + 0.5)
     return np.clip(mu, 1 / spread, spread)
 
 
