@@ -52,6 +52,15 @@ def _real(value, name):
     return value
 
 
+def _cut(beta, p):
+    """The shrink cut ``beta**(-1 / (2 - p)) * CUT_MARGIN``; infinite where that power
+    overflows (a tiny ``beta``: every residual is below HQQ's threshold)."""
+    try:
+        return beta ** (-1.0 / (2.0 - p)) * CUT_MARGIN
+    except OverflowError:
+        return math.inf
+
+
 def schedule(p, beta, kappa, iterations):
     """Validated ``(p, betas, cuts, iterations)``: ``betas[k] = beta * kappa**k`` (by
     repeated multiplication) and the shrink cut of each iteration, float64 arrays."""
@@ -74,7 +83,7 @@ def schedule(p, beta, kappa, iterations):
         b = b * kappa
     if betas and not math.isfinite(betas[-1]):
         raise ValueError(f"beta * kappa**(iterations - 1) overflows: beta={beta!r}, kappa={kappa!r}")
-    cuts = [bk ** (-1.0 / (2.0 - p)) * CUT_MARGIN for bk in betas]
+    cuts = [_cut(bk, p) for bk in betas]
     return p, np.array(betas, dtype=np.float64), np.array(cuts, dtype=np.float64), iterations
 
 
