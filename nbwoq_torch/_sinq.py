@@ -12,8 +12,12 @@ import numpy as np
 import torch
 
 from nbwoq.absorb import AbsorbPlan, consumer_scale, fold_column_scale
+from nbwoq.absorb import _group as check_group
 from nbwoq.dual import dual_scale
 from nbwoq_torch import _interop
+
+#: Parameter dtypes a fold reads and writes (``fold_column_scale``'s).
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def resolve_plan(model, plan, example_inputs):
@@ -55,23 +59,39 @@ def _parameter(model, name):
 
 def foldable_groups(model, plan, quantized):
     """The plan's groups whose consumers are all in ``quantized`` (parameter names),
-    each checked against the model's parameters before anything changes."""
+    each checked against the model's parameters before anything changes: everything
+    ``fold_sinq`` would otherwise refuse after folding the groups before it."""
     groups = []
     for group in plan.groups:
+        try:  # what fold_column_scale and dual_scale would refuse mid-way, after earlier folds
+            repeat, block = check_group(group)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"plan: {exc}") from None
         if not all(c in quantized for c in group.consumers):
             continue
+        if not group.consumers:
+            raise ValueError(f"plan: feeder {group.feeder!r} has no consumers")
         feeder = _parameter(model, group.feeder)
         want = 2 if group.absorb == "rows" else 1
         if feeder.dim() != want:
             raise ValueError(f"plan: feeder {group.feeder!r} of kind {group.absorb!r} must be {want}-D, got shape "
                              f"{tuple(feeder.shape)}")
+        if feeder.dtype not in FLOATS:
+            raise TypeError(f"plan: feeder {group.feeder!r} must be a float tensor, got {feeder.dtype}")
+        if repeat > 1 and feeder.shape[0] % block:
+            raise ValueError(f"plan: feeder {group.feeder!r} has {feeder.shape[0]} channels, not a whole number of "
+                             f"heads of {block}")
+        if len({_parameter(model, c).dtype for c in group.consumers}) > 1:
+            raise ValueError(f"plan: the consumers of {group.feeder!r} differ in dtype (dual_scale stacks them)")
         for c in group.consumers:
             shape = tuple(_parameter(model, c).shape)
-            if shape[1] != feeder.shape[0] * group.repeat:
+            if shape[1] != feeder.shape[0] * repeat:
                 raise ValueError(f"plan: consumer {c!r} of shape {shape} does not read the {feeder.shape[0]} "
-                                 f"channels of {group.feeder!r} (x {group.repeat})")
-        if group.feeder_bias is not None and tuple(_parameter(model, group.feeder_bias).shape) != (feeder.shape[0],):
-            raise ValueError(f"plan: bias {group.feeder_bias!r} does not match {group.feeder!r}")
+                                 f"channels of {group.feeder!r} (x {repeat})")
+        if group.feeder_bias is not None:
+            bias = _parameter(model, group.feeder_bias)
+            if tuple(bias.shape) != (feeder.shape[0],) or bias.dtype not in FLOATS:
+                raise ValueError(f"plan: bias {group.feeder_bias!r} does not match {group.feeder!r}")
         groups.append(group)
     return groups
 
