@@ -36,11 +36,8 @@ CUT_MARGIN = 1.0 - 1e-6
 
 
 def _weighting(weighting):
-    if weighting is not None and not isinstance(weighting, str):
-        raise TypeError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    return WEIGHTINGS[weighting]
+    """The kernel code of ``weighting`` (checked by ``_validate.weighting``, the one rule)."""
+    return _kernels_hqq.MAGNITUDE if _validate.weighting(weighting) else _kernels_hqq.UNIFORM
 
 
 def _real(value, name):
@@ -223,10 +220,7 @@ def refine_zero(weight, bits=4, group_size=128, scheme="asym", *, p=DEFAULT_P, b
     else:
         cdt = _arrays.compute_dtype(weight.dtype)
         ctype = cdt.type
-        if isinstance(quantile, float):
-            q = np.full((1, 1), quantile, dtype=cdt)
-        else:
-            q = np.ascontiguousarray(quantile, dtype=cdt)
+        q = _arrays.kernel_param(quantile, cdt)
         scale = np.empty((rows, n_groups), dtype=cdt)
         zp = np.empty((rows, n_groups), dtype=cdt)
         if rows and n_groups:
