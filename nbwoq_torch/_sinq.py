@@ -145,7 +145,8 @@ def _write(param, array):
 
 def fold_sinq(model, groups, settings, weighting, moments=None):
     """Fold ``dual_scale``'s scale into each group, in place (with ``moments``, by weight
-    name, activation-aware: see ``_activation_options``). Returns per parameter name
+    name, activation-aware: see ``_activation_options``); a group whose folded values
+    would overflow their dtype is left unfolded (its layers get plain round to nearest). Returns per parameter name
     ``(row, col)``: the float64 scales its rows were multiplied and its columns divided
     by (None where untouched), so that ``quantized * col / row`` is in the original's
     terms."""
@@ -157,8 +158,12 @@ def fold_sinq(model, groups, settings, weighting, moments=None):
         extra = {} if moments is None else _activation_options(group, moments)
         found = dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting, **extra)
         bias = None if group.feeder_bias is None else _parameter(model, group.feeder_bias)
-        new_feeder, new_consumers, new_bias = fold_column_scale(
-            group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))
+        with np.errstate(over="ignore"):  # checked below
+            new_feeder, new_consumers, new_bias = fold_column_scale(
+                group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))
+        if not all(np.isfinite(a.astype(np.float32)).all()
+                   for a in (new_feeder, *new_consumers, *(() if new_bias is None else (new_bias,)))):
+            continue  # a half overflowed (a norm weight of 100 times 1e3 in float16): the group stays as it was
         with torch.no_grad():
             _write(feeder, new_feeder)
             for param, array in zip(consumers, new_consumers):

@@ -132,6 +132,28 @@ def test_a_bad_later_group_changes_nothing(change):
         assert torch.equal(v, state[k]), k
 
 
+def test_a_fold_that_would_overflow_a_half_is_skipped(monkeypatch):
+    """float16 holds at most 65504: a feeder of 30000 times a scale of 4 would become
+    inf and silently break the float model; that group stays unfolded instead."""
+    from nbwoq.dual import DualScale
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32, bias=False), torch.nn.Linear(32, 16, bias=False)).half()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[3, :] = 30000.0
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    group = nbwoq.AbsorbGroup("0.weight", "rows", ("1.weight",))
+    monkeypatch.setattr(_sinq, "dual_scale", lambda arrays, **kw: DualScale(np.full(32, 4.0), np.ones(32), 0.0, 1.0))
+    assert _sinq.fold_sinq(model, [group], SETTING, "magnitude") == {}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with torch.no_grad():
+        model[0].weight[3, :] = 1.0
+    scales = _sinq.fold_sinq(model, [group], SETTING, "magnitude")
+    assert set(scales) == {"0.weight", "1.weight"}
+    assert torch.all(model[0].weight == 4.0)
+
+
 def test_activation_aware_fold_keeps_the_float_model():
     """Input moments from random token ids weight the search and set its direction; the
     fold is still exact, and the result differs from the weights-only one."""
