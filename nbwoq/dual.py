@@ -44,6 +44,7 @@ from nbwoq.refit import _weighting
 DEFAULT_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_ITERATIONS = 16
 MAX_ITERATIONS = 256
+#: Distinct powers ``dual_scale`` takes besides 0.
 MAX_ALPHAS = 64
 #: Bound of |alpha|; and the Sinkhorn factor is kept within 1/SPREAD .. SPREAD of 1 (near its
 #: geometric mean; a column of zeros has no deviation to divide by).
@@ -111,8 +112,8 @@ def _alphas(alphas):
             raise ValueError(f"alphas must lie in [-{MAX_ALPHA}, {MAX_ALPHA}], got {a!r}")
         if a not in out:
             out.append(a)
-    if len(out) > MAX_ALPHAS:
-        raise ValueError(f"at most {MAX_ALPHAS} alphas, got {len(out)}")
+    if len(out) - 1 > MAX_ALPHAS:  # besides the 0 always tried
+        raise ValueError(f"at most {MAX_ALPHAS} distinct alphas besides 0, got {len(out) - 1}")
     return tuple(out)
 
 

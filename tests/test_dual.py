@@ -215,6 +215,16 @@ def test_bad_arguments_raise(kwargs, error):
     np.testing.assert_array_equal(w, before)
 
 
+def test_at_most_64_alphas_besides_zero():
+    """The docstring's limit: 64 distinct powers besides 0 (which is always tried)."""
+    w = _weight(4, 64)
+    many = tuple(np.linspace(-4, 4, 65)[np.linspace(-4, 4, 65) != 0])
+    assert len(many) == 64
+    assert dual_scale(w, bits=4, group_size=32, alphas=many + (0.0, many[0])).scale.shape == (64,)
+    with pytest.raises(ValueError, match="at most 64"):
+        dual_scale(w, bits=4, group_size=32, alphas=many + (4.0 - 1e-9,))
+
+
 def test_bad_weights():
     w = _weight(4, 64)
     with pytest.raises(ValueError, match="at least one"):
