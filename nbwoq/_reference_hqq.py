@@ -21,17 +21,20 @@ _UP = (512, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 _DOWN = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
-def _split(a, xp):
-    """``(m, k)`` with ``a = m * 2**k``, ``m`` in ``[sqrt(1/2), sqrt(2))``; exact."""
+def split(a, xp):
+    """``(m, k)`` with ``a = m * 2**k``, ``m`` in ``[sqrt(1/2), sqrt(2))``, ``k`` whole
+    (float64); exact for any finite positive float64 ``a`` (``frexp`` by the standard's
+    operations). Also ``dual``'s normalization."""
     m = a
     k = xp.zeros_like(a)
-    for step in _UP:
+    one = xp.ones_like(a)
+    for step in _UP:  # the factor chosen first: a large m times 2**512 would overflow (and warn)
         small = m < 2.0 ** (1 - step)
-        m = xp.where(small, m * 2.0 ** step, m)
+        m = m * xp.where(small, one * 2.0 ** step, one)
         k = xp.where(small, k - step, k)
     for step in _DOWN:
         big = m >= 2.0 ** step
-        m = xp.where(big, m * 2.0 ** -step, m)
+        m = m * xp.where(big, one * 2.0 ** -step, one)
         k = xp.where(big, k + step, k)
     top = m >= SQRT2
     return xp.where(top, m * 0.5, m), xp.where(top, k + 1, k)
@@ -56,7 +59,7 @@ def _ldexp(x, n, xp):
 
 def lp_pow(a, y, xp):
     """Twin of ``_kernels_hqq.lp_pow`` over a float64 array ``a`` (finite, > 0)."""
-    m, k = _split(a, xp)
+    m, k = split(a, xp)
     t = (m - 1.0) / (m + 1.0)
     t2 = t * t
     poly = xp.zeros_like(a)

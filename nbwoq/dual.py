@@ -29,6 +29,7 @@ same order); the rest of the start is array-API code both share, so NumPy and
 round a candidate differently in the last bit).
 """
 
+import math
 from typing import NamedTuple
 
 import array_api_compat
@@ -36,12 +37,14 @@ import numpy as np
 
 from nbwoq import _arrays, _integer, _kernels_dual, _reference_dual, _validate
 from nbwoq._layout import group_layout
+from nbwoq._reference_hqq import split
 from nbwoq.refit import _weighting
 
 #: Powers of the Sinkhorn factor tried besides 0 (round to nearest, always tried first).
 DEFAULT_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_ITERATIONS = 16
 MAX_ITERATIONS = 256
+#: Distinct powers ``dual_scale`` takes besides 0.
 MAX_ALPHAS = 64
 #: Bound of |alpha|; and the Sinkhorn factor is kept within 1/SPREAD .. SPREAD of 1 (near its
 #: geometric mean; a column of zeros has no deviation to divide by).
@@ -109,8 +112,8 @@ def _alphas(alphas):
             raise ValueError(f"alphas must lie in [-{MAX_ALPHA}, {MAX_ALPHA}], got {a!r}")
         if a not in out:
             out.append(a)
-    if len(out) > MAX_ALPHAS:
-        raise ValueError(f"at most {MAX_ALPHAS} alphas, got {len(out)}")
+    if len(out) - 1 > MAX_ALPHAS:  # besides the 0 always tried
+        raise ValueError(f"at most {MAX_ALPHAS} distinct alphas besides 0, got {len(out) - 1}")
     return tuple(out)
 
 
@@ -141,9 +144,23 @@ def _vector(value, name, length, space, device, positive):
 
 
 def _normalized(mu, xp):
-    """``mu`` divided by the power of two nearest its geometric mean (exact, so a weight
-    scaled by a power of two gets the very same factor), kept within ``SPREAD`` of 1."""
-    mu = mu * 2.0 ** -float(xp.round(xp.mean(xp.log2(mu))))
+    """``mu`` divided by ``2**k``, ``k`` the whole number nearest the mean of ``log2(mu)``
+    (a tie: the upper one), kept within ``SPREAD`` of 1.
+
+    ``k`` is formed from the exact exponents of ``mu`` (``split``) in Python integers
+    plus the mean of the mantissas' logarithms, so ``mu * 2**j`` gives ``k + j`` exactly
+    and the very same result: a weight scaled by a power of two gets the same factor
+    (``round`` of the plain mean would break a tie at ``j + 0.5`` by ``j``'s parity).
+    The division is two exact steps, with the far factors (which the ``SPREAD`` clip
+    takes anyway) clipped first, so no ``mu`` overflows on the way (``2**k`` itself
+    may not be a float64 number: ``k`` runs from -1074 to 1024)."""
+    n = mu.shape[0]
+    m, e = split(mu, xp)
+    q, r = divmod(int(xp.sum(e)), n)  # whole exponents: the float64 sum is exact
+    k = q + math.floor((r + float(xp.sum(xp.log2(m)))) / n + 0.5)
+    h = -k // 2
+    mu = xp.clip(mu, 2.0 ** max(k - 12, -1074), 2.0 ** min(k + 12, 1023))  # 2**12 > SPREAD
+    mu = (mu * 2.0 ** h) * 2.0 ** (-k - h)  # each step exact: 2**(k + h) is within 2**-537 .. 2**512
     return xp.clip(mu, 1.0 / SPREAD, SPREAD)
 
 

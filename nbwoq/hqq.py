@@ -36,11 +36,8 @@ CUT_MARGIN = 1.0 - 1e-6
 
 
 def _weighting(weighting):
-    if weighting is not None and not isinstance(weighting, str):
-        raise TypeError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    return WEIGHTINGS[weighting]
+    """The kernel code of ``weighting`` (checked by ``_validate.weighting``, the one rule)."""
+    return _kernels_hqq.MAGNITUDE if _validate.weighting(weighting) else _kernels_hqq.UNIFORM
 
 
 def _real(value, name):
@@ -50,6 +47,15 @@ def _real(value, name):
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value
+
+
+def _cut(beta, p):
+    """The shrink cut ``beta**(-1 / (2 - p)) * CUT_MARGIN``; infinite where that power
+    overflows (a tiny ``beta``: every residual is below HQQ's threshold)."""
+    try:
+        return beta ** (-1.0 / (2.0 - p)) * CUT_MARGIN
+    except OverflowError:
+        return math.inf
 
 
 def schedule(p, beta, kappa, iterations):
@@ -74,7 +80,7 @@ def schedule(p, beta, kappa, iterations):
         b = b * kappa
     if betas and not math.isfinite(betas[-1]):
         raise ValueError(f"beta * kappa**(iterations - 1) overflows: beta={beta!r}, kappa={kappa!r}")
-    cuts = [bk ** (-1.0 / (2.0 - p)) * CUT_MARGIN for bk in betas]
+    cuts = [_cut(bk, p) for bk in betas]
     return p, np.array(betas, dtype=np.float64), np.array(cuts, dtype=np.float64), iterations
 
 
@@ -214,10 +220,7 @@ def refine_zero(weight, bits=4, group_size=128, scheme="asym", *, p=DEFAULT_P, b
     else:
         cdt = _arrays.compute_dtype(weight.dtype)
         ctype = cdt.type
-        if isinstance(quantile, float):
-            q = np.full((1, 1), quantile, dtype=cdt)
-        else:
-            q = np.ascontiguousarray(quantile, dtype=cdt)
+        q = _arrays.kernel_param(quantile, cdt)
         scale = np.empty((rows, n_groups), dtype=cdt)
         zp = np.empty((rows, n_groups), dtype=cdt)
         if rows and n_groups:

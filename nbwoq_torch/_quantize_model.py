@@ -28,7 +28,7 @@ from nbwoq_torch.quantize import quant_tensor
 METHODS = ("rtn", "refit", "clip", "hqq", "sinq")
 #: The reference's ``LM_HEAD_NAMES``: layers left in float unless ``quant_lm_head``.
 LM_HEAD_PATTERNS = (r".*lm_head", r".*output_layer", r".*embed_out")
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOATS = _sinq.FLOATS
 
 
 def quantize_model(model, bits=4, group_size=128, scheme="asym", method="rtn", *, full_range=False,

@@ -12,8 +12,12 @@ import numpy as np
 import torch
 
 from nbwoq.absorb import AbsorbPlan, consumer_scale, fold_column_scale
+from nbwoq.absorb import _group as check_group
 from nbwoq.dual import dual_scale
 from nbwoq_torch import _interop
+
+#: Parameter dtypes a fold reads and writes (``fold_column_scale``'s).
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def resolve_plan(model, plan, example_inputs):
@@ -55,23 +59,39 @@ def _parameter(model, name):
 
 def foldable_groups(model, plan, quantized):
     """The plan's groups whose consumers are all in ``quantized`` (parameter names),
-    each checked against the model's parameters before anything changes."""
+    each checked against the model's parameters before anything changes: everything
+    ``fold_sinq`` would otherwise refuse after folding the groups before it."""
     groups = []
     for group in plan.groups:
+        try:  # what fold_column_scale and dual_scale would refuse mid-way, after earlier folds
+            repeat, block = check_group(group)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"plan: {exc}") from None
         if not all(c in quantized for c in group.consumers):
             continue
+        if not group.consumers:
+            raise ValueError(f"plan: feeder {group.feeder!r} has no consumers")
         feeder = _parameter(model, group.feeder)
         want = 2 if group.absorb == "rows" else 1
         if feeder.dim() != want:
             raise ValueError(f"plan: feeder {group.feeder!r} of kind {group.absorb!r} must be {want}-D, got shape "
                              f"{tuple(feeder.shape)}")
+        if feeder.dtype not in FLOATS:
+            raise TypeError(f"plan: feeder {group.feeder!r} must be a float tensor, got {feeder.dtype}")
+        if repeat > 1 and feeder.shape[0] % block:
+            raise ValueError(f"plan: feeder {group.feeder!r} has {feeder.shape[0]} channels, not a whole number of "
+                             f"heads of {block}")
+        if len({_parameter(model, c).dtype for c in group.consumers}) > 1:
+            raise ValueError(f"plan: the consumers of {group.feeder!r} differ in dtype (dual_scale stacks them)")
         for c in group.consumers:
             shape = tuple(_parameter(model, c).shape)
-            if shape[1] != feeder.shape[0] * group.repeat:
+            if shape[1] != feeder.shape[0] * repeat:
                 raise ValueError(f"plan: consumer {c!r} of shape {shape} does not read the {feeder.shape[0]} "
-                                 f"channels of {group.feeder!r} (x {group.repeat})")
-        if group.feeder_bias is not None and tuple(_parameter(model, group.feeder_bias).shape) != (feeder.shape[0],):
-            raise ValueError(f"plan: bias {group.feeder_bias!r} does not match {group.feeder!r}")
+                                 f"channels of {group.feeder!r} (x {repeat})")
+        if group.feeder_bias is not None:
+            bias = _parameter(model, group.feeder_bias)
+            if tuple(bias.shape) != (feeder.shape[0],) or bias.dtype not in FLOATS:
+                raise ValueError(f"plan: bias {group.feeder_bias!r} does not match {group.feeder!r}")
         groups.append(group)
     return groups
 
@@ -125,7 +145,8 @@ def _write(param, array):
 
 def fold_sinq(model, groups, settings, weighting, moments=None):
     """Fold ``dual_scale``'s scale into each group, in place (with ``moments``, by weight
-    name, activation-aware: see ``_activation_options``). Returns per parameter name
+    name, activation-aware: see ``_activation_options``); a group whose folded values
+    would overflow their dtype is left unfolded (its layers get plain round to nearest). Returns per parameter name
     ``(row, col)``: the float64 scales its rows were multiplied and its columns divided
     by (None where untouched), so that ``quantized * col / row`` is in the original's
     terms."""
@@ -137,8 +158,12 @@ def fold_sinq(model, groups, settings, weighting, moments=None):
         extra = {} if moments is None else _activation_options(group, moments)
         found = dual_scale(arrays, **settings, repeat=group.repeat, block=group.block, weighting=weighting, **extra)
         bias = None if group.feeder_bias is None else _parameter(model, group.feeder_bias)
-        new_feeder, new_consumers, new_bias = fold_column_scale(
-            group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))
+        with np.errstate(over="ignore"):  # checked below
+            new_feeder, new_consumers, new_bias = fold_column_scale(
+                group, found.scale, _numpy(feeder), arrays, None if bias is None else _numpy(bias))
+        if not all(np.isfinite(a.astype(np.float32)).all()
+                   for a in (new_feeder, *new_consumers, *(() if new_bias is None else (new_bias,)))):
+            continue  # a half overflowed (a norm weight of 100 times 1e3 in float16): the group stays as it was
         with torch.no_grad():
             _write(feeder, new_feeder)
             for param, array in zip(consumers, new_consumers):

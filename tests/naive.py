@@ -402,6 +402,13 @@ def _lp_error(x, wts, scale, zp, qmin, qmax, p):
     return _lane_sum(terms)
 
 
+def _cut(b, p):
+    try:
+        return b ** (-1.0 / (2.0 - p)) * (1.0 - 1e-6)
+    except OverflowError:  # a tiny beta: no residual reaches HQQ's threshold
+        return math.inf
+
+
 def refine_zero(w, bits=4, p=0.7, beta=10.0, kappa=1.01, iterations=20, group_size=128, weighting=None,
                 quantile=1.0):
     """Codes, scales and zero points of ``w`` (float32, 2-D, finite); ``w`` is not modified."""
@@ -414,7 +421,7 @@ def refine_zero(w, bits=4, p=0.7, beta=10.0, kappa=1.01, iterations=20, group_si
     betas = [beta * 1.0]
     for _ in range(iterations - 1):
         betas.append(betas[-1] * kappa)
-    cuts = [b ** (-1.0 / (2.0 - p)) * (1.0 - 1e-6) for b in betas]
+    cuts = [_cut(b, p) for b in betas]
     for r in range(rows):
         for k, s in enumerate(starts):
             x = w[r, s:s + g]
@@ -483,7 +490,13 @@ def sinkhorn_factor(m, iterations, floor=1e-6, spread=1e3):
         best, best_c = imbalance, mu_c
         if converged:
             break
-    mu = best_c * 2.0 ** -np.round(np.log2(best_c).mean())
+    return normalized(best_c, spread)
+
+
+def normalized(mu, spread=1e3):
+    """``mu`` over the power of two nearest its geometric mean (a tie: the upper one),
+    clipped to ``spread`` of 1."""
+    mu = mu * 2.0 ** -np.floor(np.log2(mu).mean() + 0.5)
     return np.clip(mu, 1 / spread, spread)
 
 

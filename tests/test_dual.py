@@ -140,6 +140,39 @@ def test_properties(data, fmt, bits, weighting, k):
         np.testing.assert_array_equal(scaled.scale, r.scale)
 
 
+@pytest.mark.parametrize("k", [-3, -1, 1, 2, 3])
+def test_power_of_two_at_a_tie_of_the_geometric_mean(k):
+    """Column spreads 1 and 2: the mean of log2 of the Sinkhorn factor is 0.5 exactly,
+    and ``k + 0.5`` for the weight times ``2**k``; the normalization must not break that
+    tie by ``k``'s parity (which hypothesis's simple floats can draw)."""
+    w = np.array([[1, 2], [-1, -2]], np.float32)
+    scaled = w * np.float32(2.0**k)
+    np.testing.assert_array_equal(sinkhorn_factor(scaled.astype(np.float64), 16, np),
+                                  sinkhorn_factor(w.astype(np.float64), 16, np))
+    for gs in (-1, 1):
+        r, s = dual_scale(w, bits=2, group_size=gs), dual_scale(scaled, bits=2, group_size=gs)
+        np.testing.assert_array_equal(s.scale, r.scale)
+        np.testing.assert_array_equal(s.alpha, r.alpha)
+
+
+@pytest.mark.parametrize("direction", [np.full(64, 5e-324), np.full(64, 1.7e308),
+                                       np.r_[np.full(32, 5e-324), np.full(32, 1.7e308)],
+                                       np.r_[np.full(63, 1e-300), 1e300]], ids=["tiny", "huge", "both", "one"])
+def test_extreme_directions(path, direction):
+    """Any positive finite direction: the power of two nearest its geometric mean may
+    not be a float64 number (2**1074), and nothing overflows on the way."""
+    import warnings
+
+    w = _weight(8, 64, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = dual_scale(path.to_array(w), bits=4, group_size=16, direction=path.to_array(direction))
+    scale = path.to_numpy(r.scale)
+    assert np.all(np.isfinite(scale) & (scale > 0)) and r.error <= r.rtn_error
+    cand = np.unique(path.to_numpy(r.alpha))
+    assert set(cand) <= set((0.0,) + DEFAULT_ALPHAS)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, BF16, np.float64], ids=["f16", "bf16", "f64"])
 def test_other_dtypes(dtype):
     w = _weight(32, 128, seed=4).astype(dtype)
@@ -182,6 +215,16 @@ def test_bad_arguments_raise(kwargs, error):
     np.testing.assert_array_equal(w, before)
 
 
+def test_at_most_64_alphas_besides_zero():
+    """The docstring's limit: 64 distinct powers besides 0 (which is always tried)."""
+    w = _weight(4, 64)
+    many = tuple(np.linspace(-4, 4, 65)[np.linspace(-4, 4, 65) != 0])
+    assert len(many) == 64
+    assert dual_scale(w, bits=4, group_size=32, alphas=many + (0.0, many[0])).scale.shape == (64,)
+    with pytest.raises(ValueError, match="at most 64"):
+        dual_scale(w, bits=4, group_size=32, alphas=many + (4.0 - 1e-9,))
+
+
 def test_bad_weights():
     w = _weight(4, 64)
     with pytest.raises(ValueError, match="at least one"):
@@ -215,7 +258,7 @@ def test_column_weights_and_direction(path):
     direction = rng.lognormal(0, 1, 96)
     kw = dict(bits=4, group_size=32, alphas=(-0.5, 0.5, 1.0))
     r = dual_scale(path.to_array(w), column_weights=path.to_array(colw), direction=path.to_array(direction), **kw)
-    mu = direction * 2.0 ** -np.round(np.log2(direction).mean())
+    mu = naive.normalized(direction)
     errs = naive.dual_group_errors(w, [mu ** a for a in (0, -0.5, 0.5, 1)],
                                    group_size=32, weighting="magnitude", bits=4, column_weights=colw)
     np.testing.assert_allclose(r.error, errs.min(axis=0).sum(), rtol=1e-6)

@@ -92,6 +92,19 @@ def test_per_group_quantile(path):
     np.testing.assert_array_equal(zp, n_zp)
 
 
+@pytest.mark.parametrize("beta, p", [(5e-324, 0.99), (1e-300, 0.5), (1e-300, 1.0), (1e300, 0.1)],
+                         ids=["denormal", "tiny", "tiny-p1", "huge"])
+def test_extreme_penalties(path, beta, p):
+    """A tiny beta puts HQQ's shrink threshold beyond float64 (no residual reaches it),
+    a huge one below every residual: both run, and kernel, reference and oracle agree."""
+    w = _weight(10, 96, seed=6)
+    kw = dict(bits=4, group_size=32, quantile=0.5, beta=beta, p=p, iterations=5)
+    codes, scale, zp = _run(path, w, **kw)
+    n_codes, n_scale, n_zp = naive.refine_zero(w, **kw)
+    np.testing.assert_array_equal(codes, n_codes)
+    np.testing.assert_array_equal(zp, n_zp)
+
+
 def test_zero_iterations_is_round_to_nearest(path):
     w = _weight(8, 200, seed=1)
     codes, scale, zp = _run(path, w, bits=4, group_size=64, iterations=0, quantile=0.5)

@@ -116,6 +116,44 @@ def test_bad_plans_and_arguments_change_nothing():
     assert isinstance(nbwoq.AbsorbPlan((), ()), nbwoq.AbsorbPlan)
 
 
+@pytest.mark.parametrize("change", [dict(block=12), dict(block=0), dict(repeat=2.0), dict(consumers=()),
+                                    dict(absorb="cols")], ids=["heads", "no-block", "float", "empty", "kind"])
+def test_a_bad_later_group_changes_nothing(change):
+    """Each group is checked before the first fold: a plan whose last group
+    ``dual_scale`` or ``fold_column_scale`` would refuse leaves the earlier ones unfolded."""
+    model = _build("llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = _sinq.resolve_plan(model, None, None)
+    rows = next(g for g in plan.groups if g.absorb == "rows" and g.repeat == 2)
+    bad = plan._replace(groups=tuple(g for g in plan.groups if g is not rows) + (rows._replace(**change),))
+    with pytest.raises((ValueError, TypeError), match="plan"):
+        nbwoq_torch.quantize_model(model, **SETTING, method="sinq", plan=bad)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_a_fold_that_would_overflow_a_half_is_skipped(monkeypatch):
+    """float16 holds at most 65504: a feeder of 30000 times a scale of 4 would become
+    inf and silently break the float model; that group stays unfolded instead."""
+    from nbwoq.dual import DualScale
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32, bias=False), torch.nn.Linear(32, 16, bias=False)).half()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[3, :] = 30000.0
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    group = nbwoq.AbsorbGroup("0.weight", "rows", ("1.weight",))
+    monkeypatch.setattr(_sinq, "dual_scale", lambda arrays, **kw: DualScale(np.full(32, 4.0), np.ones(32), 0.0, 1.0))
+    assert _sinq.fold_sinq(model, [group], SETTING, "magnitude") == {}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with torch.no_grad():
+        model[0].weight[3, :] = 1.0
+    scales = _sinq.fold_sinq(model, [group], SETTING, "magnitude")
+    assert set(scales) == {"0.weight", "1.weight"}
+    assert torch.all(model[0].weight == 4.0)
+
+
 def test_activation_aware_fold_keeps_the_float_model():
     """Input moments from random token ids weight the search and set its direction; the
     fold is still exact, and the result differs from the weights-only one."""
