@@ -138,10 +138,7 @@ def refit_int(weight, bits=4, group_size=128, scheme="asym", full_range=False, *
     else:
         cdt = _arrays.compute_dtype(weight.dtype)
         ctype = cdt.type
-        if isinstance(quantile, float):
-            q = np.full((1, 1), quantile, dtype=cdt)
-        else:
-            q = np.ascontiguousarray(quantile, dtype=cdt)
+        q = _arrays.kernel_param(quantile, cdt)
         scale = np.empty((rows, n_groups), dtype=cdt)
         zp = np.empty((rows, n_groups), dtype=cdt)
         if rows and n_groups:
