@@ -139,6 +139,12 @@ def _clip_ratio_naive(w, bits=4, group_size=32, scheme="asym", dtype="int", per_
     return np.asarray(picks, dtype=np.float32)
 
 
+def _sym_zp(result, kw):
+    """The naive refit's zero points as the API returns them: None for ``"sym"``."""
+    codes, scale, zp = result
+    return codes, scale, None if kw.get("scheme", "asym") == "sym" else zp
+
+
 def _as_ratio(r):
     return float(r) if np.ndim(r) == 0 else np.asarray(r, dtype=np.float32)
 
@@ -190,6 +196,16 @@ IMPLEMENTATIONS = {
                              weighting=None: _baselines().torch_search_clip(t, bits, group_size, scheme, dtype,
                                                                             per_group, weighting),
                              _torch_copy, _as_ratio),
+    ),
+    # data-free refits in the integer layout: (codes, scale, zp or None); kwargs bits,
+    # group_size, scheme (refit_int also full_range, weighting)
+    "refit_int": dict(
+        **_twins(lambda w, **kw: nbwoq.refit_int(w, **kw)),
+        naive=Implementation(lambda w, **kw: _sym_zp(naive.refit_int(w, **kw), kw)),
+    ),
+    "refine_zero": dict(
+        **_twins(lambda w, **kw: nbwoq.refine_zero(w, **kw)),
+        naive=Implementation(lambda w, **kw: naive.refine_zero(w, **kw)),
     ),
     # the double-quant scale mean's sum, in torch's float32 order; a 1-D array
     "torch_order_sum": dict(

@@ -42,6 +42,11 @@ CASES = {
                     for cfg in (dict(bits=4, group_size=128, scheme="asym", dtype="int"),
                                 dict(group_size=64, dtype="nf4"))
                     for mode in _grid(("per_group", [False, True]), ("weighting", [None, "magnitude"]))],
+    "refit_int": [((6, 160), kw) for kw in _grid(("bits", [3, 4]), ("scheme", ["asym", "sym"]), ("group_size", [32, 128]),
+                                                  ("weighting", [None, "magnitude"]))],
+    # clip ratio 0.5 as the start: from round-to-nearest's own grid few zero points move
+    "refine_zero": [((6, 160), kw) for kw in _grid(("bits", [3, 4]), ("group_size", [32, 128]),
+                                                    ("weighting", [None, "magnitude"]), ("quantile", [1.0, 0.5]))],
     "torch_order_sum": [((n,), {}) for n in (1, 9, 129, 2049)],
 }
 
