@@ -12,7 +12,9 @@ columns divided by ``s``: ``fold_column_scale``'s arithmetic, called per tensor,
 after the other in the plan's order (as ``nbwoq_torch.quantize_model(method="sinq")``
 does, so both make the same values). Each fold rounds once to the tensor's stored dtype;
 a float feeder that would otherwise be copied byte for byte is re-encoded in that dtype.
-The scales are deterministic: ``--resume`` computes them again.
+The scales are deterministic: ``--resume`` computes them again. A group whose fold would
+overflow a tensor's dtype (a half) is not folded, and consumers stored in different
+dtypes are refused, as ``quantize_model`` does.
 
 Tensors no group reaches get plain round to nearest. The report measures each folded
 tensor against its original stored values: round to nearest of the original, and the
@@ -128,6 +130,9 @@ class ColumnFold:
         if group.feeder_bias is not None and tuple(self.infos[group.feeder_bias].shape) != (channels,):
             raise InputError(f"--method sinq: bias {printable(group.feeder_bias)} does not match "
                              f"{printable(group.feeder)}")
+        if len({self.infos[name].dtype for name in group.consumers}) > 1:
+            raise InputError(f"--method sinq: the consumers of {printable(group.feeder)} differ in dtype "
+                             "(the search stacks them)")
 
     def _add(self, group):
         """Search ``group``'s scale on its consumers as the earlier folds left them."""
@@ -136,8 +141,6 @@ class ColumnFold:
         for name in group.consumers:
             with self.source.open(self.infos[name]) as (array, dtype_name):
                 arrays.append(self._folded(name, array, dtype_name))
-        if len({a.dtype for a in arrays}) > 1:  # one dtype for the search
-            arrays = [a.astype(np.float32) for a in arrays]
         try:
             found = dual_scale(arrays, o.bits, o.group_size, o.scheme, o.full_range, repeat=group.repeat,
                                block=group.block, weighting="magnitude")
@@ -145,11 +148,26 @@ class ColumnFold:
             raise InputError(f"--method sinq: {printable(', '.join(group.consumers))}: "
                              f"{str(exc).split('; pass check_finite')[0]}") from None
         scale = np.asarray(found.scale, dtype=np.float64)
+        if not self._finite(group, scale, arrays):
+            return
         for name in group.consumers:
             self.steps.setdefault(name, []).append((group, scale, "consumer"))
         self.steps.setdefault(group.feeder, []).append((group, scale, "feeder"))
         if group.feeder_bias is not None:
             self.steps.setdefault(group.feeder_bias, []).append((group, scale, "bias"))
+
+    def _finite(self, group, scale, consumers):
+        """Whether every tensor of ``group`` stays finite in its dtype once folded: a fold
+        that would overflow a half is not made, and its layers get plain round to nearest
+        (as ``quantize_model`` leaves such a group unfolded)."""
+        parts = [(name, "consumer", array) for name, array in zip(group.consumers, consumers)]
+        for name, role in ((group.feeder, "feeder"), (group.feeder_bias, "bias")):
+            if name is not None:
+                with self.source.open(self.infos[name]) as (array, dtype_name):
+                    parts.append((name, role, self._folded(name, array, dtype_name)))
+        with np.errstate(over="ignore"):
+            return all(np.isfinite(_fold_one(group, scale, role, name, values).astype(np.float32)).all()
+                       for name, role, values in parts)
 
     def _folded(self, name, array, dtype_name):
         """Stored values of tensor ``name`` with its folds applied, as a float array of the

@@ -259,6 +259,7 @@ def _edit(src, dst, config=None, tensors=None):
     ("heads", "no absorption plan"),
     ("int-norm", "stored as I32"),
     ("nan", "row 3"),
+    ("mixed-dtype", "differ in dtype"),
     ("single-file", "needs a Hugging Face folder"),
     ("clip", "no --clip"),
     ("codebook", "--dtype int"),
@@ -274,9 +275,12 @@ def test_bad_input_is_one_error_line_before_anything_is_written(tiny_sharded, tm
     elif case == "int-norm":
         src = _edit(tiny_sharded, tmp_path / "src", tensors={name: ("I32", np.ones(64, np.int32))})
     elif case == "nan":
-        w = np.ones((64, 64), np.float32)
-        w[3, 5] = np.nan
-        src = _edit(tiny_sharded, tmp_path / "src", tensors={"model.layers.0.self_attn.k_proj.weight": ("F32", w[:32])})
+        w = np.full((32, 64), 0x3F80, np.uint16)  # bfloat16 1.0, as the others are stored
+        w[3, 5] = 0x7FC0  # NaN
+        src = _edit(tiny_sharded, tmp_path / "src", tensors={"model.layers.0.self_attn.k_proj.weight": ("BF16", w)})
+    elif case == "mixed-dtype":
+        src = _edit(tiny_sharded, tmp_path / "src",
+                    tensors={"model.layers.0.self_attn.k_proj.weight": ("F32", np.ones((32, 64), np.float32))})
     elif case == "single-file":
         from nbwoq.formats import safetensors_io as st
 
@@ -293,3 +297,31 @@ def test_bad_input_is_one_error_line_before_anything_is_written(tiny_sharded, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("nbwoq: error:") and message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not os.path.exists(str(out) + ".partial")
+
+
+def test_a_fold_that_would_overflow_a_half_is_not_made(tmp_path, monkeypatch):
+    from nbwoq.command.demo_model import write_checkpoint
+    from nbwoq.dual import DualScale
+
+    from cli_helpers import TINY
+
+    src = str(write_checkpoint(str(tmp_path / "f16"), dtype="float16", **TINY))
+
+    def huge(arrays, *a, **k):  # a norm near 1 times 1e5 is inf in float16
+        channels = arrays[0].shape[1] // k.get("repeat", 1)
+        return DualScale(np.full(channels, 1e5), np.ones(channels), 0.0, 0.0)
+
+    monkeypatch.setattr(column_fold, "dual_scale", huge)
+    options = QuantOptions(4, 128, "asym", method="sinq")
+    fold, state = _folded_state(src, options)
+    assert fold.steps == {}  # every group left unfolded: plain round to nearest
+    a, b = str(tmp_path / "rtn"), str(tmp_path / "sinq")
+    assert main(["quantize", src, a, "--quiet", "--method", "rtn"]) == 0
+    assert main(["quantize", src, b, "--quiet", "--method", "sinq"]) == 0
+    import nbwoq
+
+    ra, rb = nbwoq.load(a), nbwoq.load(b)
+    for name in ra:
+        x = nbwoq.dequantize(ra[name]) if hasattr(ra[name], "codes") else ra[name]
+        y = nbwoq.dequantize(rb[name]) if hasattr(rb[name], "codes") else rb[name]
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
