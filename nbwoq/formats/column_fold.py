@@ -64,6 +64,23 @@ def _fold_one(group, scale, role, name, values):
     return fold_column_scale(group._replace(consumers=()), scale, stand_in, [], feeder_bias=values)[2]
 
 
+def _far_from_overflow(group, scale, role, values):
+    """True when the fold of ``values`` cannot reach half its dtype's largest value (so
+    the exact check, a fold of the whole tensor, is not needed): a bound from the
+    largest magnitude and the largest factor."""
+    if values.size == 0:
+        return True
+    top = max(float(np.max(values)), -float(np.min(values)))
+    limit = float(np.finfo(np.float16 if values.dtype == np.float16 else np.float32).max) / 2
+    if values.dtype == np.float64:
+        limit = float(np.finfo(np.float64).max) / 2
+    if role == "consumer":
+        return top / float(np.min(scale)) < limit
+    if group.absorb == "norm_plus_one" and role == "feeder":
+        return (top + 1.0) * float(np.max(scale)) + 1.0 < limit
+    return top * float(np.max(scale)) < limit
+
+
 class ColumnFold:
     """The folds of one run: per tensor name, the ``(group, scale, role)`` steps in plan
     order, and the row and column scales that take its values back to the original."""
@@ -166,7 +183,8 @@ class ColumnFold:
                 with self.source.open(self.infos[name]) as (array, dtype_name):
                     parts.append((name, role, self._folded(name, array, dtype_name)))
         with np.errstate(over="ignore"):
-            return all(np.isfinite(_fold_one(group, scale, role, name, values).astype(np.float32)).all()
+            return all(_far_from_overflow(group, scale, role, values)
+                       or np.isfinite(_fold_one(group, scale, role, name, values).astype(np.float32)).all()
                        for name, role, values in parts)
 
     def _folded(self, name, array, dtype_name):
