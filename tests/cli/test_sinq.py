@@ -161,7 +161,7 @@ def test_gptq_output_decodes_near_the_folded_model(source, tmp_path):
     assert any(n.endswith(".qweight") for n in tensors)
 
 
-def test_other_methods_do_not_see_the_fold(source, tmp_path):
+def test_sinq_changes_the_codes_that_rtn_makes(source, tmp_path):
     family, folder, _ = source
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert main(["quantize", folder, a, "--quiet", "--group-size", "32"]) == 0
