@@ -58,11 +58,14 @@ def _parser():
                    help="GGUF: a llama-quantize file type (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q4_0, Q4_1, "
                         "Q5_0, Q5_1, IQ4_NL, F16, BF16, F32) with llama.cpp's per-tensor mix rules; implies "
                         "--format gguf (default: none, the integer settings above as Q4_0/Q4_1/Q8_0)")
-    q.add_argument("--method", choices=("rtn", "refit", "hqq", "reference", "search"), default=None,
+    q.add_argument("--method", choices=("rtn", "refit", "hqq", "sinq", "reference", "search"), default=None,
                    help="how codes are decided. Integer settings: rtn (round to nearest, the default), refit "
                         "(least-squares refit of each group's scale and zero point, weighted by magnitude; about "
-                        "6x the time, lower error) or hqq (asym: HQQ's lp zero-point iterations, the zero "
-                        "rounded and kept where it lowers the group's lp error; mostly acts with --clip). "
+                        "6x the time, lower error), hqq (asym: HQQ's lp zero-point iterations, the zero "
+                        "rounded and kept where it lowers the group's lp error; mostly acts with --clip) or sinq "
+                        "(a Hugging Face folder of a Llama, Mistral, Qwen2/3 or Gemma 2/3: SINQ's per-column "
+                        "scales folded into the norm or layer feeding each layer, so the file keeps its standard "
+                        "layout, then round to nearest; layers without such a feeder: round to nearest). "
                         "With --type: reference, llama.cpp's own data-free encoder byte for byte (the default), or "
                         "search: starts from llama.cpp's blocks and keeps any change that lowers a block's "
                         "weighted error (same layout; the report gives both errors per tensor; lower Q4_K_M "

@@ -17,7 +17,7 @@ from nbwoq._version import __version__
 from nbwoq.command import paths
 from nbwoq.command import resume as records
 from nbwoq.command.report import FirstOfKind, summarize, tensor_row
-from nbwoq.formats import quantizer, storage
+from nbwoq.formats import column_fold, quantizer, storage
 from nbwoq.formats import safetensors_io as st
 from nbwoq.formats.errors import InputError, printable
 from nbwoq.formats.gguf_format import GgufWriter
@@ -96,11 +96,13 @@ def quantize_checkpoint(src, out, options, fmt="nbwoq", overwrite=False, resume=
         log(f"warning: the source is already quantized ({', '.join(requantized)}); its tensors are decoded and "
             "quantized again, which adds the new error to the old")
 
+    # --method sinq: every column scale is searched now, before anything is written
+    fold = column_fold.ColumnFold.build(source, options, plan, log) if options.method == "sinq" else None
     partial = out + PARTIAL
     run_id = dict(nbwoq=__version__, format=fmt, options=options.as_dict(), source=source.fingerprint())
     run = _run_file if writer.output_is_file else _run_folder
     with paths.RunLock(out):
-        rows, resumed = run(source, writer, plan, partial, run_id, resume, progress, log)
+        rows, resumed = run(source, writer, plan, partial, run_id, resume, progress, log, fold)
         label = f"{writer.type_name}: {options.label()}" if writer.output_is_file else options.label()
         report = summarize(rows, time.perf_counter() - t_start, fmt, options, source, out, resumed, label)
         if report_path is not None:
@@ -209,7 +211,7 @@ def _start_writeback(f, start):
 _FADVISE = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 
 
-def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
+def _run_file(source, writer, plan, partial, run_id, resume, progress, log, fold=None):
     """A single-file (GGUF) run, written in place as ``OUT.partial``.
 
     The writer's header comes first; the tensor data follows in plan order, each tensor
@@ -221,7 +223,8 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
 
     Tensors the writer re-encodes from their GGML blocks (``takes_blocks``) go through
     ``requantize`` in batches of about ``_BATCH_BYTES`` of source; copied tensors of a
-    GGUF source are streamed file to file. Returns ``(rows, resumed_shards)``.
+    GGUF source are streamed file to file; ``fold`` (``column_fold``, or None) transforms the
+    tensors it touches first. Returns ``(rows, resumed_shards)``.
     """
     if os.path.isdir(partial) and not os.path.islink(partial):
         paths.remove_entry(partial)
@@ -274,8 +277,9 @@ def _run_file(source, writer, plan, partial, run_id, resume, progress, log):
                         encoded, seconds = None, 0.0  # streamed file to file: never mapped, never decoded
                         nbytes, crc = _copy_padded(f, source, info, alignment, crc, chunk)
                     else:
-                        with source.open(info) as (array, dtype_name):
-                            encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch)
+                        with column_fold.open_tensor(source, info, fold) as (array, dtype_name, measure):
+                            encoded = encode_tensor(writer, info, array, dtype_name, selected, work, scratch,
+                                                    measure)
                             nbytes, crc = _write_padded(f, encoded.outputs, alignment, crc)
                         seconds = 0.0
                     rows.append(tensor_row(info, shard, writer.stored_as(info, label), encoded, nbytes,
@@ -315,9 +319,10 @@ def _file_header(writer, plan, partial):
         paths.remove_entry(scratch)
 
 
-def _run_folder(source, writer, plan, partial, run_id, resume, progress, log):
+def _run_folder(source, writer, plan, partial, run_id, resume, progress, log, fold=None):
     """A folder run: one safetensors shard per source shard, each written as ``NAME.tmp``
-    and renamed when complete. Returns ``(rows, resumed_shards)``."""
+    and renamed when complete; ``fold`` (``column_fold``, or None) transforms the tensors
+    it touches first. Returns ``(rows, resumed_shards)``."""
     if resume and os.path.lexists(partial):
         paths.make_folder(partial)  # a planted symlink or file is refused, never followed
         records.check_folder_run(partial, run_id)
@@ -338,7 +343,7 @@ def _run_folder(source, writer, plan, partial, run_id, resume, progress, log):
     bar = _progress(total, progress, initial=skipped)
     rows, resumed = [], 0
     weight_map = {}
-    stream = _ShardStream(source, writer)
+    stream = _ShardStream(source, writer, fold)
     try:
         for shard, items in plan:
             name = names[shard]
@@ -373,9 +378,10 @@ class _ShardStream:
     are copied file to file by the kernel, never mapped here.
     """
 
-    def __init__(self, source, writer):
+    def __init__(self, source, writer, fold=None):
         self.writer = writer
         self.source = source
+        self.fold = fold
         self.label = writer.options.label()
         self.work = quantizer.Scratch()  # the float32 working copy: never part of the outputs
         self.out_scratch = (quantizer.Scratch(), quantizer.Scratch())
@@ -395,7 +401,7 @@ class _ShardStream:
         try:
             for info, selected in items:
                 t0 = time.perf_counter()
-                if not selected and self.verbatim:
+                if not selected and self.verbatim and not (self.fold and self.fold.touches(info.name)):
                     sw.copy_range(info.name, info.path, info.start, info.nbytes)
                     shard_rows.append(tensor_row(info, name, self.label, None, info.nbytes, time.perf_counter() - t0))
                 else:
@@ -410,12 +416,12 @@ class _ShardStream:
         return shard_rows, sw.crc, os.path.getsize(tmp_path)
 
     def _tensor(self, sw, info, selected, name, last_use, t0):
-        with self.source.open(info) as (array, dtype_name):
+        with column_fold.open_tensor(self.source, info, self.fold) as (array, dtype_name, measure):
             if selected:
                 self.parity ^= 1
                 sw.wait(last_use[self.parity])
             encoded = encode_tensor(self.writer, info, array, dtype_name, selected, self.work,
-                                    self.out_scratch[self.parity])
+                                    self.out_scratch[self.parity], measure)
             nbytes = 0
             ticket = 0
             for oname, arr in encoded.outputs:

@@ -118,8 +118,11 @@ class GptqWriter(FolderWriter):
                 (p + ".g_idx", g_idx)]
 
     def method(self):
-        """What decided the codes: ``rtn``, or ``rtn+clip-<mode>`` with a clip search."""
+        """What decided the codes: ``rtn``, ``rtn+clip-<mode>`` with a clip search, or
+        ``sinq+rtn``."""
         clip = self.options.clip
+        if self.options.method == "sinq":  # column scales folded into the feeders, then round to nearest
+            return "sinq+rtn"
         return "rtn" if clip == "none" else f"rtn+clip-{clip}"
 
     def config(self, config):

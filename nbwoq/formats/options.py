@@ -21,15 +21,17 @@ from nbwoq.quantize import quant_tensor
 CLIP_MODES = ("none", "tensor", "group")
 #: How codes are decided. Integer settings: "rtn" (round to nearest, the reference
 #: library's), "refit" (``nbwoq.refit_int``: importance-weighted least-squares refit of
-#: each group's scale and zero point) or "hqq" (``nbwoq.refine_zero``, asym only: HQQ's
-#: lp zero-point iterations, the zero rounded and kept where it lowers the lp error). GGML block types (--type): "reference", llama.cpp's
+#: each group's scale and zero point), "hqq" (``nbwoq.refine_zero``, asym only: HQQ's
+#: lp zero-point iterations, the zero rounded and kept where it lowers the lp error) or
+#: "sinq" (``nbwoq.dual_scale``'s column scales folded into each layer's feeder, then
+#: round to nearest: ``column_fold``). GGML block types (--type): "reference", llama.cpp's
 #: data-free quantize_row_*_ref (llama-quantize without an importance matrix), byte for byte;
 #: "search", nbwoq's search from the reference's blocks to a lower weighted error in the
 #: same bytes layout (``ggml_blocks.search_rows``), opt-in for its cost: its Q4_K_M
 #: perplexity is below llama-quantize's on every model and text measured
 #: (``scripts/gguf_perplexity.py``), but it encodes several times slower than the reference.
 #: The first of each tuple is the default.
-INTEGER_METHODS = ("rtn", "refit", "hqq")
+INTEGER_METHODS = ("rtn", "refit", "hqq", "sinq")
 GGML_METHODS = ("reference", "search")
 METHODS = INTEGER_METHODS + GGML_METHODS
 
@@ -91,6 +93,9 @@ class QuantOptions:
             raise InputError("--method refit refits integer scales and zero points: use --dtype int")
         if method == "hqq" and (self.dtype != "int" or self.scheme != "asym"):
             raise InputError("--method hqq refines integer zero points: use --dtype int --scheme asym")
+        if method == "sinq" and (self.dtype != "int" or clip != "none"):
+            raise InputError("--method sinq folds column scales for integer round to nearest: use --dtype int "
+                             "and no --clip")
         self.method = method
         self.pure = bool(pure)
         self.codebook = self.dtype != "int"
@@ -130,7 +135,7 @@ class QuantOptions:
             text = f"{self.dtype} g{self.group_size}"
         else:
             text = f"int{self.bits} {self.scheme}{' full' if self.full_range else ''} g{self.group_size}"
-        if self.method in ("refit", "hqq"):
+        if self.method in ("refit", "hqq", "sinq"):
             text += " " + self.method
         if self.clip == "none":
             return text

@@ -170,14 +170,16 @@ class FileWriter(Writer):
         return []
 
 
-def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
+def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, measure=None):
     """The per-tensor step: quantize and encode tensor ``info`` when ``selected``, else
     copy it. ``work`` holds the float32 working copy, ``scratch`` the outputs.
 
     The clip search reads the source in place; the codes are made and encoded in blocks
     of rows (``quantizer.row_blocks``), so the float32 working copy is one block, not the
     tensor. Returns an ``Encoded``. Non-finite weights raise ``InputError`` naming the
-    tensor.
+    tensor. ``measure`` ``(start, stop, q) -> (rtn_err, method_err, norm)`` replaces
+    ``quantizer.weighted_errors`` for a tensor whose ``array`` is not its original
+    (``column_fold``: the report measures against the original).
     """
     if not selected:
         return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
@@ -193,7 +195,9 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch):
         q = quantizer.quantize_rows(rows, dtype_name, options, quantizer.quantile_rows(quantile, start, stop),
                                     info.name, work)
         if weighted is not None:
-            weighted = [a + b for a, b in zip(weighted, quantizer.weighted_errors(rows, dtype_name, options, q))]
+            part = (quantizer.weighted_errors(rows, dtype_name, options, q) if measure is None
+                    else measure(start, stop, q))
+            weighted = [a + b for a, b in zip(weighted, part)]
         writer.encode_rows(enc, start, rows, dtype_name, q)
     return Encoded(writer.finish(enc), True, clip, enc.error(), enc.norm_sum(),
                    None if weighted is None else tuple(weighted))
