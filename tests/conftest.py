@@ -67,7 +67,10 @@ def pytest_configure(config):
     _SESSION_TMP.append(folder)
     os.environ["TMPDIR"] = folder
     tempfile.tempdir = folder
-    if config.option.basetemp is None:
+    # a pytest-xdist worker (``-n 2``) inherits the controller's TMPDIR, so its folder
+    # sits inside the controller's; its tmp_path moves there too, from the basetemp
+    # xdist handed down, so tempfile, tmp_path and subprocesses share one folder
+    if config.option.basetemp is None or os.environ.get("PYTEST_XDIST_WORKER"):
         config.option.basetemp = os.path.join(folder, "pytest")
 
 
