@@ -20,7 +20,7 @@ from numba import prange
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
-from nbwoq._kernels_refit import MAGNITUDE, _lane_sums2
+from nbwoq._kernels_lanes import MAGNITUDE, element_weight, lane_sum, magnitude_rms
 from nbwoq._layout import group_segment
 
 
@@ -50,12 +50,10 @@ def dual_errors(w, scales, colw, size, n_groups, qmin, qmax, divisor, sym, full_
             sq[i] = x64[i] * x64[i]
         rms = zero
         if weighting == MAGNITUDE:
-            total, _ = _lane_sums2(sq, sq, n)
-            cell[0] = np.sqrt(total / n)  # stored: rounded to the compute type
-            rms = cell[0]
+            rms = magnitude_rms(sq, n, cell)
         for i in range(n):
             x = decode(seg[i])
-            wt[i] = (np.float64(rms + abs(x)) if weighting == MAGNITUDE else np.float64(1)) * colw[start + i]
+            wt[i] = element_weight(rms, x, weighting) * colw[start + i]
         for k in range(n_cand):
             for i in range(n):
                 ybuf[i] = encode(x64[i] / scales[k, start + i], w)
@@ -65,8 +63,7 @@ def dual_errors(w, scales, colw, size, n_groups, qmin, qmax, divisor, sym, full_
                 code = int_code(decode(ybuf[i]), scale, zp, qmin, qmax)
                 d = x64[i] - np.float64(decode(encode((code - zp) * scale, w))) * scales[k, start + i]
                 sq[i] = wt[i] * d * d
-            total, _ = _lane_sums2(sq, sq, n)
-            err_out[k, r, g] = total
+            err_out[k, r, g] = lane_sum(sq, n)
 
 
 @njit_kernel

@@ -9,7 +9,7 @@ rounded to an integer zero point, and the group keeps it only when it lowers the
 lp error ``sum w |x - (code - zp) * scale|**p`` against round-to-nearest's.
 
 Determinism: all of it runs in float64 with fastmath off, every sum in the lane order of
-``_kernels_refit`` (element ``i`` into lane ``i % 4``). ``|v|**y`` is ``lp_pow``, written
+``_kernels_lanes`` (element ``i`` into lane ``i % 4``). ``|v|**y`` is ``lp_pow``, written
 with additions, multiplications, one division and exact power-of-two scaling only: libm's
 and NumPy's ``pow`` (NumPy has its own SIMD ``power`` on AVX-512) may differ in the last
 bit, and a last bit can move a rounded zero point. The array-API twin
@@ -25,10 +25,8 @@ from numba.extending import register_jitable
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
+from nbwoq._kernels_lanes import MAGNITUDE, element_weight, lane_sum, magnitude_rms
 from nbwoq._llvm import roundeven
-
-UNIFORM = 0
-MAGNITUDE = 1
 
 LN2 = 0.6931471805599453
 INV_LN2 = 1.4426950408889634
@@ -64,27 +62,6 @@ def lp_pow(a, y):
     for c in EXP_TERMS:
         ex = ex * r + c
     return math.ldexp(ex, int(n))
-
-
-@register_jitable
-def lane_sum(buf, n):
-    """``sum(buf[:n])`` (float64) in the lane order."""
-    a0 = a1 = a2 = a3 = np.float64(0)
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        a0 += buf[i]
-        a1 += buf[i + 1]
-        a2 += buf[i + 2]
-        a3 += buf[i + 3]
-    for i in range(n4, n):
-        k = i - n4
-        if k == 0:
-            a0 += buf[i]
-        elif k == 1:
-            a1 += buf[i]
-        else:
-            a2 += buf[i]
-    return (a0 + a1) + (a2 + a3)
 
 
 @register_jitable
@@ -178,10 +155,9 @@ def refine_zero(w, size, n_groups, quantile, qmin, qmax, divisor, weighting, p, 
                 tbuf[i] = x64 * x64
             rms = zero
             if weighting == MAGNITUDE:
-                cell[0] = np.sqrt(lane_sum(tbuf, n) / n)  # stored: rounded to the compute type
-                rms = cell[0]
+                rms = magnitude_rms(tbuf, n, cell)
             for i in range(n):
-                wbuf[i] = np.float64(rms + abs(xbuf[i])) if weighting == MAGNITUDE else 1.0
+                wbuf[i] = element_weight(rms, xbuf[i], weighting)
             if iterations > 0:
                 z = refine_group(xbuf, wbuf, xs, qbuf, vbuf, tbuf, n, scale, zp, qmin, qmax, p, betas, cuts,
                                  iterations)

@@ -13,7 +13,7 @@ a time while it sits in cache:
 A new scale and zero point are kept only when their codes lower the weighted error, so
 no group ever ends worse than where it started (round-to-nearest, or a given clip).
 
-Determinism: every sum is accumulated in float64 in a fixed order (``LANES``), with the
+Determinism: every sum is accumulated in float64 in a fixed order (``_kernels_lanes``), with the
 operation order written out here; fastmath stays off (codes are decided here). The
 group's own sums (``sum(w)``, ``sum(w x)``, ``sum(w x x)``) are taken once; each pass
 over the codes adds three more and the error follows from the six. The array-API
@@ -27,49 +27,10 @@ from numba.extending import register_jitable
 from nbwoq._codecs import decode, encode
 from nbwoq._config import njit_kernel
 from nbwoq._kernels_int import group_minmax, int_code, int_group_params
-
-#: ``weighting`` codes of the kernel.
-UNIFORM = 0
-MAGNITUDE = 1
-
-
-#: Every float64 sum runs in ``LANES`` interleaved partial sums (element ``i`` goes to
-#: lane ``i % LANES``; lanes added as ``(l0 + l1) + (l2 + l3)``): a fixed order that the
-#: reference repeats exactly, with four independent chains instead of one long one.
-LANES = 4
-
+from nbwoq._kernels_lanes import MAGNITUDE, element_weight, magnitude_rms
 
 @register_jitable
-def _lane_sums2(p, r, n):
-    """``sum(p[:n])`` and ``sum(r[:n])`` of two float64 buffers, in the lane order."""
-    a0 = a1 = a2 = a3 = np.float64(0)
-    b0 = b1 = b2 = b3 = np.float64(0)
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        a0 += p[i]
-        a1 += p[i + 1]
-        a2 += p[i + 2]
-        a3 += p[i + 3]
-        b0 += r[i]
-        b1 += r[i + 1]
-        b2 += r[i + 2]
-        b3 += r[i + 3]
-    for i in range(n4, n):
-        k = i - n4
-        if k == 0:
-            a0 += p[i]
-            b0 += r[i]
-        elif k == 1:
-            a1 += p[i]
-            b1 += r[i]
-        else:
-            a2 += p[i]
-            b2 += r[i]
-    return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
-
-
-@register_jitable
-def _group_sums(xbuf, rms, weighting, one, n, wbuf, wxbuf):
+def _group_sums(xbuf, rms, weighting, n, wbuf, wxbuf):
     """Element weights ``w`` (float64 of ``rms + |x|`` or 1) into ``wbuf``, ``w x`` into
     ``wxbuf``; returns ``sum(w)``, ``sum(w x)``, ``sum(w x x)`` in the lane order."""
     a0 = a1 = a2 = a3 = np.float64(0)
@@ -77,7 +38,7 @@ def _group_sums(xbuf, rms, weighting, one, n, wbuf, wxbuf):
     f0 = f1 = f2 = f3 = np.float64(0)
     for i in range(n):
         x = xbuf[i]
-        w64 = np.float64(rms + abs(x) if weighting == MAGNITUDE else one)
+        w64 = element_weight(rms, x, weighting)
         x64 = np.float64(x)
         wx = w64 * x64
         wbuf[i] = w64
@@ -282,10 +243,8 @@ def refit_int(w, size, n_groups, quantile, qmin, qmax, divisor, sym, full_range,
                 sq[i] = x64 * x64
             rms = zero
             if weighting == MAGNITUDE:
-                total, _ = _lane_sums2(sq, sq, n)
-                cell[0] = np.sqrt(total / n)  # stored: rounded to the compute type
-                rms = cell[0]
-            sums[0], sums[3], sums[5] = _group_sums(xbuf, rms, weighting, one, n, wbuf, wxbuf)
+                rms = magnitude_rms(sq, n, cell)
+            sums[0], sums[3], sums[5] = _group_sums(xbuf, rms, weighting, n, wbuf, wxbuf)
             err = _score(xbuf, wbuf, wxbuf, qbuf, n, scale, zp, qmin, qmax, sums)
             for _ in range(iterations):
                 ok, s64, z64 = fit(sums, scale, zp, qmin, qmax, sym)

@@ -11,9 +11,9 @@ Readability over speed: full-size temporaries.
 import array_api_compat
 
 from nbwoq._arrays import compute_dtype
-from nbwoq._kernels_hqq import EXP_TERMS, INV_LN2, LN2, LOG_TERMS, MAGNITUDE, SQRT2
+from nbwoq._kernels_hqq import EXP_TERMS, INV_LN2, LN2, LOG_TERMS, SQRT2
 from nbwoq._reference_int import concat_columns, int_code, int_group_params, parts
-from nbwoq._reference_refit import lane_sum
+from nbwoq._reference_refit import element_weights, lane_sum
 
 #: Exponent steps: enough to bring any finite positive float64 (subnormals included,
 #: down to 2**-1074) into [1, 2) by exact multiplications.
@@ -123,11 +123,7 @@ def refine_part(part, quantile, qmin, qmax, divisor, weighting, p, betas, cuts, 
     x64 = xp.astype(part, xp.float64)
     s64 = xp.astype(scale, xp.float64)
     xs = x64 / s64[..., None]
-    if weighting == MAGNITUDE:
-        rms = xp.astype(xp.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1]), cdt)
-        w64 = xp.astype(rms[..., None] + xp.abs(part), xp.float64)
-    else:
-        w64 = xp.ones_like(x64)
+    w64 = element_weights(part, x64, weighting, xp)
     z = refine_groups(x64, xs, w64, xp.astype(zp, xp.float64), s64, qmin, qmax, p, betas, cuts, iterations, xp)
     new_zp = xp.astype(xp.clip(xp.round(z), float(qmin), float(qmax)), cdt)
     changed = new_zp != zp

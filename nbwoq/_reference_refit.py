@@ -9,10 +9,8 @@ paths give the same bits. Readability over speed: full-size temporaries.
 import array_api_compat
 
 from nbwoq._arrays import compute_dtype
+from nbwoq._kernels_lanes import MAGNITUDE, UNIFORM  # noqa: F401 (the twins' weighting codes)
 from nbwoq._reference_int import concat_columns, int_code, int_group_params, parts
-
-UNIFORM = 0
-MAGNITUDE = 1
 
 
 def lane_sum(v, xp):
@@ -24,15 +22,21 @@ def lane_sum(v, xp):
     return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 
 
+def element_weights(part, x64, weighting, xp):
+    """Float64 weight per element of ``part`` (``x64``: it in float64): ``rms + |x|`` in
+    ``part``'s dtype under the magnitude weighting, the group's rms from the squares in the
+    lane order, rounded to that dtype (``_kernels_lanes.magnitude_rms``); ones otherwise."""
+    if weighting != MAGNITUDE:
+        return xp.ones_like(x64)
+    rms = xp.astype(xp.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1]), part.dtype)
+    return xp.astype(rms[..., None] + xp.abs(part), xp.float64)
+
+
 def group_constants(part, weighting, xp):
     """Per element float64 ``w`` and ``w x``, and the group sums ``(a, d, f)`` =
     ``(sum(w), sum(w x), sum(w x x))``, as the kernel forms them."""
     x64 = xp.astype(part, xp.float64)
-    if weighting == MAGNITUDE:
-        rms = xp.astype(xp.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1]), part.dtype)
-        w64 = xp.astype(rms[..., None] + xp.abs(part), xp.float64)
-    else:
-        w64 = xp.ones_like(x64)
+    w64 = element_weights(part, x64, weighting, xp)
     wx = w64 * x64
     return w64, wx, (lane_sum(w64, xp), lane_sum(wx, xp), lane_sum(wx * x64, xp))
 

@@ -17,9 +17,7 @@ import numpy as np
 
 from nbwoq import _arrays, _integer, _kernels_hqq, _reference_hqq, _validate
 from nbwoq._layout import group_layout
-
-#: ``weighting`` values of ``refine_zero`` and their kernel codes.
-WEIGHTINGS = {None: _kernels_hqq.UNIFORM, "magnitude": _kernels_hqq.MAGNITUDE}
+from nbwoq.refit import _weighting
 
 #: HQQ's defaults (``optimize_weights_proximal``): lp exponent, penalty, its growth per
 #: iteration, iterations.
@@ -33,11 +31,6 @@ MAX_ITERATIONS = 1000
 #: times this factor has no sparse error, so its ``pow`` is skipped; the margin is far
 #: wider than ``lp_pow``'s error, so the result is the one the ``pow`` would give.
 CUT_MARGIN = 1.0 - 1e-6
-
-
-def _weighting(weighting):
-    """The kernel code of ``weighting`` (checked by ``_validate.weighting``, the one rule)."""
-    return _kernels_hqq.MAGNITUDE if _validate.weighting(weighting) else _kernels_hqq.UNIFORM
 
 
 def _real(value, name):

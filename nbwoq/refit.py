@@ -11,11 +11,8 @@ array takes the reference twin ``_reference_refit`` on its own device.
 
 import numpy as np
 
-from nbwoq import _arrays, _integer, _kernels_refit, _reference_refit, _validate
+from nbwoq import _arrays, _integer, _kernels_lanes, _kernels_refit, _reference_refit, _validate
 from nbwoq._layout import group_layout
-
-#: ``weighting`` values of ``refit_int`` and their kernel codes.
-WEIGHTINGS = {None: _kernels_refit.UNIFORM, "magnitude": _kernels_refit.MAGNITUDE}
 
 #: Fits per group at most (each costs one pass over the group while it is in cache; most
 #: groups stop earlier, when a fit no longer lowers the error).
@@ -24,11 +21,9 @@ MAX_ITERATIONS = 64
 
 
 def _weighting(weighting):
-    if weighting is not None and not isinstance(weighting, str):
-        raise TypeError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be None or 'magnitude', got {weighting!r}")
-    return WEIGHTINGS[weighting]
+    """The kernel code of ``weighting`` (checked by ``_validate.weighting``, the one rule;
+    ``refine_zero`` and ``dual_scale`` use this too)."""
+    return _kernels_lanes.MAGNITUDE if _validate.weighting(weighting) else _kernels_lanes.UNIFORM
 
 
 def _iterations(value):
