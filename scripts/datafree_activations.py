@@ -3,8 +3,9 @@
 Column importances of each linear from the weights alone (``input_moments``) or from the
 source model's own activations on token ids that are no calibration text
 (``synthetic_ids``: random ids, or text the model samples itself); and GPTQ with a
-Hessian from the same activations, written from the GPTQ paper's algorithm (Frantar et
-al., 2022): columns in order, each column's rounding error spread over the columns not
+Hessian from the same activations (its off-diagonal part optionally shrunk toward 0),
+written from the GPTQ paper's algorithm (Frantar et al., 2022): columns in order, each
+column's rounding error spread over the columns not
 yet quantized through the upper Cholesky factor of the damped inverse Hessian; group
 parameters taken from the updated weights when a group starts; ``gptq_sequential`` runs it
 decoder layer by decoder layer on inputs that went through the layers already quantized.
@@ -216,10 +217,16 @@ def _params(seg, st):
     return s, torch.round(-lo / s)
 
 
-def gptq(w, h, st, damp=0.01, block=128):
-    """Fake-quantized ``w`` (rows, cols) float32 for setting ``st`` with Hessian ``h``."""
+def gptq(w, h, st, damp=0.01, block=128, shrink=1.0):
+    """Fake-quantized ``w`` (rows, cols) float32 for setting ``st`` with Hessian ``h``,
+    its off-diagonal part scaled by ``shrink`` first (1: GPTQ; 0: a diagonal Hessian, which
+    spreads no error, i.e. round-to-nearest): shrinkage toward the diagonal, the usual
+    remedy for a covariance estimated from few or unrepresentative samples."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-column ops: one thread is 3x faster on a busy machine
+    if shrink != 1.0:
+        d = torch.diag(torch.diag(h))
+        h = d + shrink * (h - d)
     try:
         return _gptq(w, h, st, damp, block)
     finally:
@@ -274,7 +281,7 @@ def moments(model, source, names, tok, text_ids, cache, src, hessians=False):
 
 
 def update(method, model, source, names, st, tok, text_ids, cache, fake_quant, weighting, iters):
-    """New weights (name -> tensor) for ``act-SRC[@power]:inner``, ``gptq-SRC[@damp]`` or
+    """New weights (name -> tensor) for ``act-SRC[@power]:inner``, ``gptq-SRC[@damp[@shrink]]`` or
     ``gptqseq-SRC[@damp]`` (``SRC`` as ``parse_source`` reads it: ``randseqN``,
     ``randseqBxL``, ``genN``, ``genBxL`` or a text name, then ``-skipK``, ``-tn``), and
     the seconds its statistics took (0 when cached from an earlier setting)."""
@@ -286,14 +293,15 @@ def update(method, model, source, names, st, tok, text_ids, cache, fake_quant, w
             model.load_state_dict(source)
         return gptq_sequential(model, cache["ids", base], st, float(damp), skip, tnorm), 0.0
     gp = method.startswith("gptq-")
-    if gp:
-        src, damp = (method[5:].split("@") + ["0.01"])[:2]
+    if gp:  # gptq-SRC[@damp[@shrink]]
+        src, damp, shrink = (method[5:].split("@") + ["0.01", "1"])[:3]
     else:
         head, inner = method.split(":", 1)
         src, power = (head[4:].split("@") + ["1"])[:2]
     stats, seconds = moments(model, source, names, tok, text_ids, cache, src, gp)
     if gp:
-        return {k: torch.from_numpy(gptq(source[k].numpy(), stats[k], st, float(damp))) for k in names}, seconds
+        return {k: torch.from_numpy(gptq(source[k].numpy(), stats[k], st, float(damp), shrink=float(shrink)))
+                for k in names}, seconds
     upd = {}
     for k in names:
         col = stats[k] ** (float(power) / 2)

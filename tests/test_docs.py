@@ -183,6 +183,8 @@ NOT_RUN = {
     "asv run": "the benchmark suite (many minutes); never in the test suite",
     "PYTHONPATH=$PWD python scripts/datafree_methods.py": "a measurement (SmolLM2 perplexities: long); never in the "
                                                           "test suite",
+    "PYTHONPATH=$PWD python scripts/datafree_rotation.py": "a measurement (SmolLM2 perplexities: minutes); never in "
+                                                           "the test suite",
     "nbwoq eval": "needs torch and a real model with a tokenizer (SmolLM2); tests/torch/test_eval.py runs it",
     "nbwoq quantize path/to/model": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
     "nbwoq quantize model-f16.gguf": "placeholder paths showing a command's shape; tests/cli/test_gguf_types.py runs it",
