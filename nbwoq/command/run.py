@@ -178,7 +178,8 @@ def _requantize(source, writer, infos, scratch):
         results = writer.requantize(infos, data, start, scratch)
     seconds = time.perf_counter() - t0
     total = sum(info.size for info in infos)
-    return {id(info): (Encoded(outputs, True, None, err, norm), seconds * info.size / total)
+    return {id(info): (Encoded(outputs, True, None, quantizer.stored_error(info.name, err), norm),
+                       seconds * info.size / total)
             for info, (outputs, err, norm) in zip(infos, results)}
 
 

@@ -73,7 +73,8 @@ def _to_float_type(x, target, out):
         out[...] = x
         return x.astype(np.float64)
     if target == "F16":
-        out[...] = x.astype(np.float16)
+        with np.errstate(over="ignore"):  # past 65504: Inf, refused by quantizer.stored_error
+            out[...] = x.astype(np.float16)
         return out.astype(np.float64)
     bits = x.view(np.uint32)
     rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
@@ -375,7 +376,8 @@ class GgufWriter(FileWriter):
 
     def encode_rows(self, enc, start, array, dtype_name, q):
         stop = start + array.shape[0]
-        scale16 = q.scale.astype(np.float16)
+        with np.errstate(over="ignore"):  # past 65504: Inf, refused by quantizer.stored_error
+            scale16 = q.scale.astype(np.float16)
         # Decide the codes with the scale the file stores, so it decodes to its own fake-quant.
         work = storage.widen(array, dtype_name, out=q.codes)
         zp = q.zp if self.kind == packing.Q4_1 else None

@@ -88,7 +88,8 @@ class GptqWriter(FolderWriter):
         rows, in_f = array.shape
         stop = start + rows
         size, n_groups = group_layout(in_f, o.group_size)
-        scale16 = q.scale.astype(np.float16)
+        with np.errstate(over="ignore"):  # past 65504: Inf, refused by quantizer.stored_error
+            scale16 = q.scale.astype(np.float16)
         scale32 = scale16.astype(np.float32)
         zp = q.zp if q.zp is not None else np.zeros((rows, n_groups), dtype=np.float32)
         # Decide the codes with the float16 scale the file stores (its own fake-quant).

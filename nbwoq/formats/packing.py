@@ -91,28 +91,31 @@ _measure_kernel = njit(**dict(REDUCTION, parallel=PARALLEL))
 
 @_measure
 def _int_error(seg, cseg, z, sc):
-    """Sums of squared error and squared value of one group, float32 (at most a row:
-    ample for a report): ``x - (code - z) * sc``, the core's dequant in its order."""
-    eg = sc - sc
+    """Sums of squared error and squared value of one group: ``x - (code - z) * sc``,
+    the core's dequant in its order and type; the squares in float64, where weights
+    near 1e20 and above (a float32 square overflows at 1.8e19) stay finite."""
+    eg = np.float64(0)
     ng = eg
     for i in range(seg.shape[0]):
         x = decode(seg[i])
-        d = x - (cseg[i] - z) * sc
+        d = np.float64(x - (cseg[i] - z) * sc)
+        x64 = np.float64(x)
         eg += d * d
-        ng += x * x
+        ng += x64 * x64
     return eg, ng
 
 
 @_measure
 def _lut_error(seg, cseg, qmin, lut, sc):
     """As ``_int_error`` for codebook codes: ``x - lut[code - qmin] * sc``."""
-    eg = sc - sc
+    eg = np.float64(0)
     ng = eg
     for i in range(seg.shape[0]):
         x = decode(seg[i])
-        d = x - lut[np.int64(cseg[i] - qmin)] * sc
+        d = np.float64(x - lut[np.int64(cseg[i] - qmin)] * sc)
+        x64 = np.float64(x)
         eg += d * d
-        ng += x * x
+        ng += x64 * x64
     return eg, ng
 
 

@@ -6,6 +6,8 @@ every code, scale and zero point, and ``nbwoq.search_clip`` every clip ratio. Th
 module only prepares the float32 working copy and calls them.
 """
 
+import math
+
 import numpy as np
 
 from nbwoq import _kernels_finite, _validate
@@ -69,6 +71,18 @@ def non_finite_error(name, row):
         _validate.non_finite(row)
     except ValueError as exc:
         return _input_error(name, exc)
+
+
+def stored_error(name, err):
+    """``err``, the sum of squared errors of what the file stores for tensor ``name``
+    (float64, from the stored values); an ``InputError`` when it is not finite. The weight
+    was checked finite first, so a stored float overflowed: a float16 scale or value past
+    65504 (GPTQ's scales; GGUF's block scales and F16), which no engine could use."""
+    if not math.isfinite(err):
+        raise InputError(f"tensor {printable(name)}: its stored values overflow the output's float16 "
+                         "(a scale or value past 65504, so the file would hold Inf); --format nbwoq stores "
+                         "float32 scales, or leave the tensor out with --exclude")
+    return err
 
 
 def clip_ratios(array, dtype_name, options, name):

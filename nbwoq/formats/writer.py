@@ -177,7 +177,8 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, meas
     The clip search reads the source in place; the codes are made and encoded in blocks
     of rows (``quantizer.row_blocks``), so the float32 working copy is one block, not the
     tensor. Returns an ``Encoded``. Non-finite weights raise ``InputError`` naming the
-    tensor. ``measure`` ``(start, stop, q) -> (rtn_err, method_err, norm)`` replaces
+    tensor, and so do stored values that overflow the output's float16
+    (``quantizer.stored_error``). ``measure`` ``(start, stop, q) -> (rtn_err, method_err, norm)`` replaces
     ``quantizer.weighted_errors`` for a tensor whose ``array`` is not its original
     (``column_fold``: the report measures against the original).
     """
@@ -185,7 +186,8 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, meas
         return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
     if writer.one_pass():
         outputs, err, norm, *weighted = writer.quantize_encode(info, array, dtype_name, scratch)
-        return Encoded(outputs, True, None, err, norm, weighted[0] if weighted else None)
+        return Encoded(outputs, True, None, quantizer.stored_error(info.name, err), norm,
+                       weighted[0] if weighted else None)
     options = writer.options
     quantile, clip = quantizer.clip_ratios(array, dtype_name, options, info.name)
     enc = writer.begin(info, scratch)
@@ -199,5 +201,5 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, meas
                     else measure(start, stop, q))
             weighted = [a + b for a, b in zip(weighted, part)]
         writer.encode_rows(enc, start, rows, dtype_name, q)
-    return Encoded(writer.finish(enc), True, clip, enc.error(), enc.norm_sum(),
+    return Encoded(writer.finish(enc), True, clip, quantizer.stored_error(info.name, enc.error()), enc.norm_sum(),
                    None if weighted is None else tuple(weighted))
