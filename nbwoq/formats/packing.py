@@ -92,31 +92,48 @@ _measure_kernel = njit(**dict(REDUCTION, parallel=PARALLEL))
 @_measure
 def _int_error(seg, cseg, z, sc):
     """Sums of squared error and squared value of one group: ``x - (code - z) * sc``,
-    the core's dequant in its order and type; the squares in float64, where weights
-    near 1e20 and above (a float32 square overflows at 1.8e19) stay finite."""
-    eg = np.float64(0)
+    the core's dequant in its order and type. Summed in the compute type (a group: ample
+    for a report, and twice float64's speed); a sum that overflows (a float32 square past
+    1.8e19) is summed again in float64, so a finite weight's report stays finite."""
+    eg = sc - sc
     ng = eg
     for i in range(seg.shape[0]):
         x = decode(seg[i])
-        d = np.float64(x - (cseg[i] - z) * sc)
-        x64 = np.float64(x)
+        d = x - (cseg[i] - z) * sc
         eg += d * d
-        ng += x64 * x64
-    return eg, ng
+        ng += x * x
+    if np.isinf(eg) or np.isinf(ng):
+        eg = np.float64(0)
+        ng = eg
+        for i in range(seg.shape[0]):
+            x = decode(seg[i])
+            d = np.float64(x - (cseg[i] - z) * sc)
+            x64 = np.float64(x)
+            eg += d * d
+            ng += x64 * x64
+    return np.float64(eg), np.float64(ng)
 
 
 @_measure
 def _lut_error(seg, cseg, qmin, lut, sc):
     """As ``_int_error`` for codebook codes: ``x - lut[code - qmin] * sc``."""
-    eg = np.float64(0)
+    eg = sc - sc
     ng = eg
     for i in range(seg.shape[0]):
         x = decode(seg[i])
-        d = np.float64(x - lut[np.int64(cseg[i] - qmin)] * sc)
-        x64 = np.float64(x)
+        d = x - lut[np.int64(cseg[i] - qmin)] * sc
         eg += d * d
-        ng += x64 * x64
-    return eg, ng
+        ng += x * x
+    if np.isinf(eg) or np.isinf(ng):
+        eg = np.float64(0)
+        ng = eg
+        for i in range(seg.shape[0]):
+            x = decode(seg[i])
+            d = np.float64(x - lut[np.int64(cseg[i] - qmin)] * sc)
+            x64 = np.float64(x)
+            eg += d * d
+            ng += x64 * x64
+    return np.float64(eg), np.float64(ng)
 
 
 @register_jitable

@@ -36,15 +36,15 @@ def _summary(src, out, args):
 @pytest.mark.parametrize("args", [[], ["--dtype", "nf4"], ["--bits", "8", "--scheme", "sym"]],
                          ids=["int4", "nf4", "int8-sym"])
 def test_report_errors_do_not_depend_on_the_weights_scale(tiny_f32, tmp_path, args):
-    """2**100 is exact: the same codes, every error times 2**200 (equal up to the float64
-    sums' last bits). The squares once summed in float32 overflowed past 1.8e19 and the
-    report said NaN."""
+    """2**100 is exact: the same codes, every error times 2**200. A group's squares are
+    summed in float32, and again in float64 where float32 overflows (past 1.8e19; the
+    report once said NaN), so the two runs agree to float32's sums."""
     big = _scaled(tiny_f32, str(tmp_path / "big"), factor=2.0 ** 100)
     small = _summary(tiny_f32, str(tmp_path / "out-small"), args)
     large = _summary(big, str(tmp_path / "out-big"), args)
     assert np.isfinite(large["mean_rel_mse"]) and np.isfinite(large["max_rel_mse"])
     for key in ("mean_rel_mse", "max_rel_mse"):
-        assert large[key] == pytest.approx(small[key], rel=1e-12, abs=0)
+        assert large[key] == pytest.approx(small[key], rel=1e-6, abs=0)
 
 
 @pytest.mark.parametrize("args, out_name", [
