@@ -119,12 +119,13 @@ class GptqWriter(FolderWriter):
                 (p + ".g_idx", g_idx)]
 
     def method(self):
-        """What decided the codes: ``rtn``, ``rtn+clip-<mode>`` with a clip search, or
-        ``sinq+rtn``."""
+        """What decided the codes: ``rtn``, ``refit`` or ``hqq`` (``--method``), with
+        ``+clip-<mode>`` after a clip search; ``sinq+rtn`` for column scales folded into
+        the feeders before round to nearest."""
         clip = self.options.clip
-        if self.options.method == "sinq":  # column scales folded into the feeders, then round to nearest
+        if self.options.method == "sinq":
             return "sinq+rtn"
-        return "rtn" if clip == "none" else f"rtn+clip-{clip}"
+        return self.options.method if clip == "none" else f"{self.options.method}+clip-{clip}"
 
     def config(self, config):
         o = self.options

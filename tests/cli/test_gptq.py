@@ -69,3 +69,17 @@ def test_gptq_refuses_what_it_cannot_store(tiny_bf16, tmp_path, capsys):
     shutil.copy(os.path.join(tiny_bf16, "model.safetensors"), single)
     assert main(["quantize", single, str(tmp_path / "o"), "--format", "gptq"]) == 1
     assert "Hugging Face folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, method", [
+    ([], "rtn"),
+    (["--clip", "group"], "rtn+clip-group"),
+    (["--method", "refit"], "refit"),
+    (["--method", "refit", "--clip", "tensor"], "refit+clip-tensor"),
+    (["--method", "hqq"], "hqq"),
+], ids=["rtn", "rtn-clip", "refit", "refit-clip", "hqq"])
+def test_config_meta_names_the_method_that_made_the_codes(tiny_bf16, tmp_path, args, method):
+    out = str(tmp_path / "out")
+    assert main(["quantize", tiny_bf16, out, "--format", "gptq", "--quiet", *args]) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    assert cfg["meta"]["method"] == method
