@@ -11,6 +11,7 @@ A format is ``("int", qmin, qmax, divisor, sym, full_range)`` or
 ``_tables.reference_tables``.
 """
 
+from nbwoq import _arrays
 from nbwoq._arrays import compute_dtype
 from nbwoq._reference_codebook import codebook_scale, nearest_level
 from nbwoq._reference_int import int_code, int_group_params, parts
@@ -42,7 +43,7 @@ def magnitude_weights(part, cdt, xp):
     """``rms + |x|`` per element of ``part`` (rows, groups, size): ``rms`` the group's root
     mean square, from float64 squares and sums, rounded to the compute dtype ``cdt``."""
     wide = xp.astype(part, xp.float64)
-    rms = xp.astype(xp.sqrt(xp.sum(wide * wide, axis=-1) / part.shape[-1]), cdt)
+    rms = xp.astype(_arrays.sqrt(xp.sum(wide * wide, axis=-1) / part.shape[-1], xp), cdt)
     return rms[..., None] + xp.abs(part)
 
 

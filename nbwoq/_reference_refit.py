@@ -8,6 +8,7 @@ paths give the same bits. Readability over speed: full-size temporaries.
 
 import array_api_compat
 
+from nbwoq import _arrays
 from nbwoq._arrays import compute_dtype
 from nbwoq._kernels_lanes import MAGNITUDE, UNIFORM  # noqa: F401 (the twins' weighting codes)
 from nbwoq._reference_int import concat_columns, int_code, int_group_params, parts
@@ -28,7 +29,7 @@ def element_weights(part, x64, weighting, xp):
     lane order, rounded to that dtype (``_kernels_lanes.magnitude_rms``); ones otherwise."""
     if weighting != MAGNITUDE:
         return xp.ones_like(x64)
-    rms = xp.astype(xp.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1]), part.dtype)
+    rms = xp.astype(_arrays.sqrt(lane_sum(x64 * x64, xp) / part.shape[-1], xp), part.dtype)
     return xp.astype(rms[..., None] + xp.abs(part), xp.float64)
 
 

@@ -187,7 +187,7 @@ def _spread(m, inv_other, inv_own, xp):
     None]``: the mean of squares less the square of the mean, over the rows scaled by
     ``inv_other`` only, then times ``inv_own``."""
     mean, sq = _moments(m, inv_other, xp)
-    return _floored(xp.sqrt(xp.maximum(sq - mean * mean, xp.zeros_like(mean))) * inv_own, xp)
+    return _floored(_arrays.sqrt(xp.maximum(sq - mean * mean, xp.zeros_like(mean)), xp) * inv_own, xp)
 
 
 def sinkhorn_factor(m, iterations, xp):
