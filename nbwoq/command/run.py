@@ -178,7 +178,8 @@ def _requantize(source, writer, infos, scratch):
         results = writer.requantize(infos, data, start, scratch)
     seconds = time.perf_counter() - t0
     total = sum(info.size for info in infos)
-    return {id(info): (Encoded(outputs, True, None, quantizer.stored_error(info.name, err), norm),
+    hint = writer.overflow_hint
+    return {id(info): (Encoded(outputs, True, None, quantizer.stored_error(info.name, err, hint), norm),
                        seconds * info.size / total)
             for info, (outputs, err, norm) in zip(infos, results)}
 
@@ -345,6 +346,7 @@ def _run_folder(source, writer, plan, partial, run_id, resume, progress, log, fo
     rows, resumed = [], 0
     weight_map = {}
     stream = _ShardStream(source, writer, fold)
+    finished = 0
     try:
         for shard, items in plan:
             name = names[shard]
@@ -363,7 +365,12 @@ def _run_folder(source, writer, plan, partial, run_id, resume, progress, log, fo
             with paths.create_new(path + records.STATS_SUFFIX, "w") as f:
                 json.dump(dict(rows=shard_rows, crc=crc, bytes=nbytes), f)
             os.replace(path + ".tmp", path)
+            finished += 1
             rows += shard_rows
+    except BaseException:
+        if finished == 0 and resumed == 0:
+            paths.remove_entry(partial)  # no shard finished: nothing to resume from
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -383,7 +383,8 @@ class GgufWriter(FileWriter):
         zp = q.zp if self.kind == packing.Q4_1 else None
         quant_weight_w_scale(work, scale16.astype(np.float32), zp, group_size=32, bits=self.options.bits)
         if self.kind == packing.Q4_1:
-            m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
+            with np.errstate(over="ignore", invalid="ignore"):  # Inf: refused by quantizer.stored_error
+                m16 = (-q.zp * scale16.astype(np.float32)).astype(np.float16)
         else:
             m16 = np.broadcast_to(np.zeros((1, 1), dtype=np.float16), scale16.shape)
         packing.pack_gguf_rows(q.codes, storage.kernel_view(array, dtype_name), scale16.view(np.uint16),

@@ -48,6 +48,8 @@ class NbwoqWriter(FolderWriter):
     """Plans and encodes the tensors of one output shard. Every core setting has a
     layout here, so no tensor is refused."""
 
+    overflow_hint = ""  # its scales are float32 already
+
     copies_verbatim = True
 
     def __init__(self, options, source):

@@ -73,15 +73,16 @@ def non_finite_error(name, row):
         return _input_error(name, exc)
 
 
-def stored_error(name, err):
+def stored_error(name, err, hint=""):
     """``err``, the sum of squared errors of what the file stores for tensor ``name``
-    (float64, from the stored values); an ``InputError`` when it is not finite. The weight
-    was checked finite first, so a stored float overflowed: a float16 scale or value past
-    65504 (GPTQ's scales; GGUF's block scales and F16), which no engine could use."""
+    (float64, from the stored values); an ``InputError`` (with ``hint`` appended) when it
+    is not finite. The weight was checked finite first, so a stored value overflowed its
+    float type: a float16 scale or value past 65504 (GPTQ's scales; GGUF's block scales
+    and F16), a bfloat16 or float32 one past 3.4e38. No engine could use that file."""
     if not math.isfinite(err):
-        raise InputError(f"tensor {printable(name)}: its stored values overflow the output's float16 "
-                         "(a scale or value past 65504, so the file would hold Inf); --format nbwoq stores "
-                         "float32 scales, or leave the tensor out with --exclude")
+        raise InputError(f"tensor {printable(name)}: the output cannot hold its values (a stored scale or value "
+                         "passes its float type's range: float16's 65504, or float32's 3.4e38), so the file "
+                         f"would read as Inf or NaN; leave the tensor out with --exclude{hint}")
     return err
 
 

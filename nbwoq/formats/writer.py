@@ -59,6 +59,9 @@ class Writer:
     #: One file (``FileWriter``) or a folder of safetensors shards (``FolderWriter``).
     output_is_file = False
 
+    #: Added to the error for stored values that are not finite (``quantizer.stored_error``).
+    overflow_hint = "; --format nbwoq stores float32 scales"
+
     def __init__(self, options, source):
         self.options = options
         self.source = source
@@ -186,7 +189,8 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, meas
         return Encoded(writer.copy(info, array, dtype_name), False, None, 0.0, 0.0)
     if writer.one_pass():
         outputs, err, norm, *weighted = writer.quantize_encode(info, array, dtype_name, scratch)
-        return Encoded(outputs, True, None, quantizer.stored_error(info.name, err), norm,
+        err = quantizer.stored_error(info.name, err, writer.overflow_hint)
+        return Encoded(outputs, True, None, err, norm,
                        weighted[0] if weighted else None)
     options = writer.options
     quantile, clip = quantizer.clip_ratios(array, dtype_name, options, info.name)
@@ -201,5 +205,6 @@ def encode_tensor(writer, info, array, dtype_name, selected, work, scratch, meas
                     else measure(start, stop, q))
             weighted = [a + b for a, b in zip(weighted, part)]
         writer.encode_rows(enc, start, rows, dtype_name, q)
-    return Encoded(writer.finish(enc), True, clip, quantizer.stored_error(info.name, enc.error()), enc.norm_sum(),
+    err = quantizer.stored_error(info.name, enc.error(), writer.overflow_hint)
+    return Encoded(writer.finish(enc), True, clip, err, enc.norm_sum(),
                    None if weighted is None else tuple(weighted))

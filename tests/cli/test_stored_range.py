@@ -5,6 +5,8 @@ import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,17 +52,32 @@ def test_report_errors_do_not_depend_on_the_weights_scale(tiny_f32, tmp_path, ar
 @pytest.mark.parametrize("args, out_name", [
     (["--format", "gptq"], "out"),
     (["--format", "gguf"], "out.gguf"),
+    (["--format", "gguf", "--scheme", "asym"], "out.gguf"),
     (["--format", "gguf", "--type", "F16"], "out.gguf"),
-], ids=["gptq-int4", "gguf-q4_0", "gguf-f16"])
-def test_values_past_float16_are_one_error_and_no_file(tiny_f32, tmp_path, capsys, args, out_name):
-    """A largest |w| of 1e6: Q4_0's and GPTQ int4's float16 scales (|w| / 8, range / 15)
-    pass 65504, as F16 values do; the file would decode to Inf in every engine."""
+], ids=["gptq-int4", "gguf-q4_0", "gguf-q4_1", "gguf-f16"])
+def test_values_past_float16_are_one_error_and_no_file(tiny_f32, tmp_path, args, out_name):
+    """A largest |w| of 1e6: Q4_0's, Q4_1's and GPTQ int4's float16 scales (|w| / 8,
+    range / 15) pass 65504, as F16 values do; the file would decode to Inf in every
+    engine. One line on stderr (no NumPy warning), no OUT and no OUT.partial."""
     src = _scaled(tiny_f32, str(tmp_path / "src"), peak=1e6)
     out = str(tmp_path / out_name)
-    assert main(["quantize", src, out, "--quiet", *args]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nbwoq: error: tensor '") and "65504" in err[0], err
-    assert not os.path.exists(out)
+    run = subprocess.run([sys.executable, "-m", "nbwoq", "quantize", src, out, "--quiet", *args],
+                         capture_output=True, text=True)
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(err) == 1, run.stderr
+    assert err[0].startswith("nbwoq: error: tensor '") and "65504" in err[0] and "--format nbwoq" in err[0]
+    assert not os.path.exists(out) and not os.path.exists(out + ".partial")
+
+
+def test_a_range_past_float32_is_refused_by_the_nbwoq_format_too(tiny_f32, tmp_path, capsys):
+    """Weights near +-3.3e38: an asym group's max - min overflows float32, so its scale
+    would be Inf; the error does not point to --format nbwoq, the format in use."""
+    src = _scaled(tiny_f32, str(tmp_path / "src"), peak=3.3e38)
+    out = str(tmp_path / "out")
+    assert main(["quantize", src, out, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "nbwoq: error: tensor '" in err and "3.4e38" in err and "--format nbwoq" not in err
+    assert not os.path.exists(out) and not os.path.exists(out + ".partial")
 
 
 def test_values_within_float16_still_quantize(tiny_f32, tmp_path):
