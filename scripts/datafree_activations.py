@@ -217,7 +217,25 @@ def _params(seg, st):
     return s, torch.round(-lo / s)
 
 
-def gptq(w, h, st, damp=0.01, block=128, shrink=1.0):
+def _searched_params(seg, st, wdiag, ratios=tuple(1.0 - 0.025 * i for i in range(11))):
+    """As ``_params``, with the group's range shrunk by the ratio (1 .. 0.75) whose
+    codes give each row the least error weighted by ``wdiag`` (the Hessian's diagonal
+    over the group's columns: the input's mean square), GPTQ's ``mse`` grid weighted."""
+    qmin, qmax = (-8, 7) if st["scheme"] == "sym" else (0, 15)
+    best = None
+    for r in ratios:
+        s, z = _params(seg * r, st)
+        q = (torch.clamp(torch.round(seg / s[:, None]) + z[:, None], qmin, qmax) - z[:, None]) * s[:, None]
+        err = ((seg - q) ** 2 * wdiag[None, :]).sum(1)
+        if best is None:
+            best = [err, s, z]
+        else:
+            better = err < best[0]
+            best = [torch.where(better, err, best[0]), torch.where(better, s, best[1]), torch.where(better, z, best[2])]
+    return best[1], best[2]
+
+
+def gptq(w, h, st, damp=0.01, block=128, shrink=1.0, search=False):
     """Fake-quantized ``w`` (rows, cols) float32 for setting ``st`` with Hessian ``h``,
     its off-diagonal part scaled by ``shrink`` first (1: GPTQ; 0: a diagonal Hessian, which
     spreads no error, i.e. round-to-nearest): shrinkage toward the diagonal, the usual
@@ -228,12 +246,12 @@ def gptq(w, h, st, damp=0.01, block=128, shrink=1.0):
         d = torch.diag(torch.diag(h))
         h = d + shrink * (h - d)
     try:
-        return _gptq(w, h, st, damp, block)
+        return _gptq(w, h, st, damp, block, search)
     finally:
         torch.set_num_threads(threads)
 
 
-def _gptq(w, h, st, damp, block):
+def _gptq(w, h, st, damp, block, search=False):
     g = st["group_size"]
     qmin, qmax = (-8, 7) if st["scheme"] == "sym" else (0, 15)
     W = torch.from_numpy(np.array(w, dtype=np.float64))
@@ -255,7 +273,8 @@ def _gptq(w, h, st, damp, block):
             if i % g == 0:
                 # the group's parameters from its weights as updated so far
                 seg = Wb[:, j:j + g] if b1 - b0 >= j + g else torch.cat([Wb[:, j:], W[:, b1:]], 1)[:, :g]
-                s, z = _params(seg, st)
+                s, z = (_searched_params(seg, st, torch.diag(H)[i:i + seg.shape[1]]) if search
+                        else _params(seg, st))
             col = Wb[:, j]
             q = (torch.clamp(torch.round(col / s) + z, qmin, qmax) - z) * s
             Q[:, i] = q
@@ -293,14 +312,15 @@ def update(method, model, source, names, st, tok, text_ids, cache, fake_quant, w
             model.load_state_dict(source)
         return gptq_sequential(model, cache["ids", base], st, float(damp), skip, tnorm), 0.0
     gp = method.startswith("gptq-")
-    if gp:  # gptq-SRC[@damp[@shrink]]
-        src, damp, shrink = (method[5:].split("@") + ["0.01", "1"])[:3]
+    if gp:  # gptq-SRC[@damp[@shrink[@mse]]]: "mse" searches each group's range (_searched_params)
+        src, damp, shrink, mse = (method[5:].split("@") + ["0.01", "1", ""])[:4]
     else:
         head, inner = method.split(":", 1)
         src, power = (head[4:].split("@") + ["1"])[:2]
     stats, seconds = moments(model, source, names, tok, text_ids, cache, src, gp)
     if gp:
-        return {k: torch.from_numpy(gptq(source[k].numpy(), stats[k], st, float(damp), shrink=float(shrink)))
+        return {k: torch.from_numpy(gptq(source[k].numpy(), stats[k], st, float(damp), shrink=float(shrink),
+                                               search=mse == "mse"))
                 for k in names}, seconds
     upd = {}
     for k in names:

@@ -33,8 +33,9 @@ Methods (all leave the format's layout: codes plus one scale and zero point per 
                 the source model over ``randseqN``, ``randseqBxL``, ``genN``, ``genBxL`` or
                 a text name (not data-free); ``SRC-skipK``: positions >= K only, ``SRC-tn``:
                 each token's input scaled to unit mean square first
-``gptq``        ``gptq-SRC@damp[@shrink]``: GPTQ with X^T X over SRC (``datafree_activations``),
-                its off-diagonal part times ``shrink`` (default 1);
+``gptq``        ``gptq-SRC@damp[@shrink[@mse]]``: GPTQ with X^T X over SRC (``datafree_activations``),
+                its off-diagonal part times ``shrink`` (default 1); ``mse``: each group's range
+                searched by the error weighted by the Hessian's diagonal;
                 ``gptqseq-SRC@damp``: layer by layer, inputs through the quantized layers
 ``gguf-py``     q4_0 only: gguf-py's own ``quants.quantize``/``dequantize`` (llama.cpp's
                 reference Q4_0, an implementation we did not write)
