@@ -39,3 +39,32 @@ def llama_cpp_python():
                                                          capture_output=True).returncode == 0:
             return python
     pytest.skip("no Python with llama_cpp (set NBWOQ_LLAMA_CPP_PYTHON; scripts/integration.sh builds one)")
+
+
+def interrupt_at_call(monkeypatch, n, names=("clip_ratios",)):
+    """Make ``quantizer``'s functions ``names`` (each called with the tensor's name 4th:
+    the general path's ``clip_ratios``, the one-pass path's ``quantize_packed``) raise
+    ``KeyboardInterrupt`` at the ``n``-th call among them, as Ctrl-C in the middle of a
+    run. Returns ``(calls, restore)``: the tensor names seen, and a function that puts
+    the originals back."""
+    from nbwoq.formats import quantizer
+
+    calls = []
+    reals = {name: getattr(quantizer, name) for name in names}
+
+    def wrap(real):
+        def interrupted(*a, **k):
+            calls.append(a[3])
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return interrupted
+
+    for name, real in reals.items():
+        monkeypatch.setattr(quantizer, name, wrap(real))
+
+    def restore():
+        for name, real in reals.items():
+            monkeypatch.setattr(quantizer, name, real)
+
+    return calls, restore

@@ -12,9 +12,8 @@ import nbwoq
 from nbwoq.formats import safetensors_io as st
 from nbwoq.command.cli import main
 from nbwoq.command import run
-from nbwoq.formats import quantizer
 
-from cli_helpers import read_tensor
+from cli_helpers import interrupt_at_call, read_tensor
 
 LINEAR = "model.layers.1.mlp.down_proj.weight"
 
@@ -183,19 +182,8 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
     out = str(tmp_path / "out")
     n_shards = len([f for f in os.listdir(tiny_sharded) if f.endswith(".safetensors")])
     assert n_shards >= 3
-    calls = []
-
-    def interrupting(real):  # the general path and the one-pass path both name the tensor 4th
-        def interrupted(*a, **k):
-            calls.append(a[3])
-            if len(calls) == 9:
-                raise KeyboardInterrupt
-            return real(*a, **k)
-        return interrupted
-
-    real, real_packed = quantizer.clip_ratios, quantizer.quantize_packed
-    monkeypatch.setattr(quantizer, "clip_ratios", interrupting(real))
-    monkeypatch.setattr(quantizer, "quantize_packed", interrupting(real_packed))
+    # the general path and the one-pass path both name the tensor 4th
+    restore = interrupt_at_call(monkeypatch, 9, ("clip_ratios", "quantize_packed"))[1]
     assert main(["quantize", tiny_sharded, out, "--quiet"]) == 130
     assert not os.path.exists(out)
     finished = [f for f in os.listdir(out + ".partial") if f.endswith(".safetensors")]
@@ -203,9 +191,7 @@ def test_interrupted_run_leaves_nothing_finished_and_resumes(tiny_sharded, tmp_p
     assert not any(f.endswith(".tmp") for f in os.listdir(out + ".partial"))  # the torn shard was discarded
 
     assert "--resume" in capsys.readouterr().err
-    calls.clear()
-    monkeypatch.setattr(quantizer, "clip_ratios", real)
-    monkeypatch.setattr(quantizer, "quantize_packed", real_packed)
+    restore()
     report_path = str(tmp_path / "r.json")
     # other settings cannot resume these shards
     assert main(["quantize", tiny_sharded, out, "--quiet", "--resume", "--bits", "8"]) == 1

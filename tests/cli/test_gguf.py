@@ -13,6 +13,8 @@ import pytest
 import nbwoq
 from nbwoq.command.cli import main
 
+from cli_helpers import interrupt_at_call
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -140,15 +142,7 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
 
     out = str(tmp_path / "out.gguf")
     real = quantizer.clip_ratios
-    calls = []
-
-    def counting(*a, **k):
-        calls.append(a[3])
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(quantizer, "clip_ratios", counting)
+    restore = interrupt_at_call(monkeypatch, 9)[1]
     assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--quiet"]) == 130
     assert not os.path.exists(out) and os.path.isfile(out + ".partial")
     state = json.load(open(out + ".partial.run.json"))
@@ -157,7 +151,7 @@ def test_interrupted_gguf_run_resumes_keeping_finished_shards(tiny_sharded, tmp_
 
     # other settings cannot resume it, and leave it as it was
     before = open(out + ".partial", "rb").read()
-    monkeypatch.setattr(quantizer, "clip_ratios", real)
+    restore()
     assert main(["quantize", tiny_sharded, out, "--format", "gguf", "--bits", "8", "--quiet", "--resume"]) == 1
     assert "cannot resume" in capsys.readouterr().err
     assert open(out + ".partial", "rb").read() == before

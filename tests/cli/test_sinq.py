@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 from nbwoq.command.cli import main
-from nbwoq.formats import column_fold, quantizer
+from nbwoq.formats import column_fold
 from nbwoq.formats.options import QuantOptions
 from nbwoq.formats.source import Source
+
+from cli_helpers import interrupt_at_call
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -177,20 +179,11 @@ def _files(folder):
 
 def test_interrupted_sinq_run_resumes_byte_identical(tiny_sharded, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
-    calls = []
-    real = quantizer.clip_ratios
-
-    def interrupted(*a, **k):
-        calls.append(a[3])
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(quantizer, "clip_ratios", interrupted)
+    restore = interrupt_at_call(monkeypatch, 9)[1]
     assert main(["quantize", tiny_sharded, out, "--method", "sinq", "--quiet"]) == 130
     finished = [f for f in os.listdir(out + ".partial") if f.endswith(".safetensors")]
     assert finished
-    monkeypatch.setattr(quantizer, "clip_ratios", real)
+    restore()
     # the scales are searched again, for the same settings only
     assert main(["quantize", tiny_sharded, out, "--quiet", "--resume"]) == 1
     assert "cannot resume" in capsys.readouterr().err
@@ -206,19 +199,10 @@ def test_interrupted_sinq_run_resumes_byte_identical(tiny_sharded, tmp_path, mon
 def test_interrupted_sinq_gguf_run_resumes_byte_identical(tiny_sharded, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     out = str(tmp_path / "m.gguf")
-    calls = []
-    real = quantizer.clip_ratios
-
-    def interrupted(*a, **k):
-        calls.append(a[3])
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(quantizer, "clip_ratios", interrupted)
+    restore = interrupt_at_call(monkeypatch, 12)[1]
     assert main(["quantize", tiny_sharded, out, "--method", "sinq", "--quiet"]) == 130
     assert os.path.exists(out + ".partial")
-    monkeypatch.setattr(quantizer, "clip_ratios", real)
+    restore()
     assert main(["quantize", tiny_sharded, out, "--method", "sinq", "--quiet", "--resume"]) == 0
     fresh = str(tmp_path / "fresh.gguf")
     assert main(["quantize", tiny_sharded, fresh, "--method", "sinq", "--quiet"]) == 0

@@ -14,30 +14,14 @@ transformers = pytest.importorskip("transformers")
 import nbwoq  # noqa: E402
 import nbwoq_torch  # noqa: E402
 from nbwoq_torch import _sinq  # noqa: E402
+from tiny_causal_lm import SMALL, build  # noqa: E402
 
-SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, use_cache=False)
-MODELS = {
-    "llama": ("LlamaConfig", dict(tie_word_embeddings=False)),
-    "qwen3": ("Qwen3Config", dict(head_dim=24, tie_word_embeddings=False)),
-    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
-}
+MODELS = ("llama", "qwen3", "qwen2")
 SETTING = dict(bits=4, group_size=32, scheme="asym")
 
 
 def _build(name):
-    cls, overrides = MODELS[name]
-    config = getattr(transformers, cls)(**{**SMALL, **overrides})
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    gen = np.random.default_rng(0)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.ndim == 1:  # norms and biases away from their initial values
-                p.add_(torch.randn_like(p) * 0.3)
-            elif "proj" in pname:  # columns of unequal spread: something for a column scale to do
-                p.mul_(torch.from_numpy(gen.lognormal(0, 1, p.shape[1]).astype(np.float32))[None, :])
-    return model
+    return build(name, spread_columns=True)
 
 
 def _logits(model):

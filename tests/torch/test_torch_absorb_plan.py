@@ -21,40 +21,14 @@ import nbwoq  # noqa: E402
 import nbwoq_torch  # noqa: E402
 from nbwoq import AbsorbGroup, fold_column_scale  # noqa: E402
 from nbwoq_torch import get_absorb_layers  # noqa: E402
+from tiny_causal_lm import MODELS, build  # noqa: E402
 
-SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, use_cache=False)
-
-# name -> (config class, overrides)
-MODELS = {
-    "llama": ("LlamaConfig", dict(tie_word_embeddings=False)),
-    "mistral": ("MistralConfig", dict(sliding_window=None)),
-    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
-    "qwen3": ("Qwen3Config", dict(head_dim=24, tie_word_embeddings=False)),
-    "gemma2": ("Gemma2Config", dict(head_dim=16)),
-    "gemma3": ("Gemma3TextConfig", dict(head_dim=16, sliding_window=4)),
-    # attention layouts: one key/value head per query head, and one for all of them
-    "llama-mha": ("LlamaConfig", dict(num_key_value_heads=4)),
-    "llama-mqa": ("LlamaConfig", dict(num_key_value_heads=1)),
-}
 FAMILIES = [m for m in MODELS if "-" not in m]
-
-
-def _build(name):
-    cls, overrides = MODELS[name]
-    config = getattr(transformers, cls)(**{**SMALL, **overrides})
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():  # norms and biases away from their initial values, so a wrong fold shows
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.3)
-    return model
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def model(request):
-    return request.param, _build(request.param)
+    return request.param, build(request.param)
 
 
 def _ids():
@@ -111,7 +85,7 @@ def test_the_graph_plan_starts_from_get_absorb_layers(model):
 
 
 def test_auto_falls_back_to_export_when_torchscript_cannot_trace():
-    m = _build("llama")
+    m = build("llama")
     m.config.use_cache = True  # the output then holds a DynamicCache, which torch.jit.trace refuses
     plan = nbwoq_torch.absorb_plan(m, _ids())
     # torch.export traces it; the cache it returns holds v_proj's output, so v_proj's
@@ -127,7 +101,7 @@ def test_the_plan_from_gguf_names_agrees(name):
     from nbwoq.formats import hf_to_gguf
     from nbwoq.formats.errors import InputError
 
-    m = _build(name)
+    m = build(name)
     config = m.config.to_dict()
     conversion = hf_to_gguf.CONVERSIONS[config["model_type"]](types.SimpleNamespace(config=config), gguf)
     to_gguf = {}
@@ -182,7 +156,7 @@ def test_the_fused_model_computes_the_same_logits(model):
 @pytest.mark.parametrize("name, wrong", [("gemma2", "plain norm"), ("gemma3", "plain norm"), ("llama", "untied"),
                                          ("llama-mqa", "untied")])
 def test_a_wrong_fold_changes_the_logits(name, wrong):
-    m = _build(name)
+    m = build(name)
     fused = _fold(m, _names_plan(m), np.random.default_rng(0), wrong=wrong)
     assert (_logits(fused) - _logits(m)).abs().max() > 1e-2
 
